@@ -1,0 +1,1 @@
+"""pgha: highly available PostgreSQL on AWS as code (installed as the ``pgha`` package)."""

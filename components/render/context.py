@@ -1,0 +1,109 @@
+"""What a node's files depend on besides the spec: addresses, paths and AWS names.
+
+EC2 and the loopback cluster differ only in these values; the templates are the same.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on a node. ``root`` prefixes every path (empty on EC2)."""
+
+    root: str = ""
+    # Debian's PostgreSQL binaries of the major being run.
+    pg_bin_template: str = "/usr/lib/postgresql/{version}/bin"
+    # The node's Python environment: Patroni, psycopg, boto3, prometheus-client (pinned).
+    venv: str = "/opt/pgha/venv"
+    # systemd's unit directory; on the loopback cluster the supervisor reads units from here.
+    systemd_dir: str = "/etc/systemd/system"
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+    @property
+    def etc(self) -> str:
+        return self.path("etc/pgha")
+
+    @property
+    def secrets(self) -> str:
+        return self.path("etc/pgha/secrets")
+
+    @property
+    def tls(self) -> str:
+        return self.path("etc/pgha/tls")
+
+    @property
+    def bin(self) -> str:
+        return self.path("opt/pgha/bin")
+
+    @property
+    def data(self) -> str:
+        """The mount point of the data volume (EBS volume or NVMe RAID0)."""
+        return self.path("var/lib/pgha")
+
+    @property
+    def pgdata(self) -> str:
+        return self.data + "/pg/data"
+
+    @property
+    def etcd_data(self) -> str:
+        return self.data + "/etcd"
+
+    @property
+    def log(self) -> str:
+        return self.path("var/log/pgha")
+
+    @property
+    def run(self) -> str:
+        """Sockets and pid files; per node, so three nodes can share one host."""
+        return self.path("run/pgha")
+
+    @property
+    def units(self) -> str:
+        return self.path(self.systemd_dir) if self.root else self.systemd_dir
+
+    def pg_bin(self, version: int) -> str:
+        return self.pg_bin_template.format(version=version)
+
+
+EC2_LAYOUT = Layout()
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Facts about the cluster's surroundings that the rendered files need."""
+
+    # Fixed private IP of every member, by member name (pg-name-1 ...).
+    member_ips: Mapping[str, str]
+    # Backup bucket and where to reach it; on EC2 credentials come from the instance role.
+    bucket: str
+    s3_endpoint: str
+    s3_region: str
+    # Secrets Manager id of the cluster secret (passwords, node TLS keys).
+    secret_id: str
+    s3_ca_file: str | None = None
+    s3_key_type: str = "auto"
+    s3_uri_style: str = "host"
+    layout: Layout = field(default_factory=Layout)
+    # The CA certificate (public) and each member's certificate (public); keys are secrets.
+    ca_cert_pem: str = ""
+    node_cert_pems: Mapping[str, str] = field(default_factory=dict)
+    # Where the node's files come from at boot: "aws" (Secrets Manager) or "file" (loopback).
+    secret_source: str = "aws"
+    # Local only: the PostgreSQL major actually installed may differ from the spec's.
+    postgres_version_override: int | None = None
+
+    def with_layout(self, layout: Layout) -> "NodeContext":
+        return replace(self, layout=layout)
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """One file a node receives: absolute path, text, mode and owner."""
+
+    path: str
+    content: str
+    mode: int = 0o644
+    owner: str = "root"

@@ -1,0 +1,184 @@
+"""The validated cluster spec: the single source of truth for infrastructure and node files.
+
+Nothing here talks to AWS or Pulumi. ``pgha.spec.validate.build_spec`` is the only way to
+make a :class:`ClusterSpec`; everything downstream (resources, rendered files, the loopback
+cluster) is a function of it.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .catalog import InstanceType, catalog
+from .presets import RTO_PLANS, RtoPlan
+
+# Ports are part of the public interface (HAProxy services follow Pigsty's numbering).
+PORTS: Mapping[str, int] = {
+    "postgres": 5432,
+    "pgbouncer": 6432,
+    "primary": 5433,
+    "replica": 5434,
+    "default": 5436,
+    "offline": 5438,
+    "haproxy_stats": 9101,
+    "patroni": 8008,
+    "etcd_client": 2379,
+    "etcd_peer": 2380,
+    "node_exporter": 9100,
+    "postgres_exporter": 9630,
+    "pgbouncer_exporter": 9631,
+    "pgbackrest_exporter": 9854,
+}
+
+# Pigsty's service names: pg-name-<service> on the HAProxy port of the same name.
+SERVICES: tuple[str, ...] = ("primary", "replica", "default", "offline")
+CLIENT_PORTS: tuple[int, ...] = tuple(PORTS[s] for s in SERVICES)
+METRICS_PORTS: tuple[int, ...] = (
+    PORTS["node_exporter"],
+    PORTS["postgres_exporter"],
+    PORTS["pgbouncer_exporter"],
+    PORTS["pgbackrest_exporter"],
+    PORTS["patroni"],
+    PORTS["haproxy_stats"],
+)
+MEMBER_PORTS: tuple[int, ...] = (
+    PORTS["etcd_client"],
+    PORTS["etcd_peer"],
+    PORTS["postgres"],
+    PORTS["pgbouncer"],
+    PORTS["patroni"],
+)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where PostgreSQL's data lives: instance-store NVMe (``metal``) or one EBS volume."""
+
+    kind: str
+    size_gib: int = 100
+    volume_type: str = "gp3"
+    iops: int | None = None
+    throughput_mibps: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The VPC the cluster lives in and who may reach it."""
+
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    vpc_cidr: str = "10.42.0.0/16"
+    allowed_cidrs: tuple[str, ...] = ()
+    allowed_security_group_ids: tuple[str, ...] = ()
+    monitoring_cidrs: tuple[str, ...] = ()
+    nat_gateways: str = "per-az"
+    expose_direct_ports: bool = False
+
+    @property
+    def creates_vpc(self) -> bool:
+        return self.vpc_id is None
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    """pgBackRest schedules (cron, UTC), retention and compression."""
+
+    full_schedule: str = "0 1 * * *"
+    diff_schedule: str | None = None
+    incr_schedule: str | None = None
+    retention_days: int = 14
+    compression: str = "lz4"
+    encryption: bool = False
+
+
+@dataclass(frozen=True)
+class Member:
+    """One cluster member: a node of its own in its own AZ (the first three at least)."""
+
+    name: str
+    index: int
+    availability_zone: str
+    az_index: int
+    runs_etcd: bool
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A validated cluster description. Build it with ``build_spec``; never by hand."""
+
+    stack: str
+    cluster_name: str
+    region: str
+    arch: str
+    instance_type: str
+    storage: StorageSpec
+    replicas: int
+    availability_zones: tuple[str, ...]
+    postgres_version: int
+    profile: str
+    rto: str
+    rpo: int
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    backup: BackupSpec = field(default_factory=BackupSpec)
+    stack_kind: str = "regional"
+    ami_id: str | None = None
+    pool_mode: str = "transaction"
+
+    @property
+    def instance(self) -> InstanceType:
+        return catalog()[self.instance_type]
+
+    @property
+    def rto_plan(self) -> RtoPlan:
+        return RTO_PLANS[self.rto]
+
+    @property
+    def synchronous(self) -> bool:
+        """rpo 0: every commit is confirmed by at least one replica before it returns."""
+        return self.rpo == 0
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        count = 1 + self.replicas
+        # An even etcd cluster tolerates no more failures than the odd one below it.
+        etcd_count = 3 if count >= 3 else 1
+        return tuple(
+            Member(
+                name=f"{self.cluster_name}-{i}",
+                index=i,
+                availability_zone=self.availability_zones[(i - 1) % len(self.availability_zones)],
+                az_index=(i - 1) % len(self.availability_zones),
+                runs_etcd=i <= etcd_count,
+            )
+            for i in range(1, count + 1)
+        )
+
+    def service_name(self, service: str) -> str:
+        return f"{self.cluster_name}-{service}"
+
+    @property
+    def private_subnet_cidrs(self) -> tuple[str, ...]:
+        """The private subnet of each AZ when pgha creates the VPC (first /20s of the VPC)."""
+        return _split(self.network.vpc_cidr)[: len(self.availability_zones)]
+
+    @property
+    def public_subnet_cidrs(self) -> tuple[str, ...]:
+        """Public subnets for the NAT gateways, after the private ones."""
+        azs = len(self.availability_zones)
+        return _split(self.network.vpc_cidr)[azs : 2 * azs]
+
+
+def _split(vpc_cidr: str) -> tuple[str, ...]:
+    net = ipaddress.ip_network(vpc_cidr)
+    return tuple(str(s) for s in net.subnets(new_prefix=min(net.prefixlen + 4, 28)))
+
+
+def member_ip(subnet_cidr: str, member: Member) -> str:
+    """The fixed private IP of a member inside its subnet: host number 10 + index.
+
+    AWS reserves the first four addresses of a subnet; 10 leaves room below for them and
+    keeps the addresses readable (10.42.0.11 is pg-name-1).
+    """
+    net = ipaddress.ip_network(subnet_cidr)
+    return str(net.network_address + 10 + member.index)

@@ -1,0 +1,34 @@
+"""Pigsty-style presets: RTO plans (failure detection timings) and sizing profiles."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RtoPlan:
+    """Patroni DCS timings and the HAProxy health-check timings that go with them.
+
+    Every plan satisfies current Patroni's rules: ttl >= 20, loop_wait >= 1,
+    retry_timeout >= 3 and loop_wait + 2 * retry_timeout <= ttl.
+    """
+
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+    primary_start_timeout: int
+    safety_margin: int
+    check_inter: str
+    check_fastinter: str
+    check_downinter: str
+    check_rise: int
+    check_fall: int
+
+
+# Pigsty's pg_rto_plan presets (fast/norm/safe/wide), the HAProxy timings scaled with them.
+RTO_PLANS: dict[str, RtoPlan] = {
+    "fast": RtoPlan(20, 5, 5, 15, 5, "1s", "500ms", "1s", 3, 3),
+    "norm": RtoPlan(30, 5, 10, 25, 5, "2s", "1s", "2s", 3, 3),
+    "safe": RtoPlan(60, 10, 20, 45, 10, "3s", "1500ms", "3s", 3, 3),
+    "wide": RtoPlan(120, 20, 30, 95, 15, "4s", "2s", "4s", 3, 3),
+}
+
+PROFILES: tuple[str, ...] = ("oltp", "olap", "crit", "tiny")

@@ -1,0 +1,446 @@
+"""Turn raw stack config (or component args) into a ClusterSpec, reporting every problem.
+
+Pulumi hands config over as strings (``"2"``) and JSON text for objects; component args
+arrive as Python values under snake_case names. Both go through one set of rules, and a
+bad input yields one :class:`SpecError` that lists each offending key, the value given and
+what is allowed, before any resource exists.
+"""
+
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from .catalog import DEFAULT_INSTANCE_TYPE, catalog
+from .model import BackupSpec, ClusterSpec, NetworkSpec, StorageSpec
+from .presets import PROFILES, RTO_PLANS
+
+SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = (15, 16, 17, 18)
+STACK_KINDS: tuple[str, ...] = ("regional",)
+MAX_REPLICAS = 5
+MAX_RPO_BYTES = 1 << 30
+CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
+# 24 leaves room for the suffixes AWS name limits allow (NLB and target group names: 32).
+CLUSTER_NAME_MAX = 24
+GUC_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+# Parameters pgha and Patroni own: overriding them would break routing, replication or backups.
+MANAGED_PARAMETERS: frozenset[str] = frozenset(
+    {
+        "listen_addresses", "port", "unix_socket_directories", "hba_file", "ident_file",
+        "data_directory", "config_file", "archive_mode", "archive_command", "restore_command",
+        "synchronous_standby_names", "synchronous_commit", "primary_conninfo", "primary_slot_name",
+        "hot_standby", "wal_level", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file",
+        "cluster_name",
+    }
+)
+
+# EBS limits as of 2025 (gp3 raised to 64 TiB / 80,000 IOPS / 2,000 MiB/s in September 2025).
+GP3 = {"size": (1, 65536), "iops": (3000, 80000), "throughput": (125, 2000), "iops_per_gib": 500,
+       "mibps_per_iops": 0.25, "default_iops": 3000, "default_throughput": 125}
+IO2 = {"size": (4, 65536), "iops": (100, 256000), "iops_per_gib": 1000, "default_iops": 3000}
+
+# Config key (camelCase, under pgha:) -> component arg (snake_case), for each level.
+TOP_KEYS = {
+    "clusterName": "cluster_name", "arch": "arch", "instanceType": "instance_type",
+    "storage": "storage", "replicas": "replicas", "availabilityZones": "availability_zones",
+    "postgresVersion": "postgres_version", "profile": "profile", "rto": "rto", "rpo": "rpo",
+    "parameters": "parameters", "network": "network", "backup": "backup",
+    "stackKind": "stack_kind", "amiId": "ami_id", "poolMode": "pool_mode",
+}
+STORAGE_KEYS = {"kind": "kind", "sizeGiB": "size_gib", "volumeType": "volume_type", "iops": "iops",
+                "throughputMiBps": "throughput_mibps"}
+NETWORK_KEYS = {
+    "vpcId": "vpc_id", "subnetIds": "subnet_ids", "vpcCidr": "vpc_cidr", "allowedCidrs": "allowed_cidrs",
+    "allowedSecurityGroupIds": "allowed_security_group_ids", "monitoringCidrs": "monitoring_cidrs",
+    "natGateways": "nat_gateways", "exposeDirectPorts": "expose_direct_ports",
+}
+BACKUP_KEYS = {
+    "fullSchedule": "full_schedule", "diffSchedule": "diff_schedule", "incrSchedule": "incr_schedule",
+    "retentionDays": "retention_days", "compression": "compression", "encryption": "encryption",
+}
+NESTED = {"storage": STORAGE_KEYS, "network": NETWORK_KEYS, "backup": BACKUP_KEYS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One offending key: where it is, what was given, what is allowed."""
+
+    key: str
+    value: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        shown = "(not set)" if self.value is _MISSING else json.dumps(self.value, default=str)
+        return f"{self.key} = {shown}: {self.allowed}"
+
+
+class SpecError(ValueError):
+    """Raised with every problem of an input at once; nothing has been declared yet."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"invalid pgha configuration ({len(self.problems)} {noun}):\n{lines}")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_MISSING: Any = _Missing()
+
+
+class _Reader:
+    """Reads typed values out of one input, collecting problems instead of raising."""
+
+    def __init__(self, values: Mapping[str, Any], style: str):
+        self.values = values
+        self.style = style
+        self.problems: list[Problem] = []
+
+    # -- naming ---------------------------------------------------------------------------
+    def name(self, *path: str) -> str:
+        """The key as the user wrote it: ``pgha:storage.sizeGiB`` or ``storage.size_gib``."""
+        if self.style == "config":
+            return "pgha:" + ".".join(path)
+        return ".".join(_to_arg_path(path))
+
+    def fail(self, path: Sequence[str], value: Any, allowed: str) -> None:
+        self.problems.append(Problem(self.name(*path), value, allowed))
+
+    # -- lookups --------------------------------------------------------------------------
+    def raw(self, path: Sequence[str]) -> Any:
+        node: Any = self.values
+        keys = list(path) if self.style == "config" else _to_arg_path(path)
+        for index, key in enumerate(keys):
+            if index and isinstance(node, str):
+                node = _decode(node)
+            if not isinstance(node, Mapping) or key not in node or node[key] is None:
+                return _MISSING
+            node = node[key]
+        return node
+
+    def string(self, path: Sequence[str], default: Any, *, choices: Sequence[str] | None = None,
+               pattern: re.Pattern[str] | None = None, allowed: str = "") -> Any:
+        value = self.raw(path)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            self.fail(path, value, allowed or "must be a string")
+            return default
+        if choices is not None and value not in choices:
+            self.fail(path, value, f"must be one of {', '.join(choices)}")
+            return default
+        if pattern is not None and not pattern.match(value):
+            self.fail(path, value, allowed)
+            return default
+        return value
+
+    def integer(self, path: Sequence[str], default: Any, lo: int | None = None, hi: int | None = None,
+                what: str = "") -> Any:
+        value = self.raw(path)
+        if value is _MISSING:
+            return default
+        number = _as_int(value)
+        in_range = number is not None and (lo is None or number >= lo) and (hi is None or number <= hi)
+        if not in_range:
+            bounds = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+            self.fail(path, value, f"must be an integer {bounds}{what}")
+            return default
+        return number
+
+    def boolean(self, path: Sequence[str], default: bool) -> bool:
+        value = self.raw(path)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.fail(path, value, "must be true or false")
+        return default
+
+    def string_list(self, path: Sequence[str], check: Callable[[str], str | None]) -> tuple[str, ...]:
+        value = _decode(self.raw(path))
+        if value is _MISSING:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(path, value, "must be a list of strings")
+            return ()
+        good = []
+        for item in value:
+            error = check(item)
+            if error:
+                self.fail(path, item, error)
+            else:
+                good.append(item)
+        return tuple(good)
+
+    def obj(self, path: Sequence[str], known: Mapping[str, str] | None) -> Mapping[str, Any]:
+        """An object value; with ``known``, any key outside it is reported as unknown."""
+        value = _decode(self.raw(path))
+        if value is _MISSING:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, value, "must be an object")
+            return {}
+        if known is not None:
+            names = list(known) if self.style == "config" else list(known.values())
+            for key in value:
+                if key not in names:
+                    self.fail([*path, key], value[key], _unknown(key, names))
+        return value
+
+
+def _to_arg_path(path: Sequence[str]) -> list[str]:
+    out = [TOP_KEYS.get(path[0], path[0])]
+    if len(path) > 1:
+        table = NESTED.get(path[0], {})
+        out += [table.get(p, p) for p in path[1:]]
+    return out
+
+
+def _unknown(key: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown key{hint}; allowed keys: {', '.join(names)}"
+
+
+def _decode(value: Any) -> Any:
+    """Pulumi stores object and list config as JSON text."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def _check_cidr(value: str) -> str | None:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "must be a CIDR block such as 10.0.0.0/16"
+    if net.prefixlen == 0:
+        return "must not be open to the whole internet (0.0.0.0/0 or ::/0 is refused)"
+    return None
+
+
+def _check_id(prefix: str) -> Callable[[str], str | None]:
+    pattern = re.compile(rf"^{prefix}-[0-9a-f]{{8,17}}$")
+    return lambda v: None if pattern.match(v) else f"must be an AWS id like {prefix}-0123456789abcdef0"
+
+
+_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def _is_cron(value: str) -> bool:
+    fields = value.split()
+    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
+
+
+def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs: Sequence[str],
+               style: str = "config") -> ClusterSpec:
+    """Validate ``values`` and return the spec, or raise SpecError naming every problem.
+
+    ``style`` is ``"config"`` for stack config (camelCase keys, strings and JSON text) and
+    ``"args"`` for component args (snake_case keys, Python values).
+    """
+    r = _Reader(values, style)
+    top_names = list(TOP_KEYS) if style == "config" else list(TOP_KEYS.values())
+    for key in values:
+        if key not in top_names:
+            r.problems.append(Problem(("pgha:" if style == "config" else "") + key, values[key],
+                                      _unknown(key, top_names)))
+
+    cluster_name = r.string(["clusterName"], f"pg-{stack}".lower(), pattern=CLUSTER_NAME_RE,
+                            allowed="must be lowercase letters, digits and '-', starting with a letter "
+                                    "and not ending with '-' (Pigsty's naming, DNS-safe)")
+    if len(cluster_name) > CLUSTER_NAME_MAX or len(cluster_name) < 2:
+        r.fail(["clusterName"], cluster_name, f"must be 2 to {CLUSTER_NAME_MAX} characters long")
+    arch = r.string(["arch"], "arm64", choices=("arm64", "x86_64"))
+    storage = _storage(r)
+    instance_type = _instance_type(r, arch, storage.kind)
+    replicas = r.integer(["replicas"], 2, 0, MAX_REPLICAS)
+    azs = _availability_zones(r, region, region_azs)
+    postgres_version = r.integer(["postgresVersion"], 17)
+    if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
+        r.fail(["postgresVersion"], postgres_version,
+               f"must be one of {', '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))}")
+        postgres_version = 17
+    profile = r.string(["profile"], "oltp", choices=PROFILES)
+    rto = r.string(["rto"], "norm", choices=tuple(RTO_PLANS))
+    rpo = r.integer(["rpo"], 0, 0, MAX_RPO_BYTES, " (bytes of WAL a failover may lose; 0 = synchronous)")
+    if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
+        r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
+    parameters = _parameters(r)
+    network = _network(r, len(azs))
+    backup = _backup(r)
+    stack_kind = r.string(["stackKind"], "regional", choices=STACK_KINDS)
+    ami_id = r.string(["amiId"], None, pattern=re.compile(r"^ami-[0-9a-f]{8,17}$"),
+                      allowed="must be an AMI id like ami-0123456789abcdef0")
+    pool_mode = r.string(["poolMode"], "transaction", choices=("transaction", "session", "statement"))
+
+    if r.problems:
+        raise SpecError(r.problems)
+    return ClusterSpec(
+        stack=stack, cluster_name=cluster_name, region=region, arch=arch, instance_type=instance_type,
+        storage=storage, replicas=replicas, availability_zones=azs, postgres_version=postgres_version,
+        profile=profile, rto=rto, rpo=rpo, parameters=parameters, network=network, backup=backup,
+        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode,
+    )
+
+
+def _storage(r: _Reader) -> StorageSpec:
+    given = r.obj(["storage"], STORAGE_KEYS)
+    kind = r.string(["storage", "kind"], "ebs", choices=("ebs", "metal"))
+    if kind == "metal":
+        for key in ("sizeGiB", "volumeType", "iops", "throughputMiBps"):
+            if r.raw(["storage", key]) is not _MISSING:
+                r.fail(["storage", key], r.raw(["storage", key]),
+                       "applies to ebs only; metal uses all of the instance's NVMe instance store")
+        return StorageSpec(kind="metal", size_gib=0, volume_type="", iops=None, throughput_mibps=None)
+    del given
+    volume_type = r.string(["storage", "volumeType"], "gp3", choices=("gp3", "io2"))
+    limits = GP3 if volume_type == "gp3" else IO2
+    lo, hi = limits["size"]
+    size = r.integer(["storage", "sizeGiB"], 100, lo, hi, f" GiB for {volume_type}")
+    ilo, ihi = limits["iops"]
+    iops = r.integer(["storage", "iops"], limits["default_iops"], ilo, ihi, f" IOPS for {volume_type}")
+    max_iops = limits["iops_per_gib"] * size
+    if iops > max(max_iops, GP3["default_iops"] if volume_type == "gp3" else 0):
+        r.fail(["storage", "iops"], iops,
+               f"{volume_type} allows at most {limits['iops_per_gib']} IOPS per GiB: {max_iops} for {size} GiB")
+    throughput = None
+    if volume_type == "gp3":
+        tlo, thi = GP3["throughput"]
+        throughput = r.integer(["storage", "throughputMiBps"], GP3["default_throughput"], tlo, thi,
+                               " MiB/s for gp3")
+        cap = int(iops * GP3["mibps_per_iops"])
+        if throughput > GP3["default_throughput"] and throughput > cap:
+            r.fail(["storage", "throughputMiBps"], throughput,
+                   f"gp3 allows at most 0.25 MiB/s per provisioned IOPS: {cap} MiB/s with {iops} IOPS")
+    elif r.raw(["storage", "throughputMiBps"]) is not _MISSING:
+        r.fail(["storage", "throughputMiBps"], r.raw(["storage", "throughputMiBps"]),
+               "applies to gp3 only; io2 throughput follows its IOPS")
+    return StorageSpec(kind="ebs", size_gib=size, volume_type=volume_type, iops=iops, throughput_mibps=throughput)
+
+
+def _instance_type(r: _Reader, arch: str, storage_kind: str) -> str:
+    default = DEFAULT_INSTANCE_TYPE[(arch, storage_kind)]
+    name = r.string(["instanceType"], default)
+    known = catalog()
+    if name not in known:
+        same_arch = sorted(n for n, t in known.items() if t.arch == arch)
+        close = difflib.get_close_matches(name, same_arch, n=3)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        r.fail(["instanceType"], name, f"must be an instance type in pgha's catalog{hint}")
+        return default
+    itype = known[name]
+    if itype.arch != arch:
+        r.fail(["instanceType"], name,
+               f"is {itype.arch}, but pgha:arch is {arch}: pick an {arch} type such as {default}")
+    if storage_kind == "metal" and not itype.has_nvme:
+        nvme = sorted(n for n, t in known.items() if t.arch == arch and t.has_nvme)[:6]
+        r.fail(["instanceType"], name,
+               f"has no NVMe instance store, which storage kind metal needs (e.g. {', '.join(nvme)})")
+    return name
+
+
+def _availability_zones(r: _Reader, region: str, region_azs: Sequence[str]) -> tuple[str, ...]:
+    given = _decode(r.raw(["availabilityZones"]))
+    if len(set(region_azs)) < 3:
+        r.fail(["availabilityZones"], list(region_azs),
+               f"region {region} must offer at least three availability zones; it offers {len(set(region_azs))}")
+        return tuple(region_azs)
+    if given is _MISSING:
+        return tuple(region_azs[:3])
+    if not isinstance(given, list) or len(given) != 3 or len(set(given)) != 3:
+        r.fail(["availabilityZones"], given, "must be a list of three distinct availability zones")
+        return tuple(region_azs[:3])
+    foreign = [z for z in given if z not in region_azs]
+    if foreign:
+        r.fail(["availabilityZones"], given,
+               f"{', '.join(map(str, foreign))} not in region {region} (it has {', '.join(region_azs)})")
+        return tuple(region_azs[:3])
+    return tuple(given)
+
+
+def _parameters(r: _Reader) -> dict[str, Any]:
+    given = r.obj(["parameters"], None)
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if not GUC_NAME_RE.match(str(key)):
+            r.fail(["parameters", key], value, "is not a PostgreSQL parameter name")
+        elif key in MANAGED_PARAMETERS:
+            r.fail(["parameters", key], value, "is managed by pgha and Patroni and cannot be overridden")
+        elif not isinstance(value, (str, int, float, bool)):
+            r.fail(["parameters", key], value, "must be a string, number or boolean")
+        else:
+            out[key] = value
+    return out
+
+
+def _network(r: _Reader, az_count: int) -> NetworkSpec:
+    r.obj(["network"], NETWORK_KEYS)
+    vpc_id = r.string(["network", "vpcId"], None, pattern=re.compile(r"^vpc-[0-9a-f]{8,17}$"),
+                      allowed="must be a VPC id like vpc-0123456789abcdef0")
+    subnet_ids = r.string_list(["network", "subnetIds"], _check_id("subnet"))
+    if vpc_id is not None and len(subnet_ids) != az_count:
+        r.fail(["network", "subnetIds"], list(subnet_ids),
+               f"with vpcId, give one private subnet per availability zone ({az_count}), in AZ order")
+    if vpc_id is None and subnet_ids:
+        r.fail(["network", "subnetIds"], list(subnet_ids), "needs network.vpcId, the VPC they belong to")
+    vpc_cidr = r.string(["network", "vpcCidr"], "10.42.0.0/16")
+    try:
+        net = ipaddress.ip_network(vpc_cidr)
+        if net.version != 4 or not 16 <= net.prefixlen <= 24:
+            r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 block from /16 to /24 (AWS VPC sizes)")
+            vpc_cidr = "10.42.0.0/16"
+    except ValueError:
+        r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 CIDR block such as 10.42.0.0/16 (host bits zero)")
+        vpc_cidr = "10.42.0.0/16"
+    return NetworkSpec(
+        vpc_id=vpc_id,
+        subnet_ids=subnet_ids,
+        vpc_cidr=vpc_cidr,
+        allowed_cidrs=r.string_list(["network", "allowedCidrs"], _check_cidr),
+        allowed_security_group_ids=r.string_list(["network", "allowedSecurityGroupIds"], _check_id("sg")),
+        monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], _check_cidr),
+        nat_gateways=r.string(["network", "natGateways"], "per-az", choices=("per-az", "single")),
+        expose_direct_ports=r.boolean(["network", "exposeDirectPorts"], False),
+    )
+
+
+def _backup(r: _Reader) -> BackupSpec:
+    r.obj(["backup"], BACKUP_KEYS)
+    cron = "must be a cron expression of five fields (minute hour day month weekday, UTC)"
+    schedules = {}
+    for key, default in (("fullSchedule", "0 1 * * *"), ("diffSchedule", None), ("incrSchedule", None)):
+        value = r.string(["backup", key], default)
+        if value is not None and not _is_cron(value):
+            r.fail(["backup", key], value, cron)
+            value = default
+        schedules[key] = value
+    return BackupSpec(
+        full_schedule=schedules["fullSchedule"],
+        diff_schedule=schedules["diffSchedule"],
+        incr_schedule=schedules["incrSchedule"],
+        retention_days=r.integer(["backup", "retentionDays"], 14, 1, 3650, " days"),
+        compression=r.string(["backup", "compression"], "lz4", choices=("lz4", "zst", "gz", "bz2", "none")),
+        encryption=r.boolean(["backup", "encryption"], False),
+    )
