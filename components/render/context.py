@@ -64,6 +64,11 @@ class Layout:
     def units(self) -> str:
         return self.path(self.systemd_dir) if self.root else self.systemd_dir
 
+    @property
+    def on_host(self) -> bool:
+        """True on a real node (EC2): the paths are the host's own, not under a prefix."""
+        return not self.root
+
     def pg_bin(self, version: int) -> str:
         return self.pg_bin_template.format(version=version)
 
@@ -90,8 +95,11 @@ class NodeContext:
     # The CA certificate (public) and each member's certificate (public); keys are secrets.
     ca_cert_pem: str = ""
     node_cert_pems: Mapping[str, str] = field(default_factory=dict)
-    # Where the node's files come from at boot: "aws" (Secrets Manager) or "file" (loopback).
+    # Where the node's secrets come from at boot: "aws" (Secrets Manager) or "file" (loopback).
     secret_source: str = "aws"
+    secret_file: str = ""
+    # EBS data volume id of each member (the bootstrap finds its device by this id).
+    data_volume_ids: Mapping[str, str] = field(default_factory=dict)
     # Local only: the PostgreSQL major actually installed may differ from the spec's.
     postgres_version_override: int | None = None
 

@@ -1,0 +1,285 @@
+"""Render every file a node receives: a pure function of (spec, member, context).
+
+The same function feeds EC2 user-data and the loopback cluster; only the context's
+addresses and layout differ between the two.
+"""
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from ..spec import PORTS, ClusterSpec, Member
+from .context import NodeContext, NodeFile
+from .pgparams import data_disk_gib, sized_parameters
+
+# Database and OS accounts every node uses; passwords live only in the cluster secret.
+USERS: dict[str, str] = {
+    "superuser": "postgres",
+    "replication": "replicator",
+    "pgbouncer_auth": "pgbouncer_auth",
+    "monitor": "dbuser_monitor",
+    "patroni_rest": "patroni",
+}
+OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
+# The node's Python packages, pinned; the loopback cluster installs the very same.
+NODE_PACKAGES: dict[str, str] = {
+    "patroni": "4.1.5",
+    "psycopg": "3.3.9",
+    "boto3": "1.43.11",
+    "prometheus_client": "0.26.0",
+}
+# Replicas further behind than this are taken out of the read services.
+READ_LAG_LIMIT = "16MB"
+
+
+@dataclass(frozen=True)
+class _Dir:
+    path: str
+    owner: str
+    group: str
+    mode: int
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    root = resources.files("pgha.templates")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        # Shell templates use ${#array[@]}; Jinja's default "{#" comments would swallow it.
+        comment_start_string="<#",
+        comment_end_string="#>",
+    )
+
+
+def _static(name: str) -> str:
+    return resources.files("pgha.templates").joinpath(name).read_text()
+
+
+def postgres_version(spec: ClusterSpec, ctx: NodeContext) -> int:
+    return ctx.postgres_version_override or spec.postgres_version
+
+
+def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]:
+    """The node's systemd units in start order."""
+    units = ["pgha-host.service"] if ctx.layout.on_host else []
+    units.append("pgha-prepare.service")
+    if member.runs_etcd:
+        units.append("pgha-etcd.service")
+    units += [
+        "pgha-patroni.service",
+        "pgha-pgbouncer.service",
+        "pgha-haproxy.service",
+        "pgha-node-exporter.service",
+        "pgha-postgres-exporter.service",
+        "pgha-pgbouncer-exporter.service",
+        "pgha-pgbackrest-exporter.service",
+    ]
+    return units
+
+
+def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
+    lay = ctx.layout
+    return {
+        "etc": lay.etc, "secrets": lay.secrets, "tls": lay.tls, "bin": lay.bin, "data": lay.data,
+        "pgdata": lay.pgdata, "etcd_data": lay.etcd_data, "log": lay.log, "run": lay.run, "venv": lay.venv,
+        "pg_bin": lay.pg_bin(postgres_version(spec, ctx)),
+        "pgbackrest_config": lay.etc + "/pgbackrest/pgbackrest.conf",
+    }
+
+
+def _directories(paths: dict[str, str]) -> list[_Dir]:
+    pg, etcd = OS_USERS["postgres"], OS_USERS["etcd"]
+    return [
+        _Dir(paths["etc"], "root", "root", 0o755),
+        _Dir(paths["secrets"], "root", "root", 0o711),
+        _Dir(paths["secrets"] + "/pgbackrest", pg, pg, 0o700),
+        _Dir(paths["tls"], "root", "root", 0o755),
+        _Dir(paths["data"], "root", "root", 0o755),
+        _Dir(paths["data"] + "/pg", pg, pg, 0o700),
+        _Dir(paths["data"] + "/pgbackrest-spool", pg, pg, 0o750),
+        _Dir(paths["etcd_data"], etcd, etcd, 0o700),
+        _Dir(paths["log"], "root", "root", 0o755),
+        _Dir(paths["log"] + "/patroni", pg, pg, 0o750),
+        _Dir(paths["log"] + "/postgresql", pg, pg, 0o750),
+        _Dir(paths["log"] + "/pgbouncer", pg, pg, 0o750),
+        _Dir(paths["log"] + "/pgbackrest", pg, pg, 0o750),
+        _Dir(paths["run"], "root", "root", 0o755),
+        _Dir(paths["run"] + "/postgres", pg, pg, 0o2775),
+        _Dir(paths["run"] + "/pgbouncer", pg, pg, 0o755),
+        _Dir(paths["run"] + "/pgbackrest", pg, pg, 0o750),
+        _Dir(paths["run"] + "/haproxy", "root", "root", 0o755),
+    ]
+
+
+def _services(spec: ClusterSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """HAProxy frontends (Pigsty's services) and the backends they route to."""
+    replica_check = f"/replica?lag={READ_LAG_LIMIT}"
+    backends = [
+        {"name": "be-primary-pooled", "port": PORTS["pgbouncer"], "check": "/primary", "pooled": True,
+         "balance": "roundrobin"},
+        {"name": "be-replica-pooled", "port": PORTS["pgbouncer"], "check": replica_check, "pooled": True,
+         "balance": "leastconn"},
+        {"name": "be-primary-direct", "port": PORTS["postgres"], "check": "/primary", "pooled": False,
+         "balance": "roundrobin"},
+        {"name": "be-offline-direct", "port": PORTS["postgres"], "check": "/replica", "pooled": False,
+         "balance": "leastconn"},
+    ]
+    services = [
+        {"name": spec.service_name("primary"), "port": PORTS["primary"], "backend": "be-primary-pooled",
+         "fallback": None, "description": "read-write through the primary's PgBouncer"},
+        {"name": spec.service_name("replica"), "port": PORTS["replica"], "backend": "be-replica-pooled",
+         "fallback": "be-primary-pooled",
+         "description": "read-only through replicas' PgBouncer; the primary when no replica is healthy"},
+        {"name": spec.service_name("default"), "port": PORTS["default"], "backend": "be-primary-direct",
+         "fallback": None, "description": "read-write straight to the primary's PostgreSQL"},
+        {"name": spec.service_name("offline"), "port": PORTS["offline"], "backend": "be-offline-direct",
+         "fallback": "be-primary-direct",
+         "description": "offline/analytics straight to a replica's PostgreSQL; the primary when none is up"},
+    ]
+    return services, backends
+
+
+def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
+    """Everything the templates may use, computed once."""
+    paths = _paths(spec, ctx)
+    ip = ctx.member_ips[member.name]
+    members = [{"name": m.name, "ip": ctx.member_ips[m.name]} for m in spec.members]
+    etcd_members = [m for m in spec.members if m.runs_etcd]
+    params = sized_parameters(spec)
+    shared_buffers_mb = int(str(params["shared_buffers"]).removesuffix("MB")) if str(
+        params["shared_buffers"]).endswith("MB") else 0
+    services, backends = _services(spec)
+    host, _, port = ctx.s3_endpoint.partition(":")
+    pgbackrest_cmd = (f"/usr/bin/pgbackrest --config={paths['pgbackrest_config']} "
+                      f"--config-include-path={paths['secrets']}/pgbackrest")
+    node_facts = {
+        "cluster": spec.cluster_name,
+        "member": member.name,
+        "index": member.index,
+        "ip": ip,
+        "postgres_version": postgres_version(spec, ctx),
+        "paths": paths,
+        "users": USERS,
+        "os_users": OS_USERS,
+        "ports": dict(PORTS),
+        "secret": {"source": ctx.secret_source, "id": ctx.secret_id, "region": ctx.s3_region,
+                   "file": ctx.secret_file},
+        "stanza": spec.cluster_name,
+        "backup_encryption": spec.backup.encryption,
+    }
+    max_connections = int(params["max_connections"])
+    return {
+        "spec": spec,
+        "cluster": spec.cluster_name,
+        "member": member,
+        "ip": ip,
+        "members": members,
+        "member_ips": [m["ip"] for m in members],
+        "paths": paths,
+        "ports": PORTS,
+        "users": USERS,
+        "os_users": OS_USERS,
+        "plan": spec.rto_plan,
+        "profile": spec.profile,
+        "pg_version": postgres_version(spec, ctx),
+        "synchronous": spec.synchronous,
+        "maximum_lag_on_failover": spec.rpo if spec.rpo > 0 else 1048576,
+        "dcs_parameters": params,
+        "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in etcd_members],
+        "etcd_initial_cluster": ",".join(
+            f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
+        "callback": (f"{paths['venv']}/bin/python {paths['bin']}/pgha-node --node-json {paths['etc']}/node.json "
+                     "on-role-change"),
+        "pgbackrest_cmd": pgbackrest_cmd,
+        "stanza": spec.cluster_name,
+        "pool_mode": spec.pool_mode,
+        "pgbouncer": {
+            "max_client_conn": 1000 if spec.profile == "tiny" else 10000,
+            "default_pool_size": 20 if spec.profile == "tiny" else 64,
+            "reserve_pool_size": 4 if spec.profile == "tiny" else 16,
+            "max_db_connections": max(10, int(max_connections * 0.8)),
+        },
+        "services": services,
+        "backends": backends,
+        "s3": {"bucket": ctx.bucket, "endpoint_host": host, "port": port, "region": ctx.s3_region,
+               "key_type": ctx.s3_key_type, "uri_style": ctx.s3_uri_style, "ca_file": ctx.s3_ca_file},
+        "backup": spec.backup,
+        "backup_process_max": max(1, spec.instance.vcpu // 2),
+        "archive_push_queue_max": f"{max(1, data_disk_gib(spec) // 5)}GiB",
+        "storage": spec.storage,
+        "nvme_count": spec.instance.nvme_count,
+        "data_volume_id": ctx.data_volume_ids.get(member.name, ""),
+        "nr_hugepages": 0 if spec.profile == "tiny" else int(shared_buffers_mb / 2 * 1.1) + 16,
+        "node_facts": node_facts,
+        "directories": _directories(paths),
+        "scrape_jobs": [
+            ("node", PORTS["node_exporter"], "/metrics"),
+            ("pgsql", PORTS["postgres_exporter"], "/metrics"),
+            ("pgbouncer", PORTS["pgbouncer_exporter"], "/metrics"),
+            ("pgbackrest", PORTS["pgbackrest_exporter"], "/metrics"),
+            ("patroni", PORTS["patroni"], "/metrics"),
+            ("haproxy", PORTS["haproxy_stats"], "/metrics"),
+        ],
+        "versions": NODE_PACKAGES,
+        "ec2": ctx.layout.on_host,
+        "units": unit_names(spec, member, ctx),
+    }
+
+
+def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[NodeFile]:
+    """Every file ``member`` receives, with absolute paths, modes and owners."""
+    view = _view(spec, member, ctx)
+    paths = view["paths"]
+    lay = ctx.layout
+    env = _environment()
+
+    def render(template: str) -> str:
+        return env.get_template(template).render(view)
+
+    files = [
+        NodeFile(paths["etc"] + "/node.json", render("node.json.j2")),
+        NodeFile(paths["etc"] + "/patroni.yml", render("patroni.yml.j2")),
+        NodeFile(paths["etc"] + "/pgbouncer/pgbouncer.ini", render("pgbouncer.ini.j2")),
+        NodeFile(paths["etc"] + "/pgbouncer/pgb_hba.conf", render("pgb_hba.conf.j2")),
+        NodeFile(paths["etc"] + "/haproxy/haproxy.cfg", render("haproxy.cfg.j2")),
+        NodeFile(paths["pgbackrest_config"], render("pgbackrest.conf.j2")),
+        NodeFile(paths["etc"] + "/prometheus/targets.yml", render("prometheus-targets.yml.j2")),
+        NodeFile(paths["etc"] + "/requirements-node.txt", render("requirements-node.txt.j2")),
+        NodeFile(paths["tls"] + "/ca.crt", ctx.ca_cert_pem),
+        NodeFile(paths["tls"] + "/node.crt", ctx.node_cert_pems.get(member.name, "")),
+        NodeFile(paths["bin"] + "/pgha-prepare-dirs", render("pgha-prepare-dirs.sh.j2"), mode=0o755),
+        # Not a template: shipped verbatim.
+        NodeFile(paths["bin"] + "/pgha-node", _static("bin/pgha-node"), mode=0o755),
+        NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2")),
+        NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
+    ]
+    if member.runs_etcd:
+        files.append(NodeFile(paths["etc"] + "/etcd/etcd.conf.yml", render("etcd.conf.yml.j2")))
+    if lay.on_host:
+        files += [
+            NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755),
+            NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
+            NodeFile("/etc/apt/preferences.d/pgha", render("apt-preferences.j2")),
+        ]
+    for unit in view["units"]:
+        files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2")))
+    return files
+
+
+def render_cluster(spec: ClusterSpec, ctx: NodeContext) -> dict[str, list[NodeFile]]:
+    """Every member's files, by member name."""
+    return {m.name: render_node(spec, m, ctx) for m in spec.members}
+
+
+def node_facts(files: list[NodeFile]) -> dict[str, Any]:
+    """The node.json facts of a rendered node."""
+    return json.loads(next(f.content for f in files if f.path.endswith("/node.json")))
