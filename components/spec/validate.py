@@ -272,9 +272,11 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
                                     "and not ending with '-' (Pigsty's naming, DNS-safe)")
     if len(cluster_name) > CLUSTER_NAME_MAX or len(cluster_name) < 2:
         r.fail(["clusterName"], cluster_name, f"must be 2 to {CLUSTER_NAME_MAX} characters long")
+    problems_before = len(r.problems)
     arch = r.string(["arch"], "arm64", choices=("arm64", "x86_64"))
+    arch_valid = len(r.problems) == problems_before
     storage = _storage(r)
-    instance_type = _instance_type(r, arch, storage.kind)
+    instance_type = _instance_type(r, arch, storage.kind, check_arch=arch_valid)
     replicas = r.integer(["replicas"], 2, 0, MAX_REPLICAS)
     azs = _availability_zones(r, region, region_azs)
     postgres_version = r.integer(["postgresVersion"], 17)
@@ -340,7 +342,7 @@ def _storage(r: _Reader) -> StorageSpec:
     return StorageSpec(kind="ebs", size_gib=size, volume_type=volume_type, iops=iops, throughput_mibps=throughput)
 
 
-def _instance_type(r: _Reader, arch: str, storage_kind: str) -> str:
+def _instance_type(r: _Reader, arch: str, storage_kind: str, *, check_arch: bool) -> str:
     default = DEFAULT_INSTANCE_TYPE[(arch, storage_kind)]
     name = r.string(["instanceType"], default)
     known = catalog()
@@ -351,7 +353,7 @@ def _instance_type(r: _Reader, arch: str, storage_kind: str) -> str:
         r.fail(["instanceType"], name, f"must be an instance type in pgha's catalog{hint}")
         return default
     itype = known[name]
-    if itype.arch != arch:
+    if check_arch and itype.arch != arch:
         r.fail(["instanceType"], name,
                f"is {itype.arch}, but pgha:arch is {arch}: pick an {arch} type such as {default}")
     if storage_kind == "metal" and not itype.has_nvme:

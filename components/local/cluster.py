@@ -1,0 +1,409 @@
+"""The loopback cluster: a stack's rendered node files run for real on 127.0.1.1-3.
+
+Each member is a "host" of its own: its loopback address, its own file tree under
+``<root>/<member>`` (the EC2 paths with a prefix), and its own systemd units, run by
+:class:`~pgha.local.supervisor.Supervisor` because this machine has no systemd. A moto S3
+server behind a TLS terminator stands in for the backup bucket.
+"""
+
+import glob
+import grp
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..render import Layout, NodeContext, NodeFile, USERS, node_facts, render_node, unit_names
+from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec
+from ..spec.stackfile import read_stack_config
+from .s3 import LocalS3
+from .supervisor import Supervisor
+from .tls import CertKey, issue, make_ca
+
+DEFAULT_ROOT = Path("/srv/pgha-local")
+LOOPBACK_NET = "127.0.1."
+# Debian packages that provide what the nodes run; `pgha local up` names the missing ones.
+REQUIRED_COMMANDS: dict[str, str] = {
+    "/usr/bin/etcd": "etcd-server",
+    "/usr/sbin/haproxy": "haproxy",
+    "/usr/sbin/pgbouncer": "pgbouncer",
+    "/usr/bin/pgbackrest": "pgbackrest",
+    "/usr/bin/prometheus-node-exporter": "prometheus-node-exporter",
+    "/usr/bin/prometheus-postgres-exporter": "prometheus-postgres-exporter",
+    "/usr/bin/python3": "python3-venv",
+}
+OS_ACCOUNTS = ("postgres", "etcd", "haproxy", "prometheus")
+SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
+               "monitor_password")
+
+
+class LocalClusterError(RuntimeError):
+    """Something the loopback cluster needs is missing or did not come up."""
+
+
+def installed_postgres_major() -> int | None:
+    """The newest PostgreSQL major whose server binaries Debian installed."""
+    majors = [int(Path(p).parts[-3]) for p in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
+    return max(majors) if majors else None
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks for the loopback cluster, each with how to get it."""
+    problems = [f"{path} (apt-get install {package})" for path, package in REQUIRED_COMMANDS.items()
+                if not os.path.exists(path)]
+    if installed_postgres_major() is None:
+        problems.append("a PostgreSQL server (apt-get install postgresql-15)")
+    if not shutil.which("moto_server", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")):
+        problems.append("moto_server (pip install 'moto[server]', see README)")
+    for account in OS_ACCOUNTS:
+        try:
+            pwd.getpwnam(account)
+        except KeyError:
+            problems.append(f"OS user {account} (created by its Debian package)")
+    if os.geteuid() != 0:
+        problems.append("root: the daemons run as their own OS users, which needs root to arrange")
+    return problems
+
+
+@dataclass(frozen=True)
+class Node:
+    """One loopback member: its spec member, address, layout and supervisor."""
+
+    member: Member
+    ip: str
+    layout: Layout
+    supervisor: Supervisor
+    units: list[str]
+
+
+class LocalCluster:
+    """Render, start, inspect and stop a stack's cluster on loopback addresses."""
+
+    def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
+                 s3_http_port: int = 9000, s3_tls_port: int = 9443):
+        self.project_dir = Path(project_dir)
+        self.stack = stack
+        self.root = Path(root)
+        self.spec = self._load_spec()
+        self.s3 = LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port, tls_port=s3_tls_port)
+        self.bucket = f"pgha-{self.spec.cluster_name}"
+        self.nodes = [self._node(m) for m in self.spec.members]
+
+    # -- spec and context ---------------------------------------------------------------------
+    def _load_spec(self) -> ClusterSpec:
+        values, region = read_stack_config(self.project_dir, self.stack)
+        azs = values.get("availabilityZones") or [f"{region}a", f"{region}b", f"{region}c"]
+        if isinstance(azs, str):
+            azs = json.loads(azs)
+        return build_spec(values, stack=self.stack, region=region, region_azs=list(azs))
+
+    @property
+    def venv(self) -> Path:
+        return self.root / "venv"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "cluster-secrets.json"
+
+    @property
+    def passfile(self) -> Path:
+        return self.root / "pgpass"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "pki" / "ca.crt"
+
+    @property
+    def ca(self) -> CertKey:
+        return self._pki()[0]
+
+    def _pki(self) -> tuple[CertKey, dict[str, CertKey]]:
+        """The cluster CA and member certificates, made once and kept under <root>/pki."""
+        pki = self.root / "pki"
+        state = pki / "pki.json"
+        if state.exists():
+            raw = json.loads(state.read_text())
+            return CertKey(**raw["ca"]), {k: CertKey(**v) for k, v in raw["members"].items()}
+        pki.mkdir(parents=True, exist_ok=True)
+        os.chmod(pki, 0o700)
+        ca = make_ca(f"{self.spec.cluster_name} loopback CA")
+        members = {
+            m.name: issue(ca, common_name=m.name, ips=[self.member_ip(m)],
+                          dns_names=[m.name, "localhost", *[self.spec.service_name(s) for s in SERVICES]])
+            for m in self.spec.members
+        }
+        _write_private(state, json.dumps({"ca": vars(ca), "members": {k: vars(v) for k, v in members.items()}}))
+        self.ca_file.write_text(ca.cert_pem)
+        os.chmod(self.ca_file, 0o644)
+        return ca, members
+
+    def member_ip(self, member: Member) -> str:
+        return f"{LOOPBACK_NET}{member.index}"
+
+    def _node(self, member: Member) -> Node:
+        layout = Layout(root=str(self.root / member.name), venv=str(self.venv), systemd_dir="/etc/systemd/system")
+        supervisor = Supervisor(unit_dir=Path(layout.units), state_dir=self.root / member.name / "state",
+                                run_root=Path(layout.run))
+        ctx = self.context(layout)
+        return Node(member, self.member_ip(member), layout, supervisor, unit_names(self.spec, member, ctx))
+
+    def context(self, layout: Layout) -> NodeContext:
+        """The same NodeContext EC2 gets, with loopback addresses and local S3."""
+        ca, members = self._pki()
+        return NodeContext(
+            member_ips={m.name: self.member_ip(m) for m in self.spec.members},
+            bucket=self.bucket,
+            s3_endpoint=f"{self.s3.host}:{self.s3.port}",
+            s3_region=self.s3.region,
+            secret_id="",
+            secret_source="file",
+            secret_file=str(self.secrets_file),
+            s3_ca_file=str(self.s3.ca_file),
+            s3_key_type="shared",
+            s3_uri_style="path",
+            layout=layout,
+            ca_cert_pem=ca.cert_pem,
+            node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
+            postgres_version_override=installed_postgres_major(),
+        )
+
+    def rendered(self, node: Node) -> list[NodeFile]:
+        return render_node(self.spec, node.member, self.context(node.layout))
+
+    # -- secrets ----------------------------------------------------------------------------------
+    def _ensure_secrets(self) -> dict[str, Any]:
+        """Random passwords made once (what pulumi-random makes on AWS), kept 0600 by root."""
+        if self.secrets_file.exists():
+            return json.loads(self.secrets_file.read_text())
+        _, members = self._pki()
+        values: dict[str, Any] = {k: secrets.token_urlsafe(24) for k in SECRET_KEYS}
+        values["tls_keys"] = {name: ck.key_pem for name, ck in members.items()}
+        values["s3_key"] = self.s3.access_key
+        values["s3_key_secret"] = self.s3.secret_key
+        _write_private(self.secrets_file, json.dumps(values, indent=1))
+        return values
+
+    def _write_passfile(self, values: dict[str, Any]) -> None:
+        """A libpq passfile, so DSNs printed by `status --json` carry no password."""
+        lines = [f"*:*:*:{USERS['superuser']}:{values['superuser_password']}",
+                 f"*:*:*:{USERS['monitor']}:{values['monitor_password']}"]
+        _write_private(self.passfile, "\n".join(lines) + "\n")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def up(self, *, timeout: float = 180.0, log: Any = print) -> float:
+        """Bring the cluster up, starting only what is not already running; returns seconds."""
+        began = time.monotonic()
+        missing = missing_prerequisites()
+        if missing:
+            raise LocalClusterError("missing on this machine:\n  - " + "\n  - ".join(missing))
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        values = self._ensure_secrets()
+        self._write_passfile(values)
+        self._ensure_venv(log)
+        log(f"S3 over TLS at https://{self.s3.host}:{self.s3.port} (moto)")
+        self.s3.start()
+        self.s3.create_bucket(self.bucket)
+        for node in self.nodes:
+            self._install_files(node)
+        # etcd everywhere first (quorum), then the first member's Patroni so it bootstraps the
+        # cluster, then the rest; each node's units in their systemd order.
+        for node in self.nodes:
+            self._start(node, until="pgha-patroni.service", log=log)
+        first, *others = self.nodes
+        self._start(first, only=["pgha-patroni.service"], log=log)
+        self.wait_for_leader(timeout=timeout)
+        for node in others:
+            self._start(node, only=["pgha-patroni.service"], log=log)
+        for node in self.nodes:
+            self._start(node, log=log)
+        self.wait_healthy(timeout=timeout)
+        return time.monotonic() - began
+
+    def _start(self, node: Node, *, until: str | None = None, only: list[str] | None = None,
+               log: Any = print) -> None:
+        names = node.units
+        if until is not None:
+            names = names[: names.index(until)]
+        if only is not None:
+            names = [n for n in names if n in only]
+        for name in names:
+            if not node.supervisor.is_active(name):
+                log(f"{node.member.name}: starting {name}")
+                node.supervisor.start(name)
+
+    def _install_files(self, node: Node) -> None:
+        for f in self.rendered(node):
+            path = Path(f.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f.content)
+            os.chmod(tmp, f.mode)
+            os.chown(tmp, pwd.getpwnam(f.owner).pw_uid, grp.getgrnam(f.owner).gr_gid)
+            os.replace(tmp, path)
+        # Make the per-node root traversable for the daemons' OS users.
+        os.chmod(self.root / node.member.name, 0o755)
+
+    def _ensure_venv(self, log: Any) -> None:
+        """The nodes' Python environment from Debian's python3, as on EC2, pinned the same."""
+        requirements = next(f for f in self.rendered(self.nodes[0]) if f.path.endswith("requirements-node.txt"))
+        marker = self.venv / ".pgha-requirements"
+        if marker.exists() and marker.read_text() == requirements.content:
+            return
+        log(f"creating the nodes' Python environment in {self.venv}")
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(self.venv)], check=True)
+        req = self.root / "requirements-node.txt"
+        req.write_text(requirements.content)
+        subprocess.run([str(self.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-r",
+                        str(req)], check=True)
+        marker.write_text(requirements.content)
+
+    def down(self, *, log: Any = print) -> None:
+        """Stop everything `up` started (all Patronis together: stopping replicas first makes the
+        synchronous standby wait); remove nothing."""
+        for node in self.nodes:
+            for name in reversed(node.units):
+                if name in ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service"):
+                    continue
+                node.supervisor.stop(name)
+        for node in self.nodes:
+            pid = node.supervisor.pid("pgha-patroni.service")
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+        for node in self.nodes:
+            node.supervisor.stop("pgha-patroni.service")
+            log(f"{node.member.name}: stopped")
+        for node in self.nodes:
+            if "pgha-etcd.service" in node.units:
+                node.supervisor.stop("pgha-etcd.service")
+            node.supervisor.stop("pgha-prepare.service")
+        self.s3.stop()
+
+    # -- health -----------------------------------------------------------------------------------
+    def patroni(self, node: Node, path: str = "/cluster", timeout: float = 2.0) -> Any:
+        with urllib.request.urlopen(f"http://{node.ip}:{PORTS['patroni']}{path}", timeout=timeout) as reply:
+            return json.loads(reply.read())
+
+    def cluster_view(self) -> dict[str, Any] | None:
+        """Patroni's /cluster as seen from the first member that answers."""
+        for node in self.nodes:
+            try:
+                return self.patroni(node)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def wait_for_leader(self, *, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            view = self.cluster_view() or {}
+            for m in view.get("members", []):
+                if m.get("role") == "leader" and m.get("state") == "running":
+                    return m["name"]
+            time.sleep(0.5)
+        raise LocalClusterError(f"no leader after {timeout:.0f}s; see {self.root}/<member>/state/*.log")
+
+    def wait_healthy(self, *, timeout: float) -> None:
+        """A leader, every replica streaming, a synchronous standby when rpo is 0, every port up."""
+        deadline = time.monotonic() + timeout
+        problems: list[str] = []
+        while time.monotonic() < deadline:
+            problems = self.health_problems()
+            if not problems:
+                return
+            time.sleep(0.5)
+        raise LocalClusterError("cluster not healthy after {:.0f}s: {}".format(timeout, "; ".join(problems)))
+
+    def health_problems(self) -> list[str]:
+        view = self.cluster_view()
+        if view is None:
+            return ["no Patroni answers"]
+        members = {m["name"]: m for m in view.get("members", [])}
+        problems = []
+        leaders = [m for m in members.values() if m.get("role") == "leader"]
+        if len(leaders) != 1:
+            problems.append(f"{len(leaders)} leaders")
+        for node in self.nodes:
+            m = members.get(node.member.name)
+            if m is None or m.get("state") not in ("running", "streaming"):
+                problems.append(f"{node.member.name} is {m.get('state') if m else 'absent'}")
+        if self.spec.synchronous and not any(m.get("role") == "sync_standby" for m in members.values()):
+            problems.append("no synchronous standby yet")
+        for node in self.nodes:
+            for port in (PORTS["pgbouncer"], *[PORTS[s] for s in SERVICES]):
+                if not _port_open(node.ip, port):
+                    problems.append(f"{node.ip}:{port} closed")
+        return problems
+
+    def dsn(self, ip: str, port: int, *, user: str = USERS["superuser"], dbname: str = "postgres") -> str:
+        return (f"host={ip} port={port} user={user} dbname={dbname} sslmode=verify-full "
+                f"sslrootcert={self.ca_file} passfile={self.passfile}")
+
+    def status(self) -> dict[str, Any]:
+        """Members, roles, lag and endpoints (DSNs without passwords: they use the passfile)."""
+        view = self.cluster_view() or {"members": []}
+        by_name = {m["name"]: m for m in view.get("members", [])}
+        members = []
+        for node in self.nodes:
+            m = by_name.get(node.member.name, {})
+            members.append({
+                "name": node.member.name,
+                "ip": node.ip,
+                "role": m.get("role", "down"),
+                "state": m.get("state", "down"),
+                "timeline": m.get("timeline"),
+                "lag_bytes": m.get("lag", 0) if m.get("role") != "leader" else 0,
+                "units": {name: node.supervisor.is_active(name) for name in node.units},
+            })
+        services = {
+            self.spec.service_name(s): {
+                "port": PORTS[s],
+                "dsn": [self.dsn(node.ip, PORTS[s]) for node in self.nodes],
+                "multi_host_dsn": self.multi_host_dsn(PORTS[s]),
+            }
+            for s in SERVICES
+        }
+        return {
+            "cluster": self.spec.cluster_name,
+            "stack": self.stack,
+            "root": str(self.root),
+            "members": members,
+            "services": services,
+            "ca_file": str(self.ca_file),
+            "passfile": str(self.passfile),
+            "s3": {"endpoint": f"https://{self.s3.host}:{self.s3.port}", "bucket": self.bucket},
+            "health": self.health_problems() if view.get("members") else ["cluster is down"],
+        }
+
+    def multi_host_dsn(self, port: int) -> str:
+        """One DSN over every node's HAProxy: libpq tries the next host when one is down."""
+        hosts = ",".join(f"{n.ip}:{port}" for n in self.nodes)
+        return (f"postgresql://{USERS['superuser']}@{hosts}/postgres?sslmode=verify-full"
+                f"&sslrootcert={self.ca_file}&passfile={self.passfile}&connect_timeout=3")
+
+
+def _port_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)

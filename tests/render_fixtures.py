@@ -1,0 +1,48 @@
+"""Specs and contexts shared by the render tests: real certificates, fixed names."""
+
+import functools
+
+from pgha.local.tls import CertKey, issue, make_ca
+from pgha.render import EC2_LAYOUT, Layout, NodeContext
+from pgha.spec import ClusterSpec, build_spec, member_ip
+
+AZS = ["us-east-1a", "us-east-1b", "us-east-1c"]
+COMBINATIONS = {
+    "arm64-ebs": {"arch": "arm64", "instanceType": "r8g.xlarge", "storage": {"kind": "ebs", "sizeGiB": 500}},
+    "arm64-metal": {"arch": "arm64", "instanceType": "r7gd.4xlarge", "storage": {"kind": "metal"}},
+    "x86_64-ebs": {"arch": "x86_64", "instanceType": "r7i.2xlarge",
+                   "storage": {"kind": "ebs", "volumeType": "io2", "sizeGiB": 1000, "iops": 20000}},
+    "x86_64-metal": {"arch": "x86_64", "instanceType": "i4i.16xlarge", "storage": {"kind": "metal"}},
+}
+
+
+def make_spec(values: dict, stack: str = "prod") -> ClusterSpec:
+    return build_spec(values, stack=stack, region="us-east-1", region_azs=AZS)
+
+
+@functools.cache
+def _ca() -> CertKey:
+    return make_ca("pgha test CA")
+
+
+def ec2_context(spec: ClusterSpec) -> NodeContext:
+    """What the Pulumi program hands the renderer, with real-sized certificates."""
+    ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
+    certs = {name: issue(_ca(), common_name=name, ips=[ip], dns_names=[name]).cert_pem for name, ip in ips.items()}
+    return NodeContext(
+        member_ips=ips, bucket=f"{spec.cluster_name}-backups-0a1b2c3", s3_endpoint="s3.us-east-1.amazonaws.com",
+        s3_region="us-east-1", secret_id=f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{spec.cluster_name}-x1Y2z3",
+        layout=EC2_LAYOUT, ca_cert_pem=_ca().cert_pem, node_cert_pems=certs,
+        data_volume_ids={name: f"vol-0{i:016x}" for i, name in enumerate(ips)},
+    )
+
+
+def loopback_context(spec: ClusterSpec, root: str, prefix: str = "127.0.9.") -> NodeContext:
+    """A loopback rendering on addresses no running cluster uses."""
+    return NodeContext(
+        member_ips={m.name: f"{prefix}{m.index}" for m in spec.members}, bucket="pgha-test",
+        s3_endpoint="localhost:9443", s3_region="us-east-1", secret_id="", secret_source="file",
+        secret_file=f"{root}/secrets.json", s3_key_type="shared", s3_uri_style="path", s3_ca_file=f"{root}/ca.crt",
+        layout=Layout(root=f"{root}/node", venv="/opt/pgha-test-venv"), ca_cert_pem=_ca().cert_pem,
+        postgres_version_override=15,
+    )

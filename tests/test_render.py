@@ -1,0 +1,198 @@
+"""Rendered node files: pure, secret-free, sized to the instance, and routing as documented."""
+
+import base64
+import gzip
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from pgha.render import (EC2_USER_DATA_LIMIT, bucket_files, cloud_config, render_cluster, render_node,
+                         sized_parameters, user_data, user_data_bytes)
+from pgha.spec import RTO_PLANS
+from render_fixtures import COMBINATIONS, ec2_context, loopback_context, make_spec
+
+
+def files_of(spec, ctx, member_index=0):
+    return {f.path: f for f in render_node(spec, spec.members[member_index], ctx)}
+
+
+def test_rendering_is_a_pure_function():
+    spec = make_spec(COMBINATIONS["arm64-ebs"])
+    ctx = ec2_context(spec)
+    assert render_cluster(spec, ctx) == render_cluster(spec, ctx)
+    assert user_data(spec, spec.members[0], ctx) == user_data(spec, spec.members[0], ctx)
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_user_data_fits_ec2_limit_for_every_combination(combo):
+    spec = make_spec({**COMBINATIONS[combo], "replicas": 5})
+    ctx = ec2_context(spec)
+    for member in spec.members:
+        raw = base64.b64decode(user_data(spec, member, ctx))
+        assert len(raw) <= EC2_USER_DATA_LIMIT
+        document = yaml.safe_load(gzip.decompress(raw).decode().removeprefix("#cloud-config\n"))
+        paths = {f["path"] for f in document["write_files"]}
+        assert {"/etc/pgha/patroni.yml", "/etc/pgha/haproxy/haproxy.cfg", "/opt/pgha/bin/pgha-bootstrap",
+                "/etc/pgha/bucket-files.json"} <= paths
+        assert document["runcmd"] == [["/opt/pgha/bin/pgha-bootstrap"]]
+        assert ("/etc/pgha/etcd/etcd.conf.yml" in paths) == member.runs_etcd
+
+
+def test_files_too_big_for_user_data_come_from_the_bucket_with_their_hash():
+    spec = make_spec(COMBINATIONS["arm64-ebs"])
+    ctx = ec2_context(spec)
+    member = spec.members[0]
+    fetched = bucket_files(spec, member, ctx)
+    assert [b.path for b in fetched] == ["/opt/pgha/bin/pgha-node"]
+    agent = files_of(spec, ctx)["/opt/pgha/bin/pgha-node"].content
+    assert fetched[0].sha256 == hashlib.sha256(agent.encode()).hexdigest()
+    assert fetched[0].key.startswith(f"{spec.cluster_name}/node-files/")
+    document = yaml.safe_load(cloud_config(spec, member, ctx).removeprefix("#cloud-config\n"))
+    manifest = next(f for f in document["write_files"] if f["path"] == "/etc/pgha/bucket-files.json")
+    assert json.loads(manifest["content"])[0]["sha256"] == fetched[0].sha256
+    assert all(f["path"] != "/opt/pgha/bin/pgha-node" for f in document["write_files"])
+
+
+def test_no_private_key_or_password_reaches_rendered_files():
+    import re
+
+    spec = make_spec(COMBINATIONS["x86_64-metal"])
+    ctx = ec2_context(spec)
+    text = "".join(f.content for files in render_cluster(spec, ctx).values() for f in files)
+    pem_kinds = set(re.findall(r"-----BEGIN ([A-Z ]+)-----", text))
+    assert pem_kinds == {"CERTIFICATE"}
+    patroni = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/patroni.yml"].content)
+    auth = patroni["postgresql"]["authentication"]
+    assert all("password" not in entry for entry in auth.values())
+    assert "authentication" not in patroni["restapi"]
+
+
+def test_rpo_zero_is_strict_synchronous_and_rpo_bytes_bound_failover():
+    sync = yaml.safe_load(files_of(make_spec({}), ec2_context(make_spec({})))["/etc/pgha/patroni.yml"].content)
+    dcs = sync["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is True
+    spec = make_spec({"rpo": 4194304})
+    lossy = yaml.safe_load(files_of(spec, ec2_context(spec))["/etc/pgha/patroni.yml"].content)["bootstrap"]["dcs"]
+    assert lossy["synchronous_mode"] is False and lossy["maximum_lag_on_failover"] == 4194304
+
+
+@pytest.mark.parametrize("rto", sorted(RTO_PLANS))
+def test_rto_presets_reach_patroni_and_haproxy(rto):
+    spec = make_spec({"rto": rto})
+    files = files_of(spec, ec2_context(spec))
+    dcs = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)["bootstrap"]["dcs"]
+    plan = RTO_PLANS[rto]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (plan.ttl, plan.loop_wait, plan.retry_timeout)
+    # Current Patroni refuses anything else.
+    assert dcs["ttl"] >= 20 and dcs["loop_wait"] >= 1 and dcs["retry_timeout"] >= 3
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    assert f"inter {plan.check_inter} fastinter {plan.check_fastinter}" in files["/etc/pgha/haproxy/haproxy.cfg"].content
+
+
+def haproxy_sections(text):
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "#")):
+            current = line.strip()
+            sections[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            sections[current].append(line.strip())
+    return sections
+
+
+def test_haproxy_services_follow_pigsty_ports_and_checks():
+    spec = make_spec({"clusterName": "pg-orders"})
+    ctx = ec2_context(spec)
+    cfg = haproxy_sections(files_of(spec, ctx)["/etc/pgha/haproxy/haproxy.cfg"].content)
+    ip = ctx.member_ips["pg-orders-1"]
+    expect = {"pg-orders-primary": (5433, "be-primary-pooled", None),
+              "pg-orders-replica": (5434, "be-replica-pooled", "be-primary-pooled"),
+              "pg-orders-default": (5436, "be-primary-direct", None),
+              "pg-orders-offline": (5438, "be-offline-direct", "be-primary-direct")}
+    for name, (port, backend, fallback) in expect.items():
+        lines = cfg[f"frontend {name}"]
+        assert f"bind {ip}:{port}" in lines and f"default_backend {backend}" in lines
+        assert any(l.startswith(f"use_backend {fallback}") for l in lines) == bool(fallback)
+    pooled = cfg["backend be-primary-pooled"]
+    # The pooled primary must fail its check when PgBouncer is down, not just when Patroni is.
+    assert pooled.index("tcp-check connect port 6432") < pooled.index("tcp-check connect port 8008")
+    assert 'tcp-check send "GET /primary HTTP/1.0\\r\\n\\r\\n"' in pooled
+    assert sum(l.startswith("server ") and l.endswith(":6432 check") for l in pooled) == 3
+    assert "tcp-check connect port 6432" not in cfg["backend be-primary-direct"]
+    assert any("/replica?lag=" in l for l in cfg["backend be-replica-pooled"])
+    assert f"bind {ip}:9101" in cfg["frontend stats"]
+
+
+def test_every_client_path_requires_tls():
+    spec = make_spec({})
+    files = files_of(spec, ec2_context(spec))
+    hba = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)["postgresql"]["pg_hba"]
+    network_rules = [r for r in hba if not r.startswith("local")]
+    assert network_rules[-1] == "host all all 0.0.0.0/0 reject"
+    assert all(r.startswith("hostssl") for r in network_rules[:-1])
+    assert all(r.endswith("scram-sha-256") for r in network_rules[:-1])
+    ini = files["/etc/pgha/pgbouncer/pgbouncer.ini"].content
+    assert "client_tls_sslmode = require" in ini and "server_tls_sslmode = verify-full" in ini
+    assert "server_login_retry = 1" in ini
+    assert all(line.startswith(("local", "hostssl")) for line in
+               files["/etc/pgha/pgbouncer/pgb_hba.conf"].content.splitlines() if line and not line.startswith("#"))
+
+
+def test_etcd_cluster_is_three_members_with_mutual_tls():
+    spec = make_spec({"replicas": 4})
+    ctx = ec2_context(spec)
+    conf = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/etcd/etcd.conf.yml"].content)
+    assert conf["initial-cluster"].count("=https://") == 3
+    assert conf["client-transport-security"]["client-cert-auth"] is True
+    assert conf["peer-transport-security"]["client-cert-auth"] is True
+    patroni = yaml.safe_load(files_of(spec, ctx, 4)["/etc/pgha/patroni.yml"].content)
+    assert patroni["etcd3"]["protocol"] == "https" and len(patroni["etcd3"]["hosts"].split(",")) == 3
+
+
+@pytest.mark.parametrize("instance, profile, shared_buffers, max_connections", [
+    ("r8g.xlarge", "oltp", "8192MB", 500),
+    ("r7i.2xlarge", "olap", "16384MB", 200),
+    ("t4g.medium", "tiny", "1024MB", 100),
+])
+def test_postgres_sized_from_the_catalog(instance, profile, shared_buffers, max_connections):
+    arch = "x86_64" if instance.startswith("r7i") else "arm64"
+    params = sized_parameters(make_spec({"instanceType": instance, "arch": arch, "profile": profile}))
+    assert params["shared_buffers"] == shared_buffers and params["max_connections"] == max_connections
+    assert "pg_stat_statements" in params["shared_preload_libraries"]
+
+
+def test_parameter_overrides_win():
+    params = sized_parameters(make_spec({"parameters": {"work_mem": "256MB", "jit": "off"}}))
+    assert params["work_mem"] == "256MB" and params["jit"] == "off"
+
+
+def test_metal_and_ebs_prepare_their_own_storage():
+    ebs = make_spec(COMBINATIONS["arm64-ebs"])
+    ctx = ec2_context(ebs)
+    host = files_of(ebs, ctx)["/opt/pgha/bin/pgha-host"].content
+    assert ctx.data_volume_ids[ebs.members[0].name] in host
+    assert "mdadm" not in host and "mkfs.xfs" in host and "noatime" in host
+    metal = make_spec(COMBINATIONS["x86_64-metal"])
+    host = files_of(metal, ec2_context(metal))["/opt/pgha/bin/pgha-host"].content
+    assert "mdadm --create" in host and "-ne 4 ]" in host
+
+
+def test_loopback_rendering_differs_only_in_addresses_and_paths(tmp_path):
+    spec = make_spec({"instanceType": "t4g.medium", "profile": "tiny"})
+    ec2 = ec2_context(spec)
+    local = loopback_context(spec, str(tmp_path))
+    local = replace(local, ca_cert_pem=ec2.ca_cert_pem, postgres_version_override=None)
+    ec2_files = files_of(spec, ec2)
+    local_files = files_of(spec, local)
+    root = str(tmp_path / "node")
+    # The EC2-only steps (packages, storage) are the only files the loopback cluster lacks.
+    missing = {p for p in ec2_files if root + p not in local_files}
+    assert missing == {"/opt/pgha/bin/pgha-host", "/opt/pgha/bin/pgha-bootstrap", "/etc/apt/preferences.d/pgha",
+                       "/etc/systemd/system/pgha-host.service"}
+    ec2_pg = yaml.safe_load(ec2_files["/etc/pgha/patroni.yml"].content)
+    local_pg = yaml.safe_load(local_files[root + "/etc/pgha/patroni.yml"].content)
+    assert ec2_pg["bootstrap"]["dcs"] == local_pg["bootstrap"]["dcs"]
+    assert local_pg["postgresql"]["listen"] == "127.0.9.1:5432"
