@@ -1,19 +1,37 @@
-"""Read a stack's pgha config from Pulumi.yaml and Pulumi.<stack>.yaml without the CLI.
+"""Read a stack's pgha config: from the Pulumi CLI's config, or from the stack files.
 
-The loopback cluster and ``pgha render`` use this so that they see the same values
-``pulumi up`` would; the Pulumi program itself reads the CLI's config instead.
+The loopback cluster and ``pgha render`` read Pulumi.yaml and Pulumi.<stack>.yaml so they see
+the values ``pulumi up`` would; the Pulumi program reads the CLI's config. Both go through
+:func:`pgha_values`, so they agree on what "not set" means.
 """
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 NAMESPACE = "pgha:"
 
 
+def _unset(value: Any) -> bool:
+    """Pulumi.yaml declares every key with a default; "" / [] / {} there mean "derive it"."""
+    if isinstance(value, str) and value.strip() in ("", "[]", "{}"):
+        return True
+    return value in ([], {})
+
+
+def pgha_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``pgha:`` keys of ``config`` without the prefix, unset ones dropped.
+
+    Unknown keys are kept, so validation reports them.
+    """
+    return {key[len(NAMESPACE):]: value for key, value in config.items()
+            if key.startswith(NAMESPACE) and not _unset(value)}
+
+
 def read_stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]:
-    """The stack's ``pgha:`` values (prefix stripped) and its ``aws:region``.
+    """The stack's ``pgha:`` values and its ``aws:region``, as ``pulumi up`` would see them.
 
     Project-level defaults declared in Pulumi.yaml apply first; the stack file wins.
     """
@@ -23,22 +41,18 @@ def read_stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], st
         raise FileNotFoundError(f"no stack file {stack_file}: create it with `pulumi stack init {stack}`")
     stack_config = (yaml.safe_load(stack_file.read_text()) or {}).get("config", {}) or {}
 
-    values: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
     for key, declared in (project.get("config") or {}).items():
-        name = key[len(NAMESPACE):] if key.startswith(NAMESPACE) else key
-        if ":" in name:
-            continue
-        if isinstance(declared, dict):
-            if "value" in declared:
-                values[name] = declared["value"]
-            elif "default" in declared:
-                values[name] = declared["default"]
-        elif declared is not None:
-            values[name] = declared
-    region = "us-east-1"
-    for key, value in stack_config.items():
-        if key.startswith(NAMESPACE):
-            values[key[len(NAMESPACE):]] = value
-        elif key == "aws:region":
-            region = str(value)
-    return values, region
+        name = key if ":" in key else NAMESPACE + key
+        if isinstance(declared, dict) and ("value" in declared or "default" in declared):
+            merged[name] = declared.get("value", declared.get("default"))
+        elif not isinstance(declared, dict):
+            merged[name] = declared
+    merged.update(stack_config)
+    region = str(merged.get("aws:region", "us-east-1"))
+    return pgha_values(merged), region
+
+
+def as_json_text(value: Any) -> str:
+    """How the Pulumi CLI hands an object value to the program (tests use this)."""
+    return value if isinstance(value, str) else json.dumps(value)

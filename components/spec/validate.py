@@ -410,8 +410,9 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
     vpc_cidr = r.string(["network", "vpcCidr"], "10.42.0.0/16")
     try:
         net = ipaddress.ip_network(vpc_cidr)
-        if net.version != 4 or not 16 <= net.prefixlen <= 24:
-            r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 block from /16 to /24 (AWS VPC sizes)")
+        # Six subnets of prefix+4 each; /22 leaves /26 subnets with room for six members.
+        if net.version != 4 or not 16 <= net.prefixlen <= 22:
+            r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 block from /16 to /22")
             vpc_cidr = "10.42.0.0/16"
     except ValueError:
         r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 CIDR block such as 10.42.0.0/16 (host bits zero)")

@@ -1,0 +1,43 @@
+"""Which image the members boot: ``ami_id`` if given, else the newest official Debian 12."""
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from ..spec import ClusterSpec
+from .common import DEBIAN_OWNER_ID
+
+DEBIAN_ARCH: dict[str, str] = {"arm64": "arm64", "x86_64": "amd64"}
+
+
+@dataclass(frozen=True)
+class AmiChoice:
+    """The AMI id and whether it was looked up (then instances ignore later changes of it)."""
+
+    ami_id: pulumi.Input[str]
+    looked_up: bool
+
+
+def debian_name_pattern(arch: str) -> str:
+    """Name filter of Debian's official AMIs for an arch (``debian-12-arm64-*``)."""
+    return f"debian-12-{DEBIAN_ARCH[arch]}-*"
+
+
+def choose_ami(spec: ClusterSpec, *, parent: pulumi.Resource) -> AmiChoice:
+    """The members' image.
+
+    A looked-up image changes whenever Debian publishes a point release; the instances
+    ignore changes of ``ami`` so that never replaces a running member. New members (and
+    replaced ones) get the newest image. Pin ``ami_id`` to control upgrades explicitly.
+    """
+    if spec.ami_id:
+        return AmiChoice(ami_id=spec.ami_id, looked_up=False)
+    image = aws.ec2.get_ami_output(
+        most_recent=True, owners=[DEBIAN_OWNER_ID],
+        filters=[{"name": "name", "values": [debian_name_pattern(spec.arch)]},
+                 {"name": "architecture", "values": [spec.arch]},
+                 {"name": "virtualization-type", "values": ["hvm"]},
+                 {"name": "root-device-type", "values": ["ebs"]}],
+        opts=pulumi.InvokeOutputOptions(parent=parent))
+    return AmiChoice(ami_id=image.id, looked_up=True)

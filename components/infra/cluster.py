@@ -1,0 +1,246 @@
+"""``PostgresCluster``: a highly available PostgreSQL cluster on EC2 as one Pulumi component.
+
+The constructor validates everything first (spec rules, region, AZs, given subnets) and
+only then registers itself and its children, so a bad input declares nothing at all.
+"""
+
+from typing import Any, Mapping, Sequence, TypedDict
+
+import pulumi
+import pulumi_aws as aws
+
+from ..spec import PORTS, SERVICES, ClusterSpec, SpecError, build_spec
+from . import network as net
+from .ami import choose_ami
+from .backup import BackupBucket
+from .common import invoke_options
+from .endpoints import Endpoints
+from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
+from .node import Node, node_context, node_user_data, rolling_order
+from .nodefiles import upload_node_files
+from .security import SecurityGroups
+from .tls import ClusterTls, zone_name
+
+TYPE_TOKEN = "pgha:index:PostgresCluster"
+
+
+class StorageArgs(TypedDict, total=False):
+    """Where PostgreSQL's data lives."""
+
+    kind: str
+    """``ebs`` (one EBS volume per member, default) or ``metal`` (the instance's NVMe store)."""
+    size_gib: int
+    """EBS volume size in GiB (default 100)."""
+    volume_type: str
+    """``gp3`` (default) or ``io2``."""
+    iops: int
+    """Provisioned IOPS (default 3000)."""
+    throughput_mibps: int
+    """gp3 throughput in MiB/s (default 125)."""
+
+
+class NetworkArgs(TypedDict, total=False):
+    """The VPC and who may connect."""
+
+    vpc_id: str
+    """An existing VPC; omit to let pgha create one."""
+    subnet_ids: Sequence[str]
+    """With ``vpc_id``: one private subnet per availability zone, in AZ order."""
+    vpc_cidr: str
+    """CIDR of the created VPC (default 10.42.0.0/16)."""
+    allowed_cidrs: Sequence[str]
+    """Client CIDRs allowed on the service ports (default: the VPC CIDR)."""
+    allowed_security_group_ids: Sequence[str]
+    """Client security groups allowed on the service ports."""
+    monitoring_cidrs: Sequence[str]
+    """CIDRs allowed on the metrics ports (none by default)."""
+    nat_gateways: str
+    """``per-az`` (default) or ``single`` NAT gateway for a created VPC."""
+    expose_direct_ports: bool
+    """Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member."""
+
+
+class BackupArgs(TypedDict, total=False):
+    """pgBackRest schedules (cron, UTC), retention and compression."""
+
+    full_schedule: str
+    """Cron of full backups (default ``0 1 * * *``)."""
+    diff_schedule: str
+    """Cron of differential backups (none by default)."""
+    incr_schedule: str
+    """Cron of incremental backups (none by default)."""
+    retention_days: int
+    """Days full backups are kept (default 14)."""
+    compression: str
+    """``lz4`` (default), ``zst``, ``gz``, ``bz2`` or ``none``."""
+    encryption: bool
+    """Encrypt the repository with a pgBackRest cipher pass (on top of SSE-KMS)."""
+
+
+class PostgresClusterArgs(TypedDict, total=False):
+    """Inputs of ``PostgresCluster``: the snake_case names of the stack config keys."""
+
+    cluster_name: str
+    """Pigsty-style cluster name (default ``pg-<stack>``); prefixes members and services."""
+    arch: str
+    """``arm64`` (default) or ``x86_64``."""
+    instance_type: str
+    """EC2 instance type from pgha's catalog (default per arch and storage kind)."""
+    storage: StorageArgs
+    """Data storage: EBS volume or instance-store NVMe."""
+    replicas: int
+    """Number of replicas besides the primary, 0 to 5 (default 2)."""
+    availability_zones: Sequence[str]
+    """Three distinct AZs of the region (default: the region's first three)."""
+    postgres_version: int
+    """PostgreSQL major version (default 17)."""
+    profile: str
+    """Tuning profile: ``oltp`` (default), ``olap``, ``crit`` or ``tiny``."""
+    rto: str
+    """Failover timing plan: ``fast``, ``norm`` (default), ``safe`` or ``wide``."""
+    rpo: int
+    """Bytes of WAL a failover may lose; 0 (default) means synchronous replication."""
+    parameters: Mapping[str, Any]
+    """Extra PostgreSQL parameters (those pgha manages are refused)."""
+    network: NetworkArgs
+    """VPC, subnets and allowed sources."""
+    backup: BackupArgs
+    """Backup schedules and retention."""
+    stack_kind: str
+    """Deployment shape; only ``regional``."""
+    ami_id: str
+    """Pin the AMI (default: newest official Debian 12 of the arch)."""
+    pool_mode: str
+    """PgBouncer pool mode: ``transaction`` (default), ``session`` or ``statement``."""
+
+
+def resolve_region(opts: pulumi.ResourceOptions | None = None) -> tuple[str, tuple[str, ...]]:
+    """The region of the aws provider and its available (non opt-in) availability zones."""
+    invoke = invoke_options(opts)
+    region = aws.config.region if invoke is None else None
+    if not region:
+        region = aws.get_region(opts=invoke).region
+    zones = aws.get_availability_zones(
+        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}], opts=invoke)
+    return region, tuple(zones.names)
+
+
+class PostgresCluster(pulumi.ComponentResource):
+    """A Patroni/etcd/HAProxy/PgBouncer/pgBackRest PostgreSQL cluster across three AZs.
+
+    ``PostgresCluster("db", {"replicas": 2, "storage": {"kind": "ebs", "size_gib": 200}})``
+    validates its args and raises ``SpecError`` listing every problem before anything is
+    declared. A stack that has already validated its config passes ``spec=`` instead.
+    """
+
+    endpoints: pulumi.Output[dict[str, Any]]
+    """NLB DNS name, zone name, ``host:port`` per service (Route53 and NLB), member names."""
+    member_ips: pulumi.Output[dict[str, str]]
+    """Fixed private IP of each member."""
+    member_azs: pulumi.Output[dict[str, str]]
+    """Availability zone of each member."""
+    instance_ids: pulumi.Output[dict[str, str]]
+    """EC2 instance id of each member."""
+    vpc_id: pulumi.Output[str]
+    """The VPC the cluster lives in."""
+    nlb_dns_name: pulumi.Output[str]
+    """DNS name of the internal NLB."""
+    zone_name: pulumi.Output[str]
+    """The private hosted zone (``<cluster_name>.pgha.internal``)."""
+    bucket_name: pulumi.Output[str]
+    """The pgBackRest repository bucket."""
+    secret_arn: pulumi.Output[str]
+    """ARN of the Secrets Manager secret with the passwords and TLS keys."""
+    ca_cert_pem: pulumi.Output[str]
+    """The cluster CA certificate clients verify the servers with."""
+    superuser_password: pulumi.Output[str]
+    """The postgres superuser password (a Pulumi secret)."""
+
+    def __init__(self, name: str, args: PostgresClusterArgs | None = None,
+                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
+        # Validate everything before registering anything: a SpecError must leave no trace.
+        if spec is None:
+            region, zones = resolve_region(opts)
+            spec = build_spec(dict(args or {}), stack=pulumi.get_stack(), region=region, region_azs=zones,
+                              style="args")
+            config_style = False
+        elif args:
+            raise TypeError("PostgresCluster takes either args or spec=, not both")
+        else:
+            config_style = True
+        existing = None
+        if spec.network.creates_vpc:
+            problems = net.check_member_ips(spec, spec.private_subnet_cidrs,
+                                            key="pgha:network.vpcCidr" if config_style else "network.vpc_cidr")
+            if problems:
+                raise SpecError(problems)
+        else:
+            existing = net.lookup_existing(spec, invoke_opts=invoke_options(opts), config_style=config_style)
+
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        self.spec = spec
+        this = pulumi.ResourceOptions(parent=self)
+
+        network_component = None
+        if existing is None:
+            network_component = net.Network(f"{name}-network", spec=spec, opts=this)
+            refs = network_component.refs
+        else:
+            refs = net.existing_refs(existing)
+        member_ips = {m.name: refs.ip_of(m) for m in spec.members}
+
+        groups = SecurityGroups(f"{name}-sg", spec=spec, vpc_id=refs.vpc_id, vpc_cidr=refs.vpc_cidr, opts=this)
+        key = EncryptionKey(f"{name}-kms", spec=spec, opts=this)
+        role = NodeRole(f"{name}-role", spec=spec, opts=this)
+        backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn, opts=this)
+        certs = ClusterTls(f"{name}-tls", spec=spec, member_ips=member_ips, opts=this)
+        secret = ClusterSecret(f"{name}-secret", spec=spec, key_arn=key.key_arn, tls_keys=certs.key_pems, opts=this)
+        access = node_access_policy(f"{name}-role", spec=spec, role_name=role.role_name,
+                                    bucket_arn=backup.bucket_arn, secret_arn=secret.secret_arn,
+                                    key_arn=key.key_arn, parent=self)
+        ami = choose_ami(spec, parent=self)
+        ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
+                           ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems)
+
+        files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, member_ips=member_ips, ctx=ctx,
+                                  parent=self)
+
+        # A node boots only when it can read its secret and files and reach the internet.
+        base: list[pulumi.Resource] = [access, *files, *([network_component] if network_component else [])]
+        nodes: dict[str, Node] = {}
+        previous: list[pulumi.Resource] = []
+        for member in rolling_order(spec):
+            node = Node(f"{name}-{member.index}", spec=spec, member=member, subnet_id=refs.subnet_of(member),
+                        private_ip=member_ips[member.name], security_group_id=groups.node_sg_id,
+                        instance_profile=role.instance_profile_name, key_arn=key.key_arn, ami=ami,
+                        user_data_base64=node_user_data(spec, member, ctx), after=[*base, *previous], opts=this)
+            nodes[member.name] = node
+            previous = node.ready
+
+        endpoints = Endpoints(f"{name}-endpoints", spec=spec, vpc_id=refs.vpc_id, subnet_ids=refs.subnet_ids,
+                              lb_security_group_id=groups.lb_sg_id, member_ips=member_ips, opts=this)
+
+        zone = zone_name(spec)
+        self.member_ips = pulumi.Output.from_input(member_ips)
+        self.member_azs = pulumi.Output.from_input({m.name: m.availability_zone for m in spec.members})
+        self.instance_ids = pulumi.Output.all(**{n: nodes[n].instance_id for n in sorted(nodes)})
+        self.vpc_id = pulumi.Output.from_input(refs.vpc_id)
+        self.nlb_dns_name = endpoints.nlb_dns_name
+        self.zone_name = pulumi.Output.from_input(zone)
+        self.bucket_name = backup.bucket_name
+        self.secret_arn = secret.secret_arn
+        self.ca_cert_pem = certs.ca_cert_pem
+        self.superuser_password = pulumi.Output.secret(secret.passwords["superuser_password"])
+        self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {
+            "nlb_dns_name": dns,
+            "zone_name": zone,
+            "services": {s: f"{spec.service_name(s)}.{zone}:{PORTS[s]}" for s in SERVICES},
+            "nlb_services": {s: f"{dns}:{PORTS[s]}" for s in SERVICES},
+            "members": {m.name: f"{m.name}.{zone}" for m in spec.members},
+        })
+        self.register_outputs({
+            "endpoints": self.endpoints, "member_ips": self.member_ips, "member_azs": self.member_azs,
+            "instance_ids": self.instance_ids, "vpc_id": self.vpc_id, "nlb_dns_name": self.nlb_dns_name,
+            "zone_name": self.zone_name, "bucket_name": self.bucket_name, "secret_arn": self.secret_arn,
+            "ca_cert_pem": self.ca_cert_pem, "superuser_password": self.superuser_password,
+        })

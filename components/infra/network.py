@@ -1,0 +1,158 @@
+"""The VPC side: create a VPC with a private subnet per AZ, or adopt an existing one.
+
+Member IPs are fixed (``member_ip``), so the subnet CIDRs must be known while the program
+runs: for a created VPC they come from the spec, for an existing one from an invoke per
+subnet made before anything is declared.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from ..spec import ClusterSpec, Member, Problem, SpecError, member_ip
+from .common import child, cluster_tags, dns_suffix
+
+
+@dataclass(frozen=True)
+class ExistingNetwork:
+    """What the invokes found out about a given VPC and its subnets (AZ order)."""
+
+    vpc_id: str
+    vpc_cidr: str
+    subnet_ids: tuple[str, ...]
+    subnet_cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NetworkRefs:
+    """Where the cluster lives: one private subnet per AZ of the spec, in AZ order."""
+
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: str
+    subnet_ids: tuple[pulumi.Input[str], ...]
+    subnet_cidrs: tuple[str, ...]
+
+    def subnet_of(self, member: Member) -> pulumi.Input[str]:
+        return self.subnet_ids[member.az_index]
+
+    def ip_of(self, member: Member) -> str:
+        return member_ip(self.subnet_cidrs[member.az_index], member)
+
+
+def check_member_ips(spec: ClusterSpec, subnet_cidrs: Sequence[str], *, key: str) -> list[Problem]:
+    """Every member's fixed IP must be a usable address of its subnet.
+
+    AWS reserves the network address, the next three and the last address of a subnet.
+    """
+    problems = []
+    for member in spec.members:
+        cidr = subnet_cidrs[member.az_index]
+        net = ipaddress.ip_network(cidr)
+        ip = ipaddress.ip_address(member_ip(cidr, member))
+        if ip not in net or ip >= net.broadcast_address:
+            problems.append(Problem(key, cidr, f"subnet is too small for {member.name}'s fixed address "
+                                               f"(host {10 + member.index}); use a /27 or larger"))
+    return problems
+
+
+def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | None,
+                    config_style: bool) -> ExistingNetwork:
+    """Read the given VPC and subnets; raise SpecError if they don't fit the spec."""
+    key = "pgha:network.subnetIds" if config_style else "network.subnet_ids"
+    vpc_id = spec.network.vpc_id
+    assert vpc_id is not None
+    vpc = aws.ec2.get_vpc(id=vpc_id, opts=invoke_opts)
+    problems: list[Problem] = []
+    cidrs: list[str] = []
+    for index, subnet_id in enumerate(spec.network.subnet_ids):
+        subnet = aws.ec2.get_subnet(id=subnet_id, opts=invoke_opts)
+        cidrs.append(subnet.cidr_block)
+        if subnet.vpc_id != vpc_id:
+            problems.append(Problem(key, subnet_id, f"belongs to {subnet.vpc_id}, not to network.vpcId {vpc_id}"))
+        expected = spec.availability_zones[index]
+        if subnet.availability_zone != expected:
+            problems.append(Problem(key, subnet_id, f"is in {subnet.availability_zone}, but entry {index + 1} "
+                                                    f"must be the subnet of {expected} (AZ order)"))
+    if not problems:
+        problems += check_member_ips(spec, cidrs, key=key)
+    if problems:
+        raise SpecError(problems)
+    return ExistingNetwork(vpc_id=vpc_id, vpc_cidr=vpc.cidr_block, subnet_ids=tuple(spec.network.subnet_ids),
+                           subnet_cidrs=tuple(cidrs))
+
+
+class Network(pulumi.ComponentResource):
+    """A VPC for the cluster: private subnets (members, NLB), NAT for egress, an S3 gateway endpoint.
+
+    ``network.nat_gateways`` is ``per-az`` (one NAT gateway per AZ: egress survives an AZ
+    outage) or ``single`` (one shared gateway: cheaper, egress depends on one AZ).
+    """
+
+    vpc_id: pulumi.Output[str]
+    refs: NetworkRefs
+
+    def __init__(self, name: str, *, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:infra:Network", name, None, opts)
+        net = spec.network
+        tags = lambda label: cluster_tags(spec, Name=f"{spec.cluster_name}-{label}")  # noqa: E731
+
+        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=net.vpc_cidr, enable_dns_support=True,
+                          enable_dns_hostnames=True, tags=tags("vpc"), opts=child(self))
+        # Adopt the default security group and strip its rules so nothing can use it by accident.
+        aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, tags=tags("default-unused"),
+                                     opts=child(self))
+
+        private = []
+        for index, (az, cidr) in enumerate(zip(spec.availability_zones, spec.private_subnet_cidrs)):
+            private.append(aws.ec2.Subnet(f"{name}-private-{index + 1}", vpc_id=vpc.id, cidr_block=cidr,
+                                          availability_zone=az, map_public_ip_on_launch=False,
+                                          tags=tags(f"private-{az}"), opts=child(self)))
+
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags("igw"), opts=child(self))
+        public_rt = aws.ec2.RouteTable(f"{name}-public-rt", vpc_id=vpc.id, tags=tags("public"), opts=child(self))
+        aws.ec2.Route(f"{name}-public-default", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
+                      gateway_id=igw.id, opts=child(self))
+
+        nat_count = len(spec.availability_zones) if net.nat_gateways == "per-az" else 1
+        nats = []
+        for index in range(nat_count):
+            az = spec.availability_zones[index]
+            public = aws.ec2.Subnet(f"{name}-public-{index + 1}", vpc_id=vpc.id,
+                                    cidr_block=spec.public_subnet_cidrs[index], availability_zone=az,
+                                    map_public_ip_on_launch=False, tags=tags(f"public-{az}"), opts=child(self))
+            aws.ec2.RouteTableAssociation(f"{name}-public-assoc-{index + 1}", subnet_id=public.id,
+                                          route_table_id=public_rt.id, opts=child(self))
+            eip = aws.ec2.Eip(f"{name}-nat-eip-{index + 1}", domain="vpc", tags=tags(f"nat-{az}"), opts=child(self))
+            nats.append(aws.ec2.NatGateway(f"{name}-nat-{index + 1}", allocation_id=eip.id, subnet_id=public.id,
+                                           tags=tags(f"nat-{az}"), opts=child(self, depends_on=[igw])))
+
+        route_tables = []
+        for index, subnet in enumerate(private):
+            nat = nats[index if net.nat_gateways == "per-az" else 0]
+            rt = aws.ec2.RouteTable(f"{name}-private-rt-{index + 1}", vpc_id=vpc.id,
+                                    tags=tags(f"private-{spec.availability_zones[index]}"), opts=child(self))
+            aws.ec2.Route(f"{name}-private-default-{index + 1}", route_table_id=rt.id,
+                          destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat.id, opts=child(self))
+            aws.ec2.RouteTableAssociation(f"{name}-private-assoc-{index + 1}", subnet_id=subnet.id, route_table_id=rt.id,
+                                          opts=child(self))
+            route_tables.append(rt)
+
+        # Backups and WAL archives go to S3 through the free gateway endpoint, not the NAT gateways.
+        aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
+                            service_name=f"com.amazonaws.{spec.region}.s3" if dns_suffix(spec.region) == "amazonaws.com"
+                            else f"cn.com.amazonaws.{spec.region}.s3",
+                            route_table_ids=[rt.id for rt in route_tables], tags=tags("s3"), opts=child(self))
+
+        self.vpc_id = vpc.id
+        self.refs = NetworkRefs(vpc_id=vpc.id, vpc_cidr=net.vpc_cidr, subnet_ids=tuple(s.id for s in private),
+                                subnet_cidrs=tuple(spec.private_subnet_cidrs))
+        self.register_outputs({"vpc_id": vpc.id})
+
+
+def existing_refs(found: ExistingNetwork) -> NetworkRefs:
+    """NetworkRefs of a VPC pgha does not manage."""
+    return NetworkRefs(vpc_id=found.vpc_id, vpc_cidr=found.vpc_cidr, subnet_ids=found.subnet_ids,
+                       subnet_cidrs=found.subnet_cidrs)

@@ -1,0 +1,113 @@
+"""One member: its network interface (its identity), its instance and, for ebs, its data volume.
+
+The ENI carries the member's fixed private IP and the EBS volume its data; both are
+separate resources that outlive the instance, so replacing the instance (new user-data,
+instance type, AMI) keeps the address and the data. An ENI and a volume attach to one
+instance only, hence ``delete_before_replace`` on the instance.
+"""
+
+from typing import Mapping, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from ..render.context import NodeContext
+from ..spec import ClusterSpec, Member
+from .ami import AmiChoice
+from .common import child, cluster_tags, dns_suffix
+
+DATA_DEVICE = "/dev/sdf"
+ROOT_VOLUME_GIB = 20
+
+
+def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pulumi.Input[str],
+                 secret_arn: pulumi.Input[str], ca_cert_pem: pulumi.Input[str],
+                 cert_pems: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[NodeContext]:
+    """The NodeContext of the cluster on EC2, once the bucket, secret and certificates exist."""
+    return pulumi.Output.all(bucket=bucket, secret_arn=secret_arn, ca=ca_cert_pem,
+                             certs=pulumi.Output.all(**dict(cert_pems))).apply(
+        lambda v: NodeContext(
+            member_ips=dict(member_ips), bucket=v["bucket"], s3_endpoint=f"s3.{spec.region}.{dns_suffix(spec.region)}",
+            s3_region=spec.region, secret_id=v["secret_arn"], s3_key_type="auto", ca_cert_pem=v["ca"],
+            node_cert_pems=dict(v["certs"])))
+
+
+def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext]) -> pulumi.Output[str]:
+    """Base64 of the member's gzip'd cloud-config, rendered by ``pgha.render.user_data``."""
+    from ..render import user_data  # the renderer is optional until a program actually declares nodes
+
+    return ctx.apply(lambda c: user_data(spec, member, c))
+
+
+class Node(pulumi.ComponentResource):
+    """A member's ENI, instance and (storage kind ebs) data volume + attachment."""
+
+    instance_id: pulumi.Output[str]
+    private_ip: str
+    availability_zone: str
+    # What the next member of the rolling chain waits for.
+    ready: list[pulumi.Resource]
+
+    def __init__(self, name: str, *, spec: ClusterSpec, member: Member, subnet_id: pulumi.Input[str],
+                 private_ip: str, security_group_id: pulumi.Input[str], instance_profile: pulumi.Input[str],
+                 key_arn: pulumi.Input[str], ami: AmiChoice, user_data_base64: pulumi.Input[str],
+                 after: Sequence[pulumi.Resource] = (), opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:infra:Node", name, None, opts)
+        tags = cluster_tags(spec, Name=member.name, **{"pgha:member": member.name})
+        eni = aws.ec2.NetworkInterface(
+            f"{name}-eni", subnet_id=subnet_id, private_ips=[private_ip], security_groups=[security_group_id],
+            description=f"pgha {member.name} (fixed address)", tags=tags, opts=child(self))
+
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=ami.ami_id,
+            instance_type=spec.instance_type,
+            primary_network_interface={"network_interface_id": eni.id},
+            iam_instance_profile=instance_profile,
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
+                              "http_put_response_hop_limit": 1, "instance_metadata_tags": "disabled"},
+            root_block_device={"volume_type": "gp3", "volume_size": ROOT_VOLUME_GIB, "encrypted": True,
+                               "kms_key_id": key_arn, "delete_on_termination": True,
+                               "tags": {**tags, "Name": f"{member.name}-root"}},
+            user_data_base64=user_data_base64,
+            user_data_replace_on_change=True,
+            tags=tags,
+            opts=child(self, delete_before_replace=True, depends_on=list(after),
+                       ignore_changes=["ami"] if ami.looked_up else None))
+        self.ready = [instance]
+
+        if spec.storage.kind == "ebs":
+            storage = spec.storage
+            volume = aws.ebs.Volume(
+                f"{name}-data", availability_zone=member.availability_zone, size=storage.size_gib,
+                type=storage.volume_type, iops=storage.iops,
+                throughput=storage.throughput_mibps if storage.volume_type == "gp3" else None,
+                encrypted=True, kms_key_id=key_arn, final_snapshot=True,
+                tags={**tags, "Name": f"{member.name}-data"},
+                opts=child(self, protect=True, retain_on_delete=True))
+            # Stopping first lets PostgreSQL shut down cleanly before its disk goes away.
+            attachment = aws.ec2.VolumeAttachment(
+                f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id, instance_id=instance.id,
+                stop_instance_before_detaching=True, opts=child(self))
+            self.ready.append(attachment)
+
+        self.instance_id = instance.id
+        self.private_ip = private_ip
+        self.availability_zone = member.availability_zone
+        self.register_outputs({"instance_id": instance.id, "private_ip": private_ip})
+
+
+def rolling_order(spec: ClusterSpec) -> list[Member]:
+    """Members in the order a change reaches them: replicas first, member 1 (initial primary) last.
+
+    Each member's instance ``depends_on`` the previous one in this order, so Pulumi creates,
+    updates or replaces at most one instance at a time. Limits:
+
+    * Patroni may have moved the primary since the cluster was created; member 1 is only
+      the initial primary, so the current primary can be replaced before some replicas.
+    * Pulumi waits for the EC2 instance (and its volume attachment), not for PostgreSQL to
+      be healthy and caught up; a node that boots but never joins does not stop the roll.
+      For production changes, roll with ``pulumi up --target`` one member at a time and
+      check ``patronictl list`` in between, or switch over first.
+    """
+    return sorted(spec.members, key=lambda m: -m.index)

@@ -1,0 +1,47 @@
+"""Node files too large for user-data, uploaded to the backup bucket (``render.bucket_files``).
+
+Keys are content-addressed under ``<cluster_name>/node-files/`` (inside the members' S3
+prefix), and the bootstrap verifies each file's sha256, so the same file shared by several
+members is one object. Which objects exist must be known while the program runs, before the
+bucket name, secret and certificates are: the set is computed with a provisional context
+(the real member IPs, placeholders for the rest) and each object's key and content come
+from the real context.
+"""
+
+from typing import Mapping, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from ..render.context import NodeContext
+from ..spec import ClusterSpec
+from .common import child
+
+
+def provisional_context(member_ips: Mapping[str, str]) -> NodeContext:
+    """A NodeContext with the real member IPs and placeholders for values not known yet."""
+    return NodeContext(member_ips=dict(member_ips), bucket="provisional", s3_endpoint="provisional",
+                       s3_region="provisional", secret_id="provisional")
+
+
+def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str],
+                      member_ips: Mapping[str, str], ctx: pulumi.Output[NodeContext],
+                      parent: pulumi.Resource) -> Sequence[aws.s3.BucketObjectv2]:
+    """One S3 object per distinct bucket-delivered file of the members."""
+    from ..render import bucket_files  # same lazy hand-off as the user-data renderer
+
+    provisional = provisional_context(member_ips)
+    seen: dict[str, tuple[str, str]] = {}  # provisional key -> (member name, file path)
+    for member in spec.members:
+        for f in bucket_files(spec, member, provisional):
+            seen.setdefault(f.key, (member.name, f.path))
+    members = {m.name: m for m in spec.members}
+    objects = []
+    for index, (member_name, path) in enumerate(seen.values()):
+        member = members[member_name]
+        found = ctx.apply(lambda c, m=member, p=path: next(f for f in bucket_files(spec, m, c) if f.path == p))
+        objects.append(aws.s3.BucketObjectv2(
+            f"{name}-node-file-{index + 1}", bucket=bucket, key=found.apply(lambda f: f.key),
+            content=found.apply(lambda f: f.content), content_type="application/octet-stream",
+            server_side_encryption="aws:kms", opts=child(parent)))
+    return objects

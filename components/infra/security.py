@@ -1,0 +1,104 @@
+"""Security groups: who may reach the members and the load balancer, on which ports.
+
+* clients reach only the HAProxy service ports (5433/5434/5436/5438), plus 5432/6432 when
+  ``network.expose_direct_ports``, from ``allowed_cidrs`` / ``allowed_security_group_ids``
+  (the VPC CIDR when neither is given);
+* members reach each other on MEMBER_PORTS (etcd, PostgreSQL, PgBouncer, Patroni) through a
+  rule that references the members' own group;
+* metrics ports only from ``monitoring_cidrs`` (no rule at all when empty);
+* the NLB's group forwards the service ports to the members (traffic and health checks);
+* egress: 443/80 for packages and AWS APIs, member ports between members;
+* no SSH (SSM Session Manager instead), never 0.0.0.0/0 or ::/0 ingress.
+
+Every rule is a separate ``aws.vpc.SecurityGroupIngressRule``/``EgressRule`` resource so a
+changed source replaces one rule, not the group.
+"""
+
+import ipaddress
+
+import pulumi
+import pulumi_aws as aws
+
+from ..spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, ClusterSpec
+from .common import child, cluster_tags, port_ranges
+
+DIRECT_PORTS: tuple[int, ...] = (PORTS["postgres"], PORTS["pgbouncer"])
+EGRESS_PORTS: tuple[int, ...] = (443, 80)
+
+
+def client_ports(spec: ClusterSpec) -> tuple[int, ...]:
+    """The ports clients may reach on the members."""
+    return CLIENT_PORTS + (DIRECT_PORTS if spec.network.expose_direct_ports else ())
+
+
+class SecurityGroups(pulumi.ComponentResource):
+    """The members' group and the NLB's group, with every rule as its own resource."""
+
+    node_sg_id: pulumi.Output[str]
+    lb_sg_id: pulumi.Output[str]
+
+    def __init__(self, name: str, *, spec: ClusterSpec, vpc_id: pulumi.Input[str], vpc_cidr: str,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:infra:SecurityGroups", name, None, opts)
+        net = spec.network
+        node = aws.ec2.SecurityGroup(f"{name}-nodes", vpc_id=vpc_id,
+                                     description=f"pgha {spec.cluster_name} members",
+                                     tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nodes"), opts=child(self))
+        lb = aws.ec2.SecurityGroup(f"{name}-nlb", vpc_id=vpc_id, description=f"pgha {spec.cluster_name} NLB",
+                                   tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nlb"), opts=child(self))
+
+        node_ref = (f"{name}-nodes", node.id)
+        lb_ref = (f"{name}-nlb", lb.id)
+        cidrs = list(net.allowed_cidrs)
+        groups = list(net.allowed_security_group_ids)
+        if not cidrs and not groups:
+            cidrs = [vpc_cidr]
+
+        # Clients -> members (HAProxy on every member, direct ports if asked) and -> NLB.
+        for i, cidr in enumerate(cidrs):
+            self._ingress(node_ref, f"client-cidr-{i}", client_ports(spec), cidr=cidr, what="clients")
+            self._ingress(lb_ref, f"client-cidr-{i}", CLIENT_PORTS, cidr=cidr, what="clients")
+        for i, group in enumerate(groups):
+            self._ingress(node_ref, f"client-sg-{i}", client_ports(spec), group=group, what="clients")
+            self._ingress(lb_ref, f"client-sg-{i}", CLIENT_PORTS, group=group, what="clients")
+
+        # NLB -> members: forwarded connections and the TCP health checks, same ports.
+        self._ingress(node_ref, "from-nlb", CLIENT_PORTS, group=lb.id, what="NLB traffic and health checks")
+        self._egress(lb_ref, "to-nodes", CLIENT_PORTS, group=node.id, what="NLB to members")
+
+        # Members <-> members.
+        self._ingress(node_ref, "members", MEMBER_PORTS, group=node.id, what="cluster members")
+        self._egress(node_ref, "members", MEMBER_PORTS, group=node.id, what="cluster members")
+
+        for i, cidr in enumerate(net.monitoring_cidrs):
+            self._ingress(node_ref, f"metrics-{i}", METRICS_PORTS, cidr=cidr, what="monitoring")
+
+        # Packages, pgBackRest to S3, Secrets Manager, SSM: HTTPS (and HTTP for apt mirrors).
+        for port in EGRESS_PORTS:
+            self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
+
+        self.node_sg_id = node.id
+        self.lb_sg_id = lb.id
+        self.register_outputs({"node_sg_id": node.id, "lb_sg_id": lb.id})
+
+    def _ingress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
+                 cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:
+        for low, high in port_ranges(ports):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{sg[0]}-in-{label}-{low}", security_group_id=sg[1], ip_protocol="tcp", from_port=low,
+                to_port=high, description=what, **_source(cidr, group), opts=child(self))
+
+    def _egress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
+                cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:
+        for low, high in port_ranges(ports):
+            aws.vpc.SecurityGroupEgressRule(
+                f"{sg[0]}-out-{label}-{low}", security_group_id=sg[1], ip_protocol="tcp", from_port=low,
+                to_port=high, description=what, **_source(cidr, group), opts=child(self))
+
+
+def _source(cidr: str | None, group: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
+    if group is not None:
+        return {"referenced_security_group_id": group}
+    assert cidr is not None
+    network = ipaddress.ip_network(cidr, strict=False)
+    return {"cidr_ipv6" if network.version == 6 else "cidr_ipv4": str(network)}

@@ -1,0 +1,25 @@
+"""The regional stack: one PostgresCluster in one region, and its stack outputs."""
+
+import pulumi
+
+from ..infra import PostgresCluster
+from ..spec import ClusterSpec
+
+
+def deploy(spec: ClusterSpec) -> PostgresCluster:
+    """Declare the cluster of ``spec`` and export what clients and operators need."""
+    cluster = PostgresCluster(spec.cluster_name, spec=spec)
+    pulumi.export("clusterName", spec.cluster_name)
+    pulumi.export("region", spec.region)
+    pulumi.export("endpoints", cluster.endpoints)
+    pulumi.export("memberIps", cluster.member_ips)
+    pulumi.export("memberAzs", cluster.member_azs)
+    pulumi.export("instanceIds", cluster.instance_ids)
+    pulumi.export("vpcId", cluster.vpc_id)
+    pulumi.export("nlbDnsName", cluster.nlb_dns_name)
+    pulumi.export("zoneName", cluster.zone_name)
+    pulumi.export("backupBucket", cluster.bucket_name)
+    pulumi.export("secretArn", cluster.secret_arn)
+    pulumi.export("caCertificate", cluster.ca_cert_pem)
+    pulumi.export("superuserPassword", cluster.superuser_password)
+    return cluster

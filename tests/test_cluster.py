@@ -1,0 +1,161 @@
+"""The dev stack's rendered files running for real on 127.0.1.1-3 (etcd, Patroni, PostgreSQL,
+PgBouncer, HAProxy, pgBackRest to a moto S3 over TLS, exporters)."""
+
+import threading
+import time
+import urllib.request
+
+import boto3
+import psycopg
+import pytest
+
+from pgha.spec import PORTS
+
+pytestmark = pytest.mark.cluster
+
+
+def connect(cluster, ip, port, **kw):
+    # prepare_threshold=None: PgBouncer 1.18 in transaction mode cannot keep prepared statements.
+    return psycopg.connect(cluster.dsn(ip, port), connect_timeout=5, prepare_threshold=None, autocommit=True, **kw)
+
+
+def one(cluster, ip, port, sql, params=None):
+    with connect(cluster, ip, port) as conn:
+        return conn.execute(sql, params).fetchone()
+
+
+def members(cluster):
+    return {m["name"]: m for m in cluster.cluster_view()["members"]}
+
+
+def leader_ip(cluster):
+    name = next(n for n, m in members(cluster).items() if m["role"] == "leader")
+    return next(node.ip for node in cluster.nodes if node.member.name == name)
+
+
+def test_cluster_forms_with_one_leader_and_streaming_replicas(local_cluster):
+    roles = sorted(m["role"] for m in members(local_cluster).values())
+    assert roles == ["leader", "replica", "sync_standby"]
+    states = {m["state"] for m in members(local_cluster).values() if m["role"] != "leader"}
+    assert states == {"streaming"}
+    assert local_cluster.health_problems() == []
+
+
+def test_writes_through_5433_land_on_the_primary(local_cluster):
+    primary = leader_ip(local_cluster)
+    with connect(local_cluster, "127.0.1.3", PORTS["primary"]) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t_route (id serial PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO t_route (note) VALUES ('via 5433')")
+        in_recovery, server = conn.execute("SELECT pg_is_in_recovery(), host(inet_server_addr())").fetchone()
+    assert in_recovery is False and server == primary
+    assert one(local_cluster, primary, PORTS["default"], "SELECT count(*) FROM t_route WHERE note='via 5433'")[0] >= 1
+
+
+@pytest.mark.parametrize("node_index", [0, 1, 2])
+def test_every_haproxy_routes_each_service(local_cluster, node_index):
+    ip = local_cluster.nodes[node_index].ip
+    primary = leader_ip(local_cluster)
+    replicas = {n.ip for n in local_cluster.nodes} - {primary}
+    assert one(local_cluster, ip, PORTS["primary"], "SELECT pg_is_in_recovery(), host(inet_server_addr())") == (
+        False, primary)
+    in_recovery, server = one(local_cluster, ip, PORTS["replica"], "SELECT pg_is_in_recovery(), host(inet_server_addr())")
+    assert in_recovery is True and server in replicas
+    # 5436 and 5438 go straight to PostgreSQL: the client is the HAProxy node, not a local PgBouncer.
+    assert one(local_cluster, ip, PORTS["default"], "SELECT pg_is_in_recovery(), host(inet_server_addr()), "
+               "inet_server_port()") == (False, primary, 5432)
+    in_recovery, server, port = one(local_cluster, ip, PORTS["offline"],
+                                    "SELECT pg_is_in_recovery(), host(inet_server_addr()), inet_server_port()")
+    assert in_recovery is True and server in replicas and port == 5432
+
+
+@pytest.mark.parametrize("port", ["postgres", "pgbouncer", "primary", "replica", "default", "offline"])
+def test_plaintext_connections_are_refused_on_every_port(local_cluster, port):
+    for node in local_cluster.nodes:
+        dsn = local_cluster.dsn(node.ip, PORTS[port]).replace("sslmode=verify-full", "sslmode=disable")
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(dsn, connect_timeout=5).close()
+        assert "SSL" in str(info.value) or "no encryption" in str(info.value) or "reject" in str(info.value)
+
+
+def test_tls_connection_verifies_the_cluster_ca(local_cluster):
+    ip = local_cluster.nodes[0].ip
+    assert one(local_cluster, ip, PORTS["primary"], "SELECT 1") == (1,)
+    with connect(local_cluster, ip, PORTS["default"]) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+
+
+def test_a_commit_is_acknowledged_only_once_a_replica_has_it(local_cluster):
+    primary = leader_ip(local_cluster)
+    replica_nodes = [n for n in local_cluster.nodes if n.ip != primary]
+    with connect(local_cluster, primary, PORTS["default"]) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t_sync (id int)")
+        assert conn.execute("SHOW synchronous_standby_names").fetchone()[0] not in ("", None)
+    done = threading.Event()
+
+    def commit():
+        with connect(local_cluster, primary, PORTS["default"]) as conn:
+            conn.execute("INSERT INTO t_sync VALUES (1)")
+        done.set()
+
+    # Freeze both replicas (Patroni and PostgreSQL): the primary must hold the commit back.
+    for node in replica_nodes:
+        node.supervisor.kill("pgha-patroni.service", "SIGSTOP")
+    try:
+        writer = threading.Thread(target=commit, daemon=True)
+        writer.start()
+        assert not done.wait(4), "commit returned while no replica could confirm it"
+    finally:
+        for node in replica_nodes:
+            node.supervisor.kill("pgha-patroni.service", "SIGCONT")
+    assert done.wait(30), "commit did not return after the replicas resumed"
+
+
+def metrics(url):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.status == 200
+        return reply.read().decode()
+
+
+@pytest.mark.parametrize("port, path, sample", [
+    ("node_exporter", "/metrics", "node_cpu_seconds_total"),
+    ("postgres_exporter", "/metrics", "pg_up 1"),
+    ("pgbouncer_exporter", "/metrics", "pgbouncer_up 1"),
+    ("pgbackrest_exporter", "/metrics", "pgbackrest_up"),
+    ("patroni", "/metrics", "patroni_postgres_running 1"),
+    ("haproxy_stats", "/metrics", "haproxy_process_"),
+])
+def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, path, sample):
+    for node in local_cluster.nodes:
+        assert sample in metrics(f"http://{node.ip}:{PORTS[port]}{path}"), node.member.name
+
+
+def test_wal_segments_reach_the_s3_bucket(local_cluster):
+    s3 = boto3.client("s3", endpoint_url=local_cluster.s3.url, region_name=local_cluster.s3.region,
+                      aws_access_key_id=local_cluster.s3.access_key, aws_secret_access_key=local_cluster.s3.secret_key,
+                      verify=str(local_cluster.s3.ca_file))
+    prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
+    primary = leader_ip(local_cluster)
+    with connect(local_cluster, primary, PORTS["default"]) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t_wal AS SELECT 1 AS x")
+        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 90
+    keys: list[str] = []
+    while time.monotonic() < deadline:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=local_cluster.bucket, Prefix=prefix)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        if any(segment in k for k in keys):
+            break
+        time.sleep(2)
+    assert any(segment in k for k in keys), f"{segment} not archived; have {keys[-5:]}"
+
+
+def test_status_json_gives_a_working_dsn_per_service(local_cluster):
+    status = local_cluster.status()
+    assert status["health"] == []
+    assert {m["role"] for m in status["members"]} == {"leader", "replica", "sync_standby"}
+    for name, service in status["services"].items():
+        assert "password" not in service["multi_host_dsn"]
+        with psycopg.connect(service["multi_host_dsn"], prepare_threshold=None) as conn:
+            expected = name.endswith(("replica", "offline"))
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is expected

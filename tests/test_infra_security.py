@@ -1,0 +1,206 @@
+"""The security baseline of every resource PostgresCluster declares, and secret hygiene."""
+
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from infra_mocks import SECRET_MARK, Run, decode_user_data, resolve, run_program
+from pgha.infra import PostgresCluster
+from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS
+
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cidrs": {"network": {"allowed_cidrs": ["10.1.0.0/16", "2001:db8::/32"], "monitoring_cidrs": ["10.2.0.0/24"]}},
+    "groups": {"network": {"allowed_security_group_ids": ["sg-0123456789abcdef0"]}},
+    "direct": {"network": {"allowed_cidrs": ["10.1.0.0/16"], "expose_direct_ports": True}},
+    "metal-x86": {"arch": "x86_64", "storage": {"kind": "metal"}},
+}
+
+
+def cluster(extra: dict[str, Any]) -> Run:
+    return run_program(lambda: PostgresCluster("db", {"cluster_name": "pg-sec", **extra}))
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def run(request: pytest.FixtureRequest) -> Run:
+    return cluster(VARIANTS[request.param])
+
+
+def ports_of(rule: Any) -> set[int]:
+    return set(range(int(rule.inputs["fromPort"]), int(rule.inputs["toPort"]) + 1))
+
+
+def sg_name(run: Run, rule: Any) -> str:
+    sg_id = rule.inputs["securityGroupId"]
+    return next(r.name for r in run.of_type("aws:ec2/securityGroup:SecurityGroup") if f"{r.name}-id" == sg_id)
+
+
+def test_no_open_ingress_and_no_ssh(run: Run) -> None:
+    rules = run.of_type(INGRESS)
+    assert rules
+    for rule in rules:
+        assert rule.inputs.get("cidrIpv4") != "0.0.0.0/0" and rule.inputs.get("cidrIpv6") != "::/0"
+        for key in ("cidrIpv4", "cidrIpv6"):
+            if key in rule.inputs:
+                assert ipaddress.ip_network(rule.inputs[key]).prefixlen > 0
+        assert 22 not in ports_of(rule)
+        assert rule.inputs["ipProtocol"] == "tcp"
+    for sg in run.of_type("aws:ec2/securityGroup:SecurityGroup"):
+        assert not sg.inputs.get("ingress")
+    default_sg = run.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert all(not d.inputs.get("ingress") and not d.inputs.get("egress") for d in default_sg)
+
+
+def test_client_and_metrics_sources(run: Run) -> None:
+    network = next(v for k, v in VARIANTS.items() if cluster_key(run) == k).get("network", {})
+    allowed_cidrs = set(network.get("allowed_cidrs", []))
+    allowed_groups = set(network.get("allowed_security_group_ids", []))
+    if not allowed_cidrs and not allowed_groups:
+        allowed_cidrs = {"10.42.0.0/16"}
+    monitoring = set(network.get("monitoring_cidrs", []))
+    client_ports = set(CLIENT_PORTS) | ({5432, 6432} if network.get("expose_direct_ports") else set())
+    node_sg = "db-sg-nodes"
+    lb_id = "db-sg-nlb-id"
+    for rule in run.of_type(INGRESS):
+        source = rule.inputs.get("cidrIpv4") or rule.inputs.get("cidrIpv6") or rule.inputs.get("referencedSecurityGroupId")
+        ports = ports_of(rule)
+        if source in allowed_cidrs or source in allowed_groups:
+            allowed = client_ports if sg_name(run, rule) == node_sg else set(CLIENT_PORTS)
+            assert ports <= allowed, (source, ports)
+        elif source in monitoring:
+            assert ports <= set(METRICS_PORTS)
+        elif source == f"{node_sg}-id":
+            assert ports <= set(MEMBER_PORTS)
+        elif source == lb_id:
+            assert ports <= set(CLIENT_PORTS)
+        else:
+            pytest.fail(f"ingress from unexpected source {source} on {sorted(ports)}")
+    # Metrics ports are reachable from monitoring CIDRs only (and Patroni's port between members).
+    metric_sources = {rule.inputs.get("cidrIpv4") for rule in run.of_type(INGRESS)
+                      if ports_of(rule) & (set(METRICS_PORTS) - set(MEMBER_PORTS))}
+    assert metric_sources <= monitoring
+    covered = set().union(*(ports_of(r) for r in run.of_type(INGRESS)
+                            if (r.inputs.get("cidrIpv4") or r.inputs.get("cidrIpv6")
+                                or r.inputs.get("referencedSecurityGroupId")) in allowed_cidrs | allowed_groups
+                            and sg_name(run, r) == node_sg))
+    assert covered == client_ports
+
+
+def cluster_key(run: Run) -> str:
+    return run.key  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _label(request: pytest.FixtureRequest) -> None:
+    if "run" in request.fixturenames:
+        request.getfixturevalue("run").key = request.node.callspec.params["run"]
+
+
+def test_egress_is_limited(run: Run) -> None:
+    for rule in run.of_type(EGRESS):
+        ports = ports_of(rule)
+        if rule.inputs.get("cidrIpv4") == "0.0.0.0/0":
+            assert ports in ({443}, {80})
+        else:
+            assert "referencedSecurityGroupId" in rule.inputs
+
+
+def test_instances_hardened(run: Run) -> None:
+    for inst in run.of_type("aws:ec2/instance:Instance"):
+        meta = inst.inputs["metadataOptions"]
+        assert meta["httpTokens"] == "required" and meta["httpPutResponseHopLimit"] == 1
+        root = inst.inputs["rootBlockDevice"]
+        assert root["encrypted"] is True and root["volumeType"] == "gp3" and root["kmsKeyId"].startswith("arn:aws:kms")
+        assert "keyName" not in inst.inputs and not inst.inputs.get("associatePublicIpAddress")
+        assert inst.inputs["iamInstanceProfile"]
+    for vol in run.of_type("aws:ebs/volume:Volume"):
+        assert vol.inputs["encrypted"] is True and vol.inputs["kmsKeyId"].startswith("arn:aws:kms")
+
+
+def test_bucket_is_private_and_tls_only(run: Run) -> None:
+    (block,) = run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    for key in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
+        assert block.inputs[key] is True
+    (policy,) = run.of_type("aws:s3/bucketPolicy:BucketPolicy")
+    doc = json.loads(policy.inputs["policy"])
+    deny = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
+    assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny[0]["Action"] == "s3:*" and deny[0]["Principal"] == "*"
+    for statement in doc["Statement"]:
+        if statement["Effect"] == "Allow":
+            assert statement["Principal"] == {"AWS": "arn:aws:iam::123456789012:role/db-role-role-mock"}
+            assert "*" not in json.dumps(statement["Principal"])
+
+
+def test_iam_policies_are_scoped(run: Run) -> None:
+    bucket_arn = "arn:aws:s3:::pg-sec-backup-mock"
+    (policy,) = run.of_type("aws:iam/rolePolicy:RolePolicy")
+    doc = json.loads(policy.inputs["policy"])
+    secret = run.of_type("aws:secretsmanager/secret:Secret")
+    secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-secret-secret-AbCdEf"
+    assert secret
+    for statement in doc["Statement"]:
+        assert statement["Effect"] == "Allow"
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert "*" not in resources
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            assert not action.endswith(":*")
+            service = action.split(":")[0]
+            if service == "s3":
+                assert all(r == bucket_arn or r == f"{bucket_arn}/pg-sec/*" for r in resources)
+                if action == "s3:ListBucket":
+                    prefixes = json.dumps(statement["Condition"])
+                    assert "pg-sec" in prefixes and '""' not in prefixes
+            elif service == "secretsmanager":
+                assert resources == [secret_arn]
+            elif service == "kms":
+                assert all(r.startswith("arn:aws:kms:") for r in resources)
+            else:
+                pytest.fail(f"unexpected action {action}")
+    attachments = run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert [a.inputs["policyArn"] for a in attachments] == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+    role = run.of_type("aws:iam/role:Role")[0]
+    assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_secret_payload(run: Run) -> None:
+    (version,) = run.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    assert "secretString" in version.secret_inputs
+    payload = json.loads(version.inputs["secretString"])
+    assert set(payload) == {"superuser_password", "replication_password", "pgbouncer_auth_password",
+                            "patroni_rest_password", "monitor_password", "tls_keys"}
+    assert set(payload["tls_keys"]) == {"pg-sec-1", "pg-sec-2", "pg-sec-3"}
+    assert all(SECRET_MARK in v for v in payload["tls_keys"].values())
+    (secret,) = run.of_type("aws:secretsmanager/secret:Secret")
+    assert secret.inputs["kmsKeyId"].startswith("arn:aws:kms:")
+
+
+def test_no_secret_in_user_data_or_plain_outputs(run: Run) -> None:
+    for inst in run.of_type("aws:ec2/instance:Instance"):
+        assert SECRET_MARK not in decode_user_data(inst.inputs["userDataBase64"])
+    for obj in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
+        assert SECRET_MARK not in obj.inputs["content"]
+    cluster_obj = run.result
+    for attr in ("endpoints", "member_ips", "member_azs", "instance_ids", "vpc_id", "nlb_dns_name", "zone_name",
+                 "bucket_name", "secret_arn", "ca_cert_pem", "superuser_password"):
+        value, secret = resolve(getattr(cluster_obj, attr))
+        if SECRET_MARK in json.dumps(value):
+            assert secret, f"{attr} carries a secret value but is not a Pulumi secret"
+    value, secret = resolve(cluster_obj.superuser_password)
+    assert secret and value.startswith(SECRET_MARK)
+    # Besides the secret version, no resource input holds a password or private key.
+    holders = {r.type for r in run.resources if SECRET_MARK in json.dumps(r.inputs, default=str)}
+    assert holders <= {"aws:secretsmanager/secretVersion:SecretVersion", "tls:index/certRequest:CertRequest",
+                       "tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"}
+
+
+def test_backup_encryption_adds_cipher_pass() -> None:
+    run = cluster({"backup": {"encryption": True}})
+    (version,) = run.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    assert "pgbackrest_cipher_pass" in json.loads(version.inputs["secretString"])
