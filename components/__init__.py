@@ -4,7 +4,17 @@
 ``pgha.render`` renders every node file, ``pgha.local`` runs them on loopback.
 """
 
-from .infra import PostgresCluster, PostgresClusterArgs
+from typing import Any
+
 from .spec import ClusterSpec, SpecError, build_spec
 
 __all__ = ["ClusterSpec", "PostgresCluster", "PostgresClusterArgs", "SpecError", "build_spec"]
+
+
+def __getattr__(name: str) -> Any:
+    # The Pulumi providers take seconds to import; the node tools and `pgha local` never need them.
+    if name in ("PostgresCluster", "PostgresClusterArgs"):
+        from . import infra
+
+        return getattr(infra, name)
+    raise AttributeError(f"module 'pgha' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """The dev stack's rendered files running for real on 127.0.1.1-3 (etcd, Patroni, PostgreSQL,
 PgBouncer, HAProxy, pgBackRest to a moto S3 over TLS, exporters)."""
 
+import re
+import signal
 import threading
 import time
 import urllib.request
@@ -97,16 +99,16 @@ def test_a_commit_is_acknowledged_only_once_a_replica_has_it(local_cluster):
             conn.execute("INSERT INTO t_sync VALUES (1)")
         done.set()
 
-    # Freeze both replicas (Patroni and PostgreSQL): the primary must hold the commit back.
+    # Freeze both replicas' PostgreSQL: the primary must hold the commit back.
     for node in replica_nodes:
-        node.supervisor.kill("pgha-patroni.service", "SIGSTOP")
+        local_cluster.signal_postgres(node, signal.SIGSTOP)
     try:
         writer = threading.Thread(target=commit, daemon=True)
         writer.start()
         assert not done.wait(4), "commit returned while no replica could confirm it"
     finally:
         for node in replica_nodes:
-            node.supervisor.kill("pgha-patroni.service", "SIGCONT")
+            local_cluster.signal_postgres(node, signal.SIGCONT)
     assert done.wait(30), "commit did not return after the replicas resumed"
 
 
@@ -116,17 +118,18 @@ def metrics(url):
         return reply.read().decode()
 
 
-@pytest.mark.parametrize("port, path, sample", [
-    ("node_exporter", "/metrics", "node_cpu_seconds_total"),
-    ("postgres_exporter", "/metrics", "pg_up 1"),
-    ("pgbouncer_exporter", "/metrics", "pgbouncer_up 1"),
-    ("pgbackrest_exporter", "/metrics", "pgbackrest_up"),
-    ("patroni", "/metrics", "patroni_postgres_running 1"),
-    ("haproxy_stats", "/metrics", "haproxy_process_"),
+@pytest.mark.parametrize("port, sample", [
+    ("node_exporter", r"^node_cpu_seconds_total\{"),
+    ("postgres_exporter", r"^pg_up 1$"),
+    ("pgbouncer_exporter", r"^pgbouncer_up 1\.0$"),
+    ("pgbackrest_exporter", r"^pgbackrest_up 1\.0$"),
+    ("patroni", r"^patroni_postgres_running\{[^}]*\} 1$"),
+    ("haproxy_stats", r"^haproxy_backend_active_servers\{proxy=\"be-primary-pooled\"\} 1$"),
 ])
-def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, path, sample):
+def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, sample):
     for node in local_cluster.nodes:
-        assert sample in metrics(f"http://{node.ip}:{PORTS[port]}{path}"), node.member.name
+        text = metrics(f"http://{node.ip}:{PORTS[port]}/metrics")
+        assert re.search(sample, text, re.MULTILINE), f"{node.member.name}: no {sample}"
 
 
 def test_wal_segments_reach_the_s3_bucket(local_cluster):
@@ -135,7 +138,8 @@ def test_wal_segments_reach_the_s3_bucket(local_cluster):
                       verify=str(local_cluster.s3.ca_file))
     prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
     primary = leader_ip(local_cluster)
-    with connect(local_cluster, primary, PORTS["default"]) as conn:
+    superuser = local_cluster.dsn(primary, PORTS["default"], user="postgres", dbname="postgres")
+    with psycopg.connect(superuser, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS t_wal AS SELECT 1 AS x")
         segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         conn.execute("SELECT pg_switch_wal()")

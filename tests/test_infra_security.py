@@ -174,7 +174,7 @@ def test_secret_payload(run: Run) -> None:
     assert "secretString" in version.secret_inputs
     payload = json.loads(version.inputs["secretString"])
     assert set(payload) == {"superuser_password", "replication_password", "pgbouncer_auth_password",
-                            "patroni_rest_password", "monitor_password", "tls_keys"}
+                            "patroni_rest_password", "monitor_password", "app_password", "tls_keys"}
     assert set(payload["tls_keys"]) == {"pg-sec-1", "pg-sec-2", "pg-sec-3"}
     assert all(SECRET_MARK in v for v in payload["tls_keys"].values())
     (secret,) = run.of_type("aws:secretsmanager/secret:Secret")

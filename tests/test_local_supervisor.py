@@ -431,3 +431,39 @@ def test_start_is_idempotent(sup: Supervisor) -> None:
     again = Supervisor(unit_dir=sup.unit_dir, state_dir=sup.state_dir, run_root=sup.run_root)
     assert again.is_active("app") and again.pid("app") == pid
     assert again.start_all() == []
+
+
+def test_kill_mode_process_lets_the_main_process_stop_its_children(sup: Supervisor, tmp_path: Path) -> None:
+    # Like Patroni: on SIGTERM the main process shuts its child down itself, then exits.
+    marker = tmp_path / "child-got"
+    code = (
+        "import signal, subprocess, sys, time; "
+        f"child = subprocess.Popen(['{PY}', '-c', "
+        f"'import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open(\\\"{marker}\\\", \\\"w\\\").write(\\\"from-parent\\\"), sys.exit(0))); "
+        "exec(\\\"while True: time.sleep(0.1)\\\")']); "
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.5), child.send_signal(signal.SIGTERM), child.wait(), sys.exit(0))); "
+        "exec('while True: time.sleep(0.1)')"
+    )
+    write_unit(sup, "manager", py_unit(code, service="KillMode=process\nTimeoutStopSec=10"))
+    assert sup.unit("manager").kill_mode == "process"
+    sup.start("manager")
+    time.sleep(0.5)
+    pid = sup.pid("manager")
+    assert pid is not None
+    sup.stop("manager")
+    assert gone(pid)
+    # With control-group the child would have had SIGTERM straight away; here only its parent's.
+    assert marker.read_text() == "from-parent"
+
+
+def test_standard_output_append_goes_to_the_named_file(sup: Supervisor, tmp_path: Path) -> None:
+    target = tmp_path / "logs" / "app.log"
+    write_unit(sup, "talker", py_unit("print('hello from the unit', flush=True); import time; exec('while True: time.sleep(0.1)')",
+                                      service=f"StandardOutput=append:{target}"))
+    sup.start("talker")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "hello from the unit" not in (target.read_text() if target.exists() else ""):
+        time.sleep(0.05)
+    assert "hello from the unit" in target.read_text()
+    assert sup.log_path("talker") == target
+    assert not (sup.state_dir / "talker.log").exists()

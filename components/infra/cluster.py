@@ -19,7 +19,7 @@ from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
 from .node import Node, node_context, node_user_data, rolling_order
 from .nodefiles import upload_node_files
 from .security import SecurityGroups
-from .tls import ClusterTls, zone_name
+from .tls import ClusterTls
 
 TYPE_TOKEN = "pgha:index:PostgresCluster"
 
@@ -220,7 +220,7 @@ class PostgresCluster(pulumi.ComponentResource):
         endpoints = Endpoints(f"{name}-endpoints", spec=spec, vpc_id=refs.vpc_id, subnet_ids=refs.subnet_ids,
                               lb_security_group_id=groups.lb_sg_id, member_ips=member_ips, opts=this)
 
-        zone = zone_name(spec)
+        zone = spec.zone_name
         self.member_ips = pulumi.Output.from_input(member_ips)
         self.member_azs = pulumi.Output.from_input({m.name: m.availability_zone for m in spec.members})
         self.instance_ids = pulumi.Output.all(**{n: nodes[n].instance_id for n in sorted(nodes)})

@@ -13,7 +13,7 @@ import pulumi_aws as aws
 
 from ..spec import PORTS, SERVICES, ClusterSpec
 from .common import child, cluster_tags
-from .tls import zone_name
+
 
 
 class Endpoints(pulumi.ComponentResource):
@@ -45,19 +45,19 @@ class Endpoints(pulumi.ComponentResource):
             aws.lb.Listener(f"{name}-{service}-listener", load_balancer_arn=nlb.arn, port=port, protocol="TCP",
                             default_actions=[{"type": "forward", "target_group_arn": group.arn}], opts=child(self))
 
-        zone = aws.route53.Zone(f"{name}-zone", name=zone_name(spec), comment=f"pgha {spec.cluster_name}",
+        zone = aws.route53.Zone(f"{name}-zone", name=spec.zone_name, comment=f"pgha {spec.cluster_name}",
                                 vpcs=[{"vpc_id": vpc_id}], tags=cluster_tags(spec), opts=child(self))
         for member_name, ip in member_ips.items():
-            aws.route53.Record(f"{name}-dns-{member_name}", zone_id=zone.zone_id, name=f"{member_name}.{zone_name(spec)}",
+            aws.route53.Record(f"{name}-dns-{member_name}", zone_id=zone.zone_id, name=f"{member_name}.{spec.zone_name}",
                                type="A", ttl=60, records=[ip], opts=child(self))
         for service in SERVICES:
             aws.route53.Record(
                 f"{name}-dns-{spec.service_name(service)}", zone_id=zone.zone_id,
-                name=f"{spec.service_name(service)}.{zone_name(spec)}", type="A",
+                name=f"{spec.service_name(service)}.{spec.zone_name}", type="A",
                 aliases=[{"name": nlb.dns_name, "zone_id": nlb.zone_id, "evaluate_target_health": True}],
                 opts=child(self))
 
         self.nlb_dns_name = nlb.dns_name
         self.zone_id = zone.zone_id
-        self.zone_name = zone_name(spec)
+        self.zone_name = spec.zone_name
         self.register_outputs({"nlb_dns_name": nlb.dns_name, "zone_id": zone.zone_id})

@@ -21,6 +21,7 @@ from .common import SSM_CORE_POLICY, child, cluster_tags, partition
 PASSWORDS: tuple[str, ...] = (
     "superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
     "monitor_password",
+    "app_password",
 )
 # pgBackRest repository encryption key: only generated when backup.encryption is on.
 CIPHER_PASS = "pgbackrest_cipher_pass"

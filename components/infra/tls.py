@@ -9,24 +9,12 @@ changes user-data and therefore rolls the members one by one.
 import pulumi
 import pulumi_tls as tls
 
-from ..spec import SERVICES, ClusterSpec, Member
+from ..spec import ClusterSpec, certificate_ips
 from .common import child
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 CERT_VALIDITY_HOURS = 3 * 365 * 24
 EARLY_RENEWAL_HOURS = 60 * 24
-
-
-def zone_name(spec: ClusterSpec) -> str:
-    """The private hosted zone of the cluster: ``<cluster_name>.pgha.internal``."""
-    return f"{spec.cluster_name}.pgha.internal"
-
-
-def member_dns_names(spec: ClusterSpec, member: Member) -> list[str]:
-    """Names a member answers to: its own, the service names (any member may serve them), localhost."""
-    zone = zone_name(spec)
-    services = [spec.service_name(s) for s in SERVICES]
-    return [member.name, f"{member.name}.{zone}", *services, *[f"{s}.{zone}" for s in services], "localhost"]
 
 
 class ClusterTls(pulumi.ComponentResource):
@@ -53,7 +41,7 @@ class ClusterTls(pulumi.ComponentResource):
             csr = tls.CertRequest(
                 f"{name}-{member.index}-csr", private_key_pem=key.private_key_pem,
                 subject={"common_name": member.name, "organization": "pgha"},
-                dns_names=member_dns_names(spec, member), ip_addresses=[member_ips[member.name], "127.0.0.1"],
+                dns_names=spec.certificate_dns_names(member), ip_addresses=certificate_ips(member, member_ips),
                 opts=child(self))
             cert = tls.LocallySignedCert(
                 f"{name}-{member.index}-cert", cert_request_pem=csr.cert_request_pem,

@@ -6,6 +6,7 @@ Each member is a "host" of its own: its loopback address, its own file tree unde
 server behind a TLS terminator stands in for the backup bucket.
 """
 
+import contextlib
 import glob
 import grp
 import json
@@ -23,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..render import Layout, NodeContext, NodeFile, USERS, node_facts, render_node, unit_names
-from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec
+from ..render import APP_DATABASE, USERS, Layout, NodeContext, NodeFile, render_node, unit_names
+from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
 from .s3 import LocalS3
 from .supervisor import Supervisor
@@ -44,7 +45,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
 }
 OS_ACCOUNTS = ("postgres", "etcd", "haproxy", "prometheus")
 SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
-               "monitor_password")
+               "monitor_password", "app_password")
 
 
 class LocalClusterError(RuntimeError):
@@ -137,9 +138,10 @@ class LocalCluster:
         pki.mkdir(parents=True, exist_ok=True)
         os.chmod(pki, 0o700)
         ca = make_ca(f"{self.spec.cluster_name} loopback CA")
+        ips = {m.name: self.member_ip(m) for m in self.spec.members}
         members = {
-            m.name: issue(ca, common_name=m.name, ips=[self.member_ip(m)],
-                          dns_names=[m.name, "localhost", *[self.spec.service_name(s) for s in SERVICES]])
+            m.name: issue(ca, common_name=m.name, ips=certificate_ips(m, ips),
+                          dns_names=self.spec.certificate_dns_names(m))
             for m in self.spec.members
         }
         _write_private(state, json.dumps({"ca": vars(ca), "members": {k: vars(v) for k, v in members.items()}}))
@@ -195,8 +197,8 @@ class LocalCluster:
 
     def _write_passfile(self, values: dict[str, Any]) -> None:
         """A libpq passfile, so DSNs printed by `status --json` carry no password."""
-        lines = [f"*:*:*:{USERS['superuser']}:{values['superuser_password']}",
-                 f"*:*:*:{USERS['monitor']}:{values['monitor_password']}"]
+        lines = [f"*:*:*:{USERS[user]}:{values[f'{key}_password']}"
+                 for user, key in (("superuser", "superuser"), ("monitor", "monitor"), ("app", "app"))]
         _write_private(self.passfile, "\n".join(lines) + "\n")
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -289,6 +291,26 @@ class LocalCluster:
             node.supervisor.stop("pgha-prepare.service")
         self.s3.stop()
 
+    def postmaster_pid(self, node: Node) -> int | None:
+        """The member's PostgreSQL postmaster, from its postmaster.pid (None when not running)."""
+        try:
+            pid = int((Path(node.layout.pgdata) / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def signal_postgres(self, node: Node, sig: int) -> int:
+        """Signal the member's postmaster and every child of it (each PostgreSQL child calls
+        setsid(), so no process-group signal reaches them all)."""
+        pid = self.postmaster_pid(node)
+        if pid is None:
+            raise LocalClusterError(f"{node.member.name}: PostgreSQL is not running")
+        for target in [pid, *_children(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, sig)
+        return pid
+
     # -- health -----------------------------------------------------------------------------------
     def patroni(self, node: Node, path: str = "/cluster", timeout: float = 2.0) -> Any:
         with urllib.request.urlopen(f"http://{node.ip}:{PORTS['patroni']}{path}", timeout=timeout) as reply:
@@ -345,7 +367,7 @@ class LocalCluster:
                     problems.append(f"{node.ip}:{port} closed")
         return problems
 
-    def dsn(self, ip: str, port: int, *, user: str = USERS["superuser"], dbname: str = "postgres") -> str:
+    def dsn(self, ip: str, port: int, *, user: str = USERS["app"], dbname: str = APP_DATABASE) -> str:
         return (f"host={ip} port={port} user={user} dbname={dbname} sslmode=verify-full "
                 f"sslrootcert={self.ca_file} passfile={self.passfile}")
 
@@ -388,8 +410,22 @@ class LocalCluster:
     def multi_host_dsn(self, port: int) -> str:
         """One DSN over every node's HAProxy: libpq tries the next host when one is down."""
         hosts = ",".join(f"{n.ip}:{port}" for n in self.nodes)
-        return (f"postgresql://{USERS['superuser']}@{hosts}/postgres?sslmode=verify-full"
+        return (f"postgresql://{USERS['app']}@{hosts}/{APP_DATABASE}?sslmode=verify-full"
                 f"&sslrootcert={self.ca_file}&passfile={self.passfile}&connect_timeout=3")
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
 
 
 def _port_open(ip: str, port: int) -> bool:

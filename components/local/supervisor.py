@@ -164,6 +164,11 @@ class Unit:
     timeout_start_sec: float = 90.0
     timeout_stop_sec: float = 30.0
     kill_signal: signal.Signals = signal.SIGTERM
+    # control-group: signal every process; process: only the main one (it stops its children,
+    # as Patroni stops PostgreSQL); mixed: main first, SIGKILL for the rest at the timeout.
+    kill_mode: str = "control-group"
+    # StandardOutput=append:PATH / file:PATH: where the unit's output goes instead of state_dir.
+    standard_output: Path | None = None
     limit_nofile: tuple[int, int] | None = None
     runtime_directory: tuple[str, ...] = ()
     runtime_directory_mode: int = 0o755
@@ -363,6 +368,16 @@ def parse_unit(text: str, *, name: str = "") -> Unit:
             values["timeout_start_sec"] = values["timeout_stop_sec"] = parse_time_span(value)
         elif key == "KillSignal":
             values["kill_signal"] = _parse_signal(value)
+        elif key == "KillMode":
+            if value not in ("control-group", "process", "mixed"):
+                raise UnitError(f"line {number}: KillMode={value} is not supported")
+            values["kill_mode"] = value
+        elif key == "StandardOutput":
+            kind, _, target = value.partition(":")
+            if kind in ("append", "file") and target:
+                values["standard_output"] = Path(target)
+            else:
+                ignored.append(where)
         elif key == "LimitNOFILE":
             values["limit_nofile"] = _parse_limit(value)
         elif key == "RuntimeDirectoryMode":
@@ -496,8 +511,9 @@ class Supervisor:
         return parse_unit(path.read_text(), name=name)
 
     def log_path(self, name: str) -> Path:
-        """Where the unit's output is appended."""
-        return self.state_dir / f"{_service_name(name)}.log"
+        """Where the unit's output is appended: its StandardOutput= file, else the state dir."""
+        unit = self.unit(name)
+        return unit.standard_output or self.state_dir / f"{_service_name(name)}.log"
 
     def log_tail(self, name: str, lines: int | None = None) -> str:
         """The last ``lines`` lines of the unit's log ("" if there is none)."""
@@ -743,6 +759,7 @@ class Supervisor:
         env = self._environment(unit, creds)
         self._make_runtime_directories(unit, creds)
         timeout = unit.timeout_start_sec
+        self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
         log = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             stamp = datetime.datetime.now().isoformat(timespec="seconds")
@@ -844,7 +861,12 @@ class Supervisor:
                 self._run_stop_commands(unit, pid, deadline)
             if _group_members(pid):
                 stopped = True
-                self._signal_group(pid, unit.kill_signal)
+                if unit.kill_mode == "control-group":
+                    self._signal_group(pid, unit.kill_signal)
+                else:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, unit.kill_signal)
+                        os.kill(pid, signal.SIGCONT)
                 if not self._wait_group_gone(pid, deadline):
                     with self._open_log(name) as log:
                         os.write(log, f"pgha.supervisor: {name} did not stop within "

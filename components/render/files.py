@@ -23,7 +23,11 @@ USERS: dict[str, str] = {
     "pgbouncer_auth": "pgbouncer_auth",
     "monitor": "dbuser_monitor",
     "patroni_rest": "patroni",
+    # The application's login (not a superuser: PgBouncer's auth_query refuses those) and its
+    # database `app`, made at bootstrap.
+    "app": "dbuser_app",
 }
+APP_DATABASE = "app"
 OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
 # The node's Python packages, pinned; the loopback cluster installs the very same.
 NODE_PACKAGES: dict[str, str] = {

@@ -158,6 +158,22 @@ class ClusterSpec:
         return f"{self.cluster_name}-{service}"
 
     @property
+    def zone_name(self) -> str:
+        """The private hosted zone of the cluster: ``<cluster_name>.pgha.internal``."""
+        return f"{self.cluster_name}.pgha.internal"
+
+    def certificate_dns_names(self, member: Member) -> list[str]:
+        """DNS names in a member's certificate: its own, every service name, localhost.
+
+        TLS passes through HAProxy to whichever member serves a port, so a client that
+        asked any node for ``pg-name-primary`` (or any member address, see the IPs in
+        ``certificate_ips``) may be answered by this member.
+        """
+        services = [self.service_name(s) for s in SERVICES]
+        return [member.name, f"{member.name}.{self.zone_name}", *services,
+                *[f"{s}.{self.zone_name}" for s in services], "localhost"]
+
+    @property
     def private_subnet_cidrs(self) -> tuple[str, ...]:
         """The private subnet of each AZ when pgha creates the VPC (first /20s of the VPC)."""
         return _split(self.network.vpc_cidr)[: len(self.availability_zones)]
@@ -172,6 +188,13 @@ class ClusterSpec:
 def _split(vpc_cidr: str) -> tuple[str, ...]:
     net = ipaddress.ip_network(vpc_cidr)
     return tuple(str(s) for s in net.subnets(new_prefix=min(net.prefixlen + 4, 28)))
+
+
+def certificate_ips(member: Member, member_ips: Mapping[str, Any]) -> list[Any]:
+    """IP SANs of a member's certificate: its own first, then every other member's (a client
+    of another node's HAProxy is answered by this one), and 127.0.0.1 for local clients."""
+    own = member_ips[member.name]
+    return [own, *[ip for name, ip in member_ips.items() if name != member.name], "127.0.0.1"]
 
 
 def member_ip(subnet_cidr: str, member: Member) -> str:
