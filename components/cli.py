@@ -38,7 +38,8 @@ def _render(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from .local.cluster import LocalCluster, LocalClusterError
 
-    cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root)
+    cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
+                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
     try:
         if args.action == "up":
             seconds = cluster.up(timeout=args.timeout)
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("action", choices=("up", "status", "down"))
     local.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")
+    local.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
+    local.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
     local.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)
 

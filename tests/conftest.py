@@ -15,13 +15,16 @@ def local_cluster():
     """The dev stack's cluster on 127.0.1.1-3, up for the whole session, stopped afterwards.
 
     PGHA_TEST_ROOT chooses where its files live (default /srv/pgha-test, apart from a
-    cluster a developer runs with `pgha local up`, which uses the same addresses: stop
-    that one first).
+    cluster a developer runs with `pgha local up`); PGHA_TEST_ADDRESSES the address prefix
+    (default 127.0.1.: stop a `pgha local up` cluster first, or pick e.g. 127.0.5.) and
+    PGHA_TEST_S3_PORT the moto port (TLS on the next one).
     """
     from pgha.local.cluster import LocalCluster
 
+    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000"))
     cluster = LocalCluster(project_dir=REPO, stack="dev", root=Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test")),
-                           s3_http_port=19000, s3_tls_port=19443)
+                           s3_http_port=s3_port, s3_tls_port=s3_port + 1,
+                           address_prefix=os.environ.get("PGHA_TEST_ADDRESSES", "127.0.1."))
     cluster.up(timeout=240, log=lambda line: print(line, file=sys.stderr))
     yield cluster
     cluster.down(log=lambda line: print(line, file=sys.stderr))

@@ -45,7 +45,7 @@ def test_cluster_forms_with_one_leader_and_streaming_replicas(local_cluster):
 
 def test_writes_through_5433_land_on_the_primary(local_cluster):
     primary = leader_ip(local_cluster)
-    with connect(local_cluster, "127.0.1.3", PORTS["primary"]) as conn:
+    with connect(local_cluster, local_cluster.nodes[2].ip, PORTS["primary"]) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS t_route (id serial PRIMARY KEY, note text)")
         conn.execute("INSERT INTO t_route (note) VALUES ('via 5433')")
         in_recovery, server = conn.execute("SELECT pg_is_in_recovery(), host(inet_server_addr())").fetchone()

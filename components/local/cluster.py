@@ -91,10 +91,12 @@ class LocalCluster:
     """Render, start, inspect and stop a stack's cluster on loopback addresses."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, s3_tls_port: int = 9443):
+                 s3_http_port: int = 9000, s3_tls_port: int = 9443, address_prefix: str = LOOPBACK_NET):
         self.project_dir = Path(project_dir)
         self.stack = stack
         self.root = Path(root)
+        # Members live on <prefix>1, <prefix>2, ...: another prefix runs a second cluster side by side.
+        self.address_prefix = address_prefix
         self.spec = self._load_spec()
         self.s3 = LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port, tls_port=s3_tls_port)
         self.bucket = f"pgha-{self.spec.cluster_name}"
@@ -150,7 +152,7 @@ class LocalCluster:
         return ca, members
 
     def member_ip(self, member: Member) -> str:
-        return f"{LOOPBACK_NET}{member.index}"
+        return f"{self.address_prefix}{member.index}"
 
     def _node(self, member: Member) -> Node:
         layout = Layout(root=str(self.root / member.name), venv=str(self.venv), systemd_dir="/etc/systemd/system")
