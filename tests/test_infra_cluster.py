@@ -240,6 +240,18 @@ def test_user_data_carries_the_node_context() -> None:
     assert objects and all(o.inputs["key"].startswith("pg-ud/") for o in objects)
 
 
+def test_each_ebs_node_boots_looking_for_its_own_data_volume() -> None:
+    run = cluster({"cluster_name": "pg-vol"})
+    volumes = {v.inputs["tags"]["pgha:member"]: v for v in run.of_type("aws:ebs/volume:Volume")}
+    assert len(volumes) == 3
+    for inst in run.of_type(INSTANCE):
+        member = inst.inputs["tags"]["pgha:member"]
+        text = decode_user_data(inst.inputs["userDataBase64"])
+        own = f'volume="{volumes[member].name}-id"'
+        assert own in text, f"{member} does not look for its own volume"
+        assert all(f'volume="{v.name}-id"' not in text for m, v in volumes.items() if m != member)
+
+
 def test_region_from_provider_when_not_configured() -> None:
     run = run_program(lambda: PostgresCluster("db", {"cluster_name": "pg-reg"}), region=None)
     tokens = [c[0] for c in run.calls]

@@ -196,3 +196,15 @@ def test_loopback_rendering_differs_only_in_addresses_and_paths(tmp_path):
     local_pg = yaml.safe_load(local_files[root + "/etc/pgha/patroni.yml"].content)
     assert ec2_pg["bootstrap"]["dcs"] == local_pg["bootstrap"]["dcs"]
     assert local_pg["postgresql"]["listen"] == "127.0.9.1:5432"
+
+
+def test_cluster_wide_parameters_go_to_the_dcs_and_the_rest_stay_local():
+    # bootstrap.dcs is applied once; a spec change must reach a running cluster through the
+    # local configuration of the (rolling) replaced nodes.
+    spec = make_spec({"parameters": {"work_mem": "96MB"}})
+    patroni = yaml.safe_load(files_of(spec, ec2_context(spec))["/etc/pgha/patroni.yml"].content)
+    dcs = patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    local = patroni["postgresql"]["parameters"]
+    assert local["work_mem"] == "96MB" and "work_mem" not in dcs
+    assert dcs["max_connections"] == 500 and "max_connections" not in local
+    assert "shared_buffers" in local and "shared_preload_libraries" in local

@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from pgha.local.tls import issue
 from pgha.render import render_node
 from render_fixtures import COMBINATIONS, _ca, ec2_context, loopback_context, make_spec
 
-PATRONI = Path(os.environ.get("PGHA_PATRONI", Path(shutil.which("patroni") or "patroni")))
+# The test extras install the nodes' Patroni pin next to this interpreter.
+PATRONI = Path(sys.executable).parent / "patroni"
 
 
 @pytest.fixture(scope="module")

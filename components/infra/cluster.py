@@ -16,7 +16,7 @@ from .backup import BackupBucket
 from .common import invoke_options
 from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
-from .node import Node, node_context, node_user_data, rolling_order
+from .node import Node, node_context, rolling_order
 from .nodefiles import upload_node_files
 from .security import SecurityGroups
 from .tls import ClusterTls
@@ -213,7 +213,7 @@ class PostgresCluster(pulumi.ComponentResource):
             node = Node(f"{name}-{member.index}", spec=spec, member=member, subnet_id=refs.subnet_of(member),
                         private_ip=member_ips[member.name], security_group_id=groups.node_sg_id,
                         instance_profile=role.instance_profile_name, key_arn=key.key_arn, ami=ami,
-                        user_data_base64=node_user_data(spec, member, ctx), after=[*base, *previous], opts=this)
+                        context=ctx, after=[*base, *previous], opts=this)
             nodes[member.name] = node
             previous = node.ready
 

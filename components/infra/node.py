@@ -6,6 +6,7 @@ instance type, AMI) keeps the address and the data. An ENI and a volume attach t
 instance only, hence ``delete_before_replace`` on the instance.
 """
 
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import pulumi
@@ -32,11 +33,16 @@ def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pu
             node_cert_pems=dict(v["certs"])))
 
 
-def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext]) -> pulumi.Output[str]:
-    """Base64 of the member's gzip'd cloud-config, rendered by ``pgha.render.user_data``."""
+def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext],
+                   data_volume_id: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
+    """Base64 of the member's gzip'd cloud-config, rendered by ``pgha.render.user_data``.
+
+    With ebs storage the bootstrap finds its data volume by id, so the id is part of it.
+    """
     from ..render import user_data  # the renderer is optional until a program actually declares nodes
 
-    return ctx.apply(lambda c: user_data(spec, member, c))
+    return pulumi.Output.all(ctx, data_volume_id).apply(lambda v: user_data(
+        spec, member, replace(v[0], data_volume_ids={member.name: v[1]} if v[1] else {})))
 
 
 class Node(pulumi.ComponentResource):
@@ -50,10 +56,22 @@ class Node(pulumi.ComponentResource):
 
     def __init__(self, name: str, *, spec: ClusterSpec, member: Member, subnet_id: pulumi.Input[str],
                  private_ip: str, security_group_id: pulumi.Input[str], instance_profile: pulumi.Input[str],
-                 key_arn: pulumi.Input[str], ami: AmiChoice, user_data_base64: pulumi.Input[str],
+                 key_arn: pulumi.Input[str], ami: AmiChoice, context: pulumi.Output[NodeContext],
                  after: Sequence[pulumi.Resource] = (), opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:infra:Node", name, None, opts)
         tags = cluster_tags(spec, Name=member.name, **{"pgha:member": member.name})
+        volume = None
+        if spec.storage.kind == "ebs":
+            storage = spec.storage
+            # Created before the instance: the user-data names it, and it outlives every instance.
+            volume = aws.ebs.Volume(
+                f"{name}-data", availability_zone=member.availability_zone, size=storage.size_gib,
+                type=storage.volume_type, iops=storage.iops,
+                throughput=storage.throughput_mibps if storage.volume_type == "gp3" else None,
+                encrypted=True, kms_key_id=key_arn, final_snapshot=True,
+                tags={**tags, "Name": f"{member.name}-data"},
+                opts=child(self, protect=True, retain_on_delete=True))
+        user_data_base64 = node_user_data(spec, member, context, volume.id if volume is not None else None)
         eni = aws.ec2.NetworkInterface(
             f"{name}-eni", subnet_id=subnet_id, private_ips=[private_ip], security_groups=[security_group_id],
             description=f"pgha {member.name} (fixed address)", tags=tags, opts=child(self))
@@ -76,15 +94,7 @@ class Node(pulumi.ComponentResource):
                        ignore_changes=["ami"] if ami.looked_up else None))
         self.ready = [instance]
 
-        if spec.storage.kind == "ebs":
-            storage = spec.storage
-            volume = aws.ebs.Volume(
-                f"{name}-data", availability_zone=member.availability_zone, size=storage.size_gib,
-                type=storage.volume_type, iops=storage.iops,
-                throughput=storage.throughput_mibps if storage.volume_type == "gp3" else None,
-                encrypted=True, kms_key_id=key_arn, final_snapshot=True,
-                tags={**tags, "Name": f"{member.name}-data"},
-                opts=child(self, protect=True, retain_on_delete=True))
+        if volume is not None:
             # Stopping first lets PostgreSQL shut down cleanly before its disk goes away.
             attachment = aws.ec2.VolumeAttachment(
                 f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id, instance_id=instance.id,

@@ -36,6 +36,12 @@ NODE_PACKAGES: dict[str, str] = {
     "boto3": "1.43.11",
     "prometheus_client": "0.26.0",
 }
+# Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
+DCS_ONLY_PARAMETERS = frozenset({
+    "max_connections", "max_locks_per_transaction", "max_worker_processes", "max_prepared_transactions",
+    "wal_level", "track_commit_timestamp", "max_wal_senders", "max_replication_slots", "wal_keep_size",
+    "wal_log_hints",
+})
 # Replicas further behind than this are taken out of the read services.
 READ_LAG_LIMIT = "16MB"
 
@@ -197,7 +203,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "pg_version": postgres_version(spec, ctx),
         "synchronous": spec.synchronous,
         "maximum_lag_on_failover": spec.rpo if spec.rpo > 0 else 1048576,
-        "dcs_parameters": params,
+        "dcs_parameters": {k: v for k, v in params.items() if k in DCS_ONLY_PARAMETERS},
+        "local_parameters": {k: v for k, v in params.items() if k not in DCS_ONLY_PARAMETERS},
         "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in etcd_members],
         "etcd_initial_cluster": ",".join(
             f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
