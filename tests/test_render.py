@@ -208,3 +208,16 @@ def test_cluster_wide_parameters_go_to_the_dcs_and_the_rest_stay_local():
     assert local["work_mem"] == "96MB" and "work_mem" not in dcs
     assert dcs["max_connections"] == 500 and "max_connections" not in local
     assert "shared_buffers" in local and "shared_preload_libraries" in local
+
+
+def test_scrape_targets_carry_pigsty_identity_labels():
+    spec = make_spec({"replicas": 2})
+    ctx = ec2_context(spec)
+    targets = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/prometheus/targets.yml"].content)
+    jobs = {t["labels"]["job"] for t in targets}
+    assert jobs == {"node", "pgsql", "pgbouncer", "pgbackrest", "patroni", "haproxy"}
+    assert len(targets) == 6 * 3
+    for target in targets:
+        labels = target["labels"]
+        assert labels["cls"] == spec.cluster_name and labels["ip"] == ctx.member_ips[labels["ins"]]
+        assert target["targets"] == [f"{labels['ip']}:{target['targets'][0].split(':')[1]}"]
