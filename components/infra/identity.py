@@ -116,7 +116,7 @@ class ClusterSecret(pulumi.ComponentResource):
     """Generated passwords and the Secrets Manager secret the members read at boot.
 
     The secret's JSON: ``superuser_password``, ``replication_password``,
-    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``,
+    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``,
     ``tls_keys`` (member name -> private key PEM) and, with backup encryption,
     ``pgbackrest_cipher_pass``.
     """
