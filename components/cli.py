@@ -60,6 +60,105 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drill(args: argparse.Namespace) -> int:
+    from .local.cluster import LocalCluster, LocalClusterError
+    from .local.drills import DrillError, aggregate, as_json, run_drill, summary_line
+
+    cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
+                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    results = []
+    try:
+        for trial in range(1, args.trials + 1):
+            result = run_drill(cluster, args.scenario, log=log)
+            result["trial"] = trial
+            results.append(result)
+            if not args.json:
+                print(summary_line(result))
+    except (DrillError, LocalClusterError) as error:
+        print(f"pgha drill {args.scenario}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(as_json({"scenario": args.scenario, "trials": results, "summary": aggregate(results)}))
+    elif args.trials > 1:
+        print(json.dumps(aggregate(results)))
+    bad = any(r["rpo_rows"] or r["split_brain"] or not r["rejoined"] for r in results)
+    return 4 if bad else 0
+
+
+def _loopback(args: argparse.Namespace):
+    from .local.cluster import LocalCluster
+
+    return LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root, address_prefix=args.addresses,
+                        s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from .local import backups
+
+    cluster = _loopback(args)
+    try:
+        if args.action == "run":
+            made = backups.run_backup(cluster, args.type, log=lambda line: print(line, file=sys.stderr))
+            print(f"{made['type']} backup {made['label']}: {made['info']['size']} bytes, "
+                  f"{made['timestamp']['stop'] - made['timestamp']['start']}s")
+        else:
+            view = backups.status(cluster)
+            print(json.dumps(view, indent=2, default=str) if args.json else backups.format_status(view))
+    except backups.BackupError as error:
+        print(f"pgha backup {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .local import backups
+
+    try:
+        done = backups.restore(_loopback(args), args.to, log=lambda line: print(line, file=sys.stderr),
+                               timeout=args.timeout)
+    except backups.LocalClusterError as error:
+        print(f"pgha restore: {error}", file=sys.stderr)
+        return 1
+    print(f"restored to {done['target']} from backup {done['backup']}: primary on timeline {done['timeline']}")
+    return 0
+
+
+def _branch(args: argparse.Namespace) -> int:
+    from .local import branch as branches
+    from .local.backups import BackupError
+
+    source = _loopback(args)
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    try:
+        if args.action == "create":
+            if not args.name or not args.source:
+                print("pgha branch create NAME --from CLUSTER [--to TIME|LSN]", file=sys.stderr)
+                return 2
+            if args.source != source.spec.cluster_name:
+                print(f"pgha branch: --from {args.source}: the loopback cluster here is {source.spec.cluster_name}",
+                      file=sys.stderr)
+                return 2
+            entry = branches.create(source, args.name, args.to, log=log, timeout=args.timeout)
+            print(f"branch {args.name} is up on {entry['prefix']}1 (from {entry['source']} at {entry['target']})")
+        elif args.action == "list":
+            rows = branches.list_branches(source)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for row in [] if args.json else rows:
+                print(f"{row['name']:<16} {row['ip']:<12} {row['state']:<9} tl {row['timeline'] or '-'}  from "
+                      f"{row['source']} at {row['target']} (backup {row['backup']}), bucket {row['bucket']}")
+        else:
+            if not args.name:
+                print("pgha branch delete NAME", file=sys.stderr)
+                return 2
+            branches.delete(source, args.name, log=log)
+    except BackupError as error:
+        print(f"pgha branch {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_status(status: dict) -> None:
     print(f"cluster {status['cluster']} (stack {status['stack']}, files under {status['root']})")
     print(f"  {'member':<12} {'ip':<11} {'role':<13} {'state':<10} {'tl':>3} {'lag':>10}")
@@ -91,6 +190,45 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
     local.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)
+
+    # The loopback cluster the backup, restore and branch commands act on (same knobs as `local`).
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
+    where.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
+    where.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    where.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the cluster")
+
+    backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the loopback cluster")
+    backup.add_argument("action", choices=("run", "status"))
+    backup.add_argument("--type", choices=("full", "diff", "incr"), default="full",
+                        help="backup type for run (default full)")
+    backup.add_argument("--json", action="store_true", help="status as JSON")
+    backup.set_defaults(func=_backup)
+
+    restore = sub.add_parser("restore", parents=[where],
+                             help="restore the loopback cluster (all members) to a time, an LSN or latest")
+    restore.add_argument("--to", required=True, metavar="TIME|latest|LSN",
+                         help="ISO-8601 time with a zone (2025-01-31T12:00:00Z), latest, or an LSN (0/3000060)")
+    restore.set_defaults(func=_restore)
+
+    branch = sub.add_parser("branch", parents=[where], help="single-node branches restored from the cluster's backups")
+    branch.add_argument("action", choices=("create", "list", "delete"))
+    branch.add_argument("name", nargs="?", help="branch name (its own cluster name and stanza)")
+    branch.add_argument("--from", dest="source", metavar="CLUSTER", help="the source cluster (create)")
+    branch.add_argument("--to", default="latest", metavar="TIME|latest|LSN", help="restore target (default latest)")
+    branch.add_argument("--json", action="store_true", help="list as JSON")
+    branch.set_defaults(func=_branch)
+
+    from .local.drills import SCENARIOS
+
+    drill = sub.add_parser("drill", help="inject a fault into the loopback cluster under load; measure RTO/RPO")
+    drill.add_argument("scenario", choices=tuple(SCENARIOS))
+    drill.add_argument("--trials", type=int, default=1, help="how many times (default 1)")
+    drill.add_argument("--json", action="store_true", help="every trial as JSON (progress goes to stderr)")
+    drill.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
+    drill.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
+    drill.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    drill.set_defaults(func=_drill)
 
     args = parser.parse_args(argv)
     try:

@@ -3,11 +3,12 @@
 from typing import Any, Callable, Mapping
 
 from ..spec import ClusterSpec, build_spec
-from . import regional
+from . import branch, regional
 
 # stackKind -> the program that declares that kind of stack from a validated spec.
 REGISTRY: dict[str, Callable[[ClusterSpec], object]] = {
     "regional": regional.deploy,
+    "branch": branch.deploy,
 }
 
 

@@ -9,6 +9,12 @@ from ..spec import ClusterSpec
 def deploy(spec: ClusterSpec) -> PostgresCluster:
     """Declare the cluster of ``spec`` and export what clients and operators need."""
     cluster = PostgresCluster(spec.cluster_name, spec=spec)
+    export_outputs(spec, cluster)
+    return cluster
+
+
+def export_outputs(spec: ClusterSpec, cluster: PostgresCluster) -> None:
+    """The stack outputs of every stack kind that declares a PostgresCluster."""
     pulumi.export("clusterName", spec.cluster_name)
     pulumi.export("region", spec.region)
     pulumi.export("endpoints", cluster.endpoints)
@@ -19,7 +25,8 @@ def deploy(spec: ClusterSpec) -> PostgresCluster:
     pulumi.export("nlbDnsName", cluster.nlb_dns_name)
     pulumi.export("zoneName", cluster.zone_name)
     pulumi.export("backupBucket", cluster.bucket_name)
+    # A branch of this stack reads the repository with this key (SSE-KMS).
+    pulumi.export("backupKeyArn", cluster.backup_key_arn)
     pulumi.export("secretArn", cluster.secret_arn)
     pulumi.export("caCertificate", cluster.ca_cert_pem)
     pulumi.export("superuserPassword", cluster.superuser_password)
-    return cluster

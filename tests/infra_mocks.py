@@ -136,6 +136,10 @@ class Recorder(pulumi.runtime.Mocks):
             outputs["arn"] = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/net/{name}/1"
         elif kind == "aws:route53/zone:Zone":
             outputs["zoneId"] = f"Z-{name}"
+        elif kind == "pulumi:pulumi:StackReference":
+            # A source stack for branches: what stacks/regional.py exports.
+            outputs["outputs"] = {"backupBucket": f"{name.split('/')[-1]}-backup-src", "clusterName": "pg-source",
+                                  "backupKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/key-source"}
         elif kind.startswith("aws:"):
             outputs.setdefault("arn", f"arn:aws:mock:{REGION}:{ACCOUNT}:{name}")
         return rid, outputs

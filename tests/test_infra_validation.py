@@ -98,7 +98,7 @@ def test_main_program_rejects_unknown_and_bad_keys() -> None:
 def test_stacks_registry_and_region_lookup() -> None:
     import pgha.stacks
 
-    assert set(pgha.stacks.REGISTRY) == {"regional"}
+    assert set(pgha.stacks.REGISTRY) == {"regional", "branch"}
     run = run_program(lambda: pgha.stacks.deploy({"clusterName": "pg-reg"}, stack="dev"), region=None)
     assert "aws:index/getRegion:getRegion" in [c[0] for c in run.calls]
     assert run.of_type("pgha:index:PostgresCluster")

@@ -20,10 +20,6 @@ from pgha.local.tls import CertKey, make_ca
 BUCKET = "pgha-test-repo"
 INITDB = Path("/usr/lib/postgresql/15/bin/initdb")
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("haproxy") is None or shutil.which("pgbackrest") is None,
-    reason="needs haproxy and pgbackrest installed",
-)
 
 
 def free_port() -> int:
@@ -132,8 +128,7 @@ def test_start_failure_reports_the_log(tmp_path: Path, ca: CertKey) -> None:
 def pg_data_dir() -> Iterator[Path]:
     """A stopped PostgreSQL data directory, so stanza-create (a repository write)
     can run offline. It lives outside pytest's 0700 tmp tree so `postgres` can use it."""
-    if not INITDB.exists():
-        pytest.skip("PostgreSQL 15 initdb not installed")
+    assert INITDB.exists(), "needs postgresql-15 (scripts/setup.sh installs it)"
     base = Path(tempfile.mkdtemp(prefix="pgha-s3-test-"))
     shutil.chown(base, "postgres")
     try:

@@ -44,7 +44,13 @@ def _load_agent():
 
 agent = _load_agent()
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, daemons as postgres)")
+@pytest.fixture
+def _root():
+    # chown and daemons run as postgres: these tests need root (CI runs as root).
+    assert os.geteuid() == 0, "needs root (chown, daemons as postgres)"
+
+
+needs_root = pytest.mark.usefixtures("_root")
 
 PASSWORDS = {
     "superuser_password": "Su-pw-3f9a$`\"x\\y",  # shell/env-file metacharacters on purpose
@@ -402,10 +408,9 @@ def _stop(proc: subprocess.Popen | None, sig=signal.SIGINT, timeout=30):
 
 @pytest.fixture(scope="module")
 def stack():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if not (PG_BIN.joinpath("initdb").exists() and shutil.which("pgbouncer") and shutil.which("pgbackrest")):
-        pytest.skip("needs postgresql-15, pgbouncer and pgbackrest")
+    assert os.geteuid() == 0, "needs root"
+    assert PG_BIN.joinpath("initdb").exists() and shutil.which("pgbouncer") and shutil.which("pgbackrest"), \
+        "needs postgresql-15, pgbouncer and pgbackrest (scripts/setup.sh installs them)"
     pg_uid = pwd.getpwnam("postgres")
     base = mkbase("pgha-agent-stack-")
     s = Stack()

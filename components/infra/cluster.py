@@ -4,6 +4,7 @@ The constructor validates everything first (spec rules, region, AZs, given subne
 only then registers itself and its children, so a bad input declares nothing at all.
 """
 
+import dataclasses
 from typing import Any, Mapping, Sequence, TypedDict
 
 import pulumi
@@ -18,6 +19,7 @@ from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
 from .node import Node, node_context, rolling_order
 from .nodefiles import upload_node_files
+from .restore import RestoreSource, source_read_access
 from .security import SecurityGroups
 from .tls import ClusterTls
 
@@ -157,7 +159,8 @@ class PostgresCluster(pulumi.ComponentResource):
     """The postgres superuser password (a Pulumi secret)."""
 
     def __init__(self, name: str, args: PostgresClusterArgs | None = None,
-                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
+                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None,
+                 restore_source: RestoreSource | None = None) -> None:
         # Validate everything before registering anything: a SpecError must leave no trace.
         if spec is None:
             region, zones = resolve_region(opts)
@@ -201,12 +204,20 @@ class PostgresCluster(pulumi.ComponentResource):
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
                            ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems)
+        restore_access = []
+        if restore_source is not None:
+            # A branch: read-only access to the source's repository, whose name the nodes need.
+            restore_access.append(source_read_access(f"{name}-role", spec=spec, role_name=role.role_name,
+                                                     source=restore_source, parent=self))
+            ctx = pulumi.Output.all(ctx, restore_source.bucket, restore_source.stanza).apply(
+                lambda v: dataclasses.replace(v[0], restore_bucket=v[1], restore_stanza=v[2]))
 
         files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, member_ips=member_ips, ctx=ctx,
                                   parent=self)
 
         # A node boots only when it can read its secret and files and reach the internet.
-        base: list[pulumi.Resource] = [access, *files, *([network_component] if network_component else [])]
+        base: list[pulumi.Resource] = [access, *restore_access, *files,
+                                       *([network_component] if network_component else [])]
         nodes: dict[str, Node] = {}
         previous: list[pulumi.Resource] = []
         for member in rolling_order(spec):
@@ -229,6 +240,7 @@ class PostgresCluster(pulumi.ComponentResource):
         self.zone_name = pulumi.Output.from_input(zone)
         self.bucket_name = backup.bucket_name
         self.secret_arn = secret.secret_arn
+        self.backup_key_arn = key.key_arn
         self.ca_cert_pem = certs.ca_cert_pem
         self.superuser_password = pulumi.Output.secret(secret.passwords["superuser_password"])
         self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {

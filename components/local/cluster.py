@@ -91,14 +91,19 @@ class LocalCluster:
     """Render, start, inspect and stop a stack's cluster on loopback addresses."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, s3_tls_port: int = 9443, address_prefix: str = LOOPBACK_NET):
+                 s3_http_port: int = 9000, s3_tls_port: int = 9443, address_prefix: str = LOOPBACK_NET,
+                 spec: ClusterSpec | None = None, s3: LocalS3 | None = None, venv: Path | None = None):
         self.project_dir = Path(project_dir)
         self.stack = stack
         self.root = Path(root)
         # Members live on <prefix>1, <prefix>2, ...: another prefix runs a second cluster side by side.
         self.address_prefix = address_prefix
-        self.spec = self._load_spec()
-        self.s3 = LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port, tls_port=s3_tls_port)
+        # A branch or a restore passes its own spec; a branch also shares its source's S3 and venv.
+        self.spec = spec or self._load_spec()
+        self._venv = venv
+        self.owns_s3 = s3 is None
+        self.s3 = s3 or LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port,
+                                tls_port=s3_tls_port)
         self.bucket = f"pgha-{self.spec.cluster_name}"
         self.nodes = [self._node(m) for m in self.spec.members]
 
@@ -112,7 +117,7 @@ class LocalCluster:
 
     @property
     def venv(self) -> Path:
-        return self.root / "venv"
+        return self._venv or self.root / "venv"
 
     @property
     def secrets_file(self) -> Path:
@@ -179,6 +184,7 @@ class LocalCluster:
             ca_cert_pem=ca.cert_pem,
             node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
             postgres_version_override=installed_postgres_major(),
+            member_roots={m.name: str(self.root / m.name) for m in self.spec.members},
         )
 
     def rendered(self, node: Node) -> list[NodeFile]:
@@ -220,18 +226,24 @@ class LocalCluster:
         self.s3.create_bucket(self.bucket)
         for node in self.nodes:
             self._install_files(node)
-        # etcd everywhere first (quorum), then the first member's Patroni so it bootstraps the
-        # cluster, then the rest; each node's units in their systemd order.
+        # etcd everywhere first (quorum). A new cluster: the first member's Patroni alone, so it
+        # bootstraps and is the initial primary (as on EC2), then the rest. An existing one: every
+        # Patroni at once, since the last leader (the only one allowed to lead in strict
+        # synchronous mode, with its sync standby) may be any member.
         for node in self.nodes:
             self._start(node, until="pgha-patroni.service", log=log)
+        existing = any((Path(node.layout.pgdata) / "PG_VERSION").exists() for node in self.nodes)
         first, *others = self.nodes
         self._start(first, only=["pgha-patroni.service"], log=log)
-        self.wait_for_leader(timeout=timeout)
+        if not existing:
+            leader = self.wait_for_leader(timeout=timeout)
+            log(f"{leader} bootstrapped the cluster after {time.monotonic() - began:.1f}s")
         for node in others:
             self._start(node, only=["pgha-patroni.service"], log=log)
         for node in self.nodes:
             self._start(node, log=log)
         self.wait_healthy(timeout=timeout)
+        log(f"healthy after {time.monotonic() - began:.1f}s")
         return time.monotonic() - began
 
     def _start(self, node: Node, *, until: str | None = None, only: list[str] | None = None,
@@ -272,9 +284,9 @@ class LocalCluster:
                         str(req)], check=True)
         marker.write_text(requirements.content)
 
-    def down(self, *, log: Any = print) -> None:
-        """Stop everything `up` started (all Patronis together: stopping replicas first makes the
-        synchronous standby wait); remove nothing."""
+    def stop_database(self, *, log: Any = print) -> None:
+        """Stop every unit but etcd's, every Patroni at once (stopping replicas first makes the
+        synchronous standby wait); the DCS stays up."""
         for node in self.nodes:
             for name in reversed(node.units):
                 if name in ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service"):
@@ -287,11 +299,16 @@ class LocalCluster:
         for node in self.nodes:
             node.supervisor.stop("pgha-patroni.service")
             log(f"{node.member.name}: stopped")
+
+    def down(self, *, log: Any = print) -> None:
+        """Stop everything `up` started; remove nothing."""
+        self.stop_database(log=log)
         for node in self.nodes:
             if "pgha-etcd.service" in node.units:
                 node.supervisor.stop("pgha-etcd.service")
             node.supervisor.stop("pgha-prepare.service")
-        self.s3.stop()
+        if self.owns_s3:
+            self.s3.stop()
 
     def postmaster_pid(self, node: Node) -> int | None:
         """The member's PostgreSQL postmaster, from its postmaster.pid (None when not running)."""

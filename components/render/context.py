@@ -102,6 +102,11 @@ class NodeContext:
     data_volume_ids: Mapping[str, str] = field(default_factory=dict)
     # Local only: the PostgreSQL major actually installed may differ from the spec's.
     postgres_version_override: int | None = None
+    # Local only: each member's layout root (on EC2 every member has the same layout).
+    member_roots: Mapping[str, str] = field(default_factory=dict)
+    # A branch whose source is a StackReference: the source's bucket and stanza, known at deploy time.
+    restore_bucket: str = ""
+    restore_stanza: str = ""
 
     def with_layout(self, layout: Layout) -> "NodeContext":
         return replace(self, layout=layout)

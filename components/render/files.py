@@ -6,13 +6,14 @@ addresses and layout differ between the two.
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 import jinja2
 
 from ..spec import PORTS, ClusterSpec, Member
+from ..spec.schedule import cron_to_oncalendar
 from .context import NodeContext, NodeFile
 from .pgparams import data_disk_gib, sized_parameters
 
@@ -92,8 +93,24 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-postgres-exporter.service",
         "pgha-pgbouncer-exporter.service",
         "pgha-pgbackrest-exporter.service",
+        "pgha-pgbackrest-server.service",
     ]
     return units
+
+
+BACKUP_TYPES: tuple[str, ...] = ("full", "diff", "incr")
+
+
+def backup_schedules(spec: ClusterSpec) -> dict[str, list[str]]:
+    """Backup type -> OnCalendar= values of its timer (full always; diff/incr when scheduled)."""
+    crons = {"full": spec.backup.full_schedule, "diff": spec.backup.diff_schedule,
+             "incr": spec.backup.incr_schedule}
+    return {kind: cron_to_oncalendar(cron) for kind, cron in crons.items() if cron}
+
+
+def timer_names(spec: ClusterSpec) -> list[str]:
+    """The node's backup timers (enabled at boot; each starts the oneshot service of its name)."""
+    return [f"pgha-backup-{kind}.timer" for kind in backup_schedules(spec)]
 
 
 def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
@@ -185,6 +202,11 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
                    "file": ctx.secret_file},
         "stanza": spec.cluster_name,
         "backup_encryption": spec.backup.encryption,
+        "backup_types": list(backup_schedules(spec)),
+        # Every member's address and PostgreSQL paths: a standby taking a backup names the
+        # primary's data directory and socket to pgBackRest (pg1) through the TLS server.
+        "peers": {m.name: _peer(spec, m, ctx) for m in spec.members},
+        "restore": _restore_facts(spec, ctx),
     }
     max_connections = int(params["max_connections"])
     return {
@@ -243,6 +265,9 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "versions": NODE_PACKAGES,
         "ec2": ctx.layout.on_host,
         "units": unit_names(spec, member, ctx),
+        "timers": timer_names(spec),
+        "backup_schedules": backup_schedules(spec),
+        "restore": _restore_facts(spec, ctx),
     }
 
 
@@ -283,7 +308,30 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
         ]
     for unit in view["units"]:
         files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2")))
+    # A service per backup type (`pgha backup run` starts them too); a timer per scheduled type.
+    for kind in BACKUP_TYPES:
+        job = {**view, "backup_type": kind}
+        suffixes = ("service", "timer") if kind in view["backup_schedules"] else ("service",)
+        for suffix in suffixes:
+            text = env.get_template(f"systemd/pgha-backup.{suffix}.j2").render(job)
+            files.append(NodeFile(f"{lay.units}/pgha-backup-{kind}.{suffix}", text))
     return files
+
+
+def _peer(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
+    root = ctx.member_roots.get(member.name)
+    lay = ctx.layout if root is None else replace(ctx.layout, root=root)
+    return {"ip": ctx.member_ips[member.name], "pgdata": lay.pgdata, "socket": lay.run + "/postgres"}
+
+
+def _restore_facts(spec: ClusterSpec, ctx: NodeContext) -> dict[str, Any] | None:
+    """Where the first member of a branch (or a restored cluster) restores from; None otherwise."""
+    r = spec.restore
+    if r is None:
+        return None
+    stanza = r.source_stanza or ctx.restore_stanza
+    return {"stanza": stanza, "bucket": r.source_bucket or ctx.restore_bucket or ctx.bucket,
+            "path": f"/{stanza}/pgbackrest", "target": r.target, "type": r.target_type}
 
 
 def render_cluster(spec: ClusterSpec, ctx: NodeContext) -> dict[str, list[NodeFile]]:

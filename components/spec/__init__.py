@@ -2,12 +2,12 @@
 
 from .catalog import InstanceType, catalog
 from .model import (CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, SERVICES, BackupSpec, ClusterSpec, Member,
-                    NetworkSpec, StorageSpec, certificate_ips, member_ip)
+                    NetworkSpec, RestoreSpec, StorageSpec, certificate_ips, member_ip)
 from .presets import PROFILES, RTO_PLANS, RtoPlan
 from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spec
 
 __all__ = [
     "BackupSpec", "CLIENT_PORTS", "ClusterSpec", "InstanceType", "MEMBER_PORTS", "METRICS_PORTS", "Member",
-    "NetworkSpec", "PORTS", "PROFILES", "Problem", "RTO_PLANS", "RtoPlan", "SERVICES", "SUPPORTED_POSTGRES_VERSIONS",
+    "NetworkSpec", "PORTS", "RestoreSpec", "PROFILES", "Problem", "RTO_PLANS", "RtoPlan", "SERVICES", "SUPPORTED_POSTGRES_VERSIONS",
     "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "member_ip",
 ]

@@ -28,6 +28,8 @@ PORTS: Mapping[str, int] = {
     "postgres_exporter": 9630,
     "pgbouncer_exporter": 9631,
     "pgbackrest_exporter": 9854,
+    # pgBackRest's TLS server: a standby taking a backup reaches the primary's PostgreSQL through it.
+    "pgbackrest_server": 8432,
 }
 
 # Pigsty's service names: pg-name-<service> on the HAProxy port of the same name.
@@ -47,6 +49,7 @@ MEMBER_PORTS: tuple[int, ...] = (
     PORTS["postgres"],
     PORTS["pgbouncer"],
     PORTS["patroni"],
+    PORTS["pgbackrest_server"],
 )
 
 
@@ -92,6 +95,33 @@ class BackupSpec:
 
 
 @dataclass(frozen=True)
+class RestoreSpec:
+    """Where a new cluster's first member restores its data from (a branch, or a restore).
+
+    The source repository is read only: its options reach the restore command alone, never
+    the node's pgbackrest.conf, so archive-push can only ever write the cluster's own repository.
+    ``target`` is ``latest``, an ISO-8601 time with a zone, or an LSN (``0/3000060``).
+    """
+
+    source_stanza: str
+    source_bucket: str = ""
+    source_stack: str = ""
+    target: str = "latest"
+
+    @property
+    def target_type(self) -> str:
+        """pgBackRest's restore --type: default (end of the archive), time or lsn."""
+        if self.target == "latest":
+            return "default"
+        return "lsn" if "/" in self.target and ":" not in self.target else "time"
+
+    @property
+    def source_path(self) -> str:
+        """repo1-path of the source repository (pgha's layout: /<stanza>/pgbackrest)."""
+        return f"/{self.source_stanza}/pgbackrest"
+
+
+@dataclass(frozen=True)
 class Member:
     """One cluster member: a node of its own in its own AZ (the first three at least)."""
 
@@ -124,6 +154,8 @@ class ClusterSpec:
     stack_kind: str = "regional"
     ami_id: str | None = None
     pool_mode: str = "transaction"
+    # Set for a branch (and a local restore): the first member restores instead of initdb.
+    restore: RestoreSpec | None = None
 
     @property
     def instance(self) -> InstanceType:

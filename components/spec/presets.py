@@ -24,9 +24,14 @@ class RtoPlan:
 
 
 # Pigsty's pg_rto_plan presets (fast/norm/safe/wide), the HAProxy timings scaled with them.
+# Tuned by the failover drills (docs/failover.md): loop_wait 2 in fast and norm, because with
+# synchronous_mode Patroni only moves synchronous_standby_names to the surviving replica on its
+# next loop (commits wait meanwhile: replica loss paused writes 4-5 s with loop_wait 5) and only
+# notices a crashed PostgreSQL on its next loop (postgres-crash RTO 10.2 s with loop_wait 5).
+# fast also re-admits a new primary sooner in HAProxy (downinter 500ms, rise 2).
 RTO_PLANS: dict[str, RtoPlan] = {
-    "fast": RtoPlan(20, 5, 5, 15, 5, "1s", "500ms", "1s", 3, 3),
-    "norm": RtoPlan(30, 5, 10, 25, 5, "2s", "1s", "2s", 3, 3),
+    "fast": RtoPlan(20, 2, 5, 15, 5, "1s", "500ms", "500ms", 2, 3),
+    "norm": RtoPlan(30, 2, 10, 25, 5, "2s", "1s", "2s", 3, 3),
     "safe": RtoPlan(60, 10, 20, 45, 10, "3s", "1500ms", "3s", 3, 3),
     "wide": RtoPlan(120, 20, 30, 95, 15, "4s", "2s", "4s", 3, 3),
 }

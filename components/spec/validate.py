@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
-from .model import BackupSpec, ClusterSpec, NetworkSpec, StorageSpec
+from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec
 from .presets import PROFILES, RTO_PLANS
+from .schedule import CronError, cron_to_oncalendar
 
 SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = (15, 16, 17, 18)
-STACK_KINDS: tuple[str, ...] = ("regional",)
+STACK_KINDS: tuple[str, ...] = ("regional", "branch")
+# A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
+BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
 MAX_REPLICAS = 5
 MAX_RPO_BYTES = 1 << 30
 CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
@@ -47,7 +50,7 @@ TOP_KEYS = {
     "storage": "storage", "replicas": "replicas", "availabilityZones": "availability_zones",
     "postgresVersion": "postgres_version", "profile": "profile", "rto": "rto", "rpo": "rpo",
     "parameters": "parameters", "network": "network", "backup": "backup",
-    "stackKind": "stack_kind", "amiId": "ami_id", "poolMode": "pool_mode",
+    "stackKind": "stack_kind", "amiId": "ami_id", "poolMode": "pool_mode", "branch": "branch",
 }
 STORAGE_KEYS = {"kind": "kind", "sizeGiB": "size_gib", "volumeType": "volume_type", "iops": "iops",
                 "throughputMiBps": "throughput_mibps"}
@@ -60,7 +63,9 @@ BACKUP_KEYS = {
     "fullSchedule": "full_schedule", "diffSchedule": "diff_schedule", "incrSchedule": "incr_schedule",
     "retentionDays": "retention_days", "compression": "compression", "encryption": "encryption",
 }
-NESTED = {"storage": STORAGE_KEYS, "network": NETWORK_KEYS, "backup": BACKUP_KEYS}
+BRANCH_KEYS = {"sourceStack": "source_stack", "sourceBucket": "source_bucket", "sourceStanza": "source_stanza",
+               "targetTime": "target_time", "targetLsn": "target_lsn"}
+NESTED = {"storage": STORAGE_KEYS, "network": NETWORK_KEYS, "backup": BACKUP_KEYS, "branch": BRANCH_KEYS}
 
 
 @dataclass(frozen=True)
@@ -272,12 +277,16 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
                                     "and not ending with '-' (Pigsty's naming, DNS-safe)")
     if len(cluster_name) > CLUSTER_NAME_MAX or len(cluster_name) < 2:
         r.fail(["clusterName"], cluster_name, f"must be 2 to {CLUSTER_NAME_MAX} characters long")
+    # Read first: a branch has other defaults (one small node, asynchronous).
+    is_branch = r.raw(["stackKind"]) == "branch"
     problems_before = len(r.problems)
     arch = r.string(["arch"], "arm64", choices=("arm64", "x86_64"))
     arch_valid = len(r.problems) == problems_before
     storage = _storage(r)
-    instance_type = _instance_type(r, arch, storage.kind, check_arch=arch_valid)
-    replicas = r.integer(["replicas"], 2, 0, MAX_REPLICAS)
+    instance_type = _instance_type(r, arch, storage.kind, check_arch=arch_valid,
+                                   default=BRANCH_DEFAULT_INSTANCE_TYPE.get(arch) if is_branch and storage.kind == "ebs"
+                                   else None)
+    replicas = r.integer(["replicas"], 0 if is_branch else 2, 0, MAX_REPLICAS)
     azs = _availability_zones(r, region, region_azs)
     postgres_version = r.integer(["postgresVersion"], 17)
     if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
@@ -286,7 +295,8 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
         postgres_version = 17
     profile = r.string(["profile"], "oltp", choices=PROFILES)
     rto = r.string(["rto"], "norm", choices=tuple(RTO_PLANS))
-    rpo = r.integer(["rpo"], 0, 0, MAX_RPO_BYTES, " (bytes of WAL a failover may lose; 0 = synchronous)")
+    rpo = r.integer(["rpo"], 1048576 if is_branch and replicas == 0 else 0, 0, MAX_RPO_BYTES,
+                    " (bytes of WAL a failover may lose; 0 = synchronous)")
     if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
         r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
     parameters = _parameters(r)
@@ -296,6 +306,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     ami_id = r.string(["amiId"], None, pattern=re.compile(r"^ami-[0-9a-f]{8,17}$"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
     pool_mode = r.string(["poolMode"], "transaction", choices=("transaction", "session", "statement"))
+    restore = _branch(r, stack_kind, cluster_name)
 
     if r.problems:
         raise SpecError(r.problems)
@@ -303,7 +314,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
         stack=stack, cluster_name=cluster_name, region=region, arch=arch, instance_type=instance_type,
         storage=storage, replicas=replicas, availability_zones=azs, postgres_version=postgres_version,
         profile=profile, rto=rto, rpo=rpo, parameters=parameters, network=network, backup=backup,
-        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode,
+        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore,
     )
 
 
@@ -342,8 +353,8 @@ def _storage(r: _Reader) -> StorageSpec:
     return StorageSpec(kind="ebs", size_gib=size, volume_type=volume_type, iops=iops, throughput_mibps=throughput)
 
 
-def _instance_type(r: _Reader, arch: str, storage_kind: str, *, check_arch: bool) -> str:
-    default = DEFAULT_INSTANCE_TYPE[(arch, storage_kind)]
+def _instance_type(r: _Reader, arch: str, storage_kind: str, *, check_arch: bool, default: str | None = None) -> str:
+    default = default or DEFAULT_INSTANCE_TYPE[(arch, storage_kind)]
     name = r.string(["instanceType"], default)
     known = catalog()
     if name not in known:
@@ -438,6 +449,12 @@ def _backup(r: _Reader) -> BackupSpec:
         if value is not None and not _is_cron(value):
             r.fail(["backup", key], value, cron)
             value = default
+        elif value is not None:
+            try:
+                cron_to_oncalendar(value)  # the nodes' systemd timers need values in range too
+            except CronError as error:
+                r.fail(["backup", key], value, f"{cron}: {error}")
+                value = default
         schedules[key] = value
     return BackupSpec(
         full_schedule=schedules["fullSchedule"],
@@ -447,3 +464,65 @@ def _backup(r: _Reader) -> BackupSpec:
         compression=r.string(["backup", "compression"], "lz4", choices=("lz4", "zst", "gz", "bz2", "none")),
         encryption=r.boolean(["backup", "encryption"], False),
     )
+
+
+_LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+_STACK_REF_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_target_time(value: str) -> Any:
+    """An ISO-8601 time with an explicit zone (``2025-01-31T12:00:00Z``), or None."""
+    import datetime
+
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _branch(r: _Reader, stack_kind: str, cluster_name: str) -> RestoreSpec | None:
+    """The ``branch`` object: where a branch's data comes from and up to when."""
+    given = r.obj(["branch"], BRANCH_KEYS)
+    if stack_kind != "branch":
+        if given:
+            r.fail(["branch"], dict(given), "applies to stackKind branch only")
+        return None
+    if not given:
+        r.fail(["branch"], _MISSING, "a branch needs {sourceStack} or {sourceBucket, sourceStanza}, "
+                                     "and optionally targetTime or targetLsn")
+        return None
+    source_stack = r.string(["branch", "sourceStack"], "", pattern=_STACK_REF_RE,
+                            allowed="must be a stack name: stack, project/stack or org/project/stack")
+    source_bucket = r.string(["branch", "sourceBucket"], "", pattern=_BUCKET_RE,
+                             allowed="must be an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+    source_stanza = r.string(["branch", "sourceStanza"], "", pattern=CLUSTER_NAME_RE,
+                             allowed="must be the source's cluster name (its pgBackRest stanza)")
+    if not source_stack and not (source_bucket and source_stanza):
+        r.fail(["branch", "sourceStack"], _MISSING,
+               "give sourceStack (a StackReference to the source), or both sourceBucket and sourceStanza")
+    if source_stack and source_bucket:
+        r.fail(["branch", "sourceBucket"], source_bucket, "give either sourceStack or sourceBucket, not both")
+    if source_stanza and source_stanza == cluster_name:
+        r.fail(["clusterName"], cluster_name, "a branch needs a cluster name of its own (it is the source's "
+                                              "stanza): its archive must never mix with the source's")
+    target_time = r.string(["branch", "targetTime"], "")
+    target_lsn = r.string(["branch", "targetLsn"], "")
+    target = "latest"
+    if target_time and target_lsn:
+        r.fail(["branch", "targetLsn"], target_lsn, "give targetTime or targetLsn, not both")
+    elif target_time:
+        if target_time != "latest" and parse_target_time(target_time) is None:
+            r.fail(["branch", "targetTime"], target_time,
+                   "must be latest or an ISO-8601 time with a zone, such as 2025-01-31T12:00:00Z")
+        else:
+            target = target_time
+    elif target_lsn:
+        if not _LSN_RE.match(target_lsn):
+            r.fail(["branch", "targetLsn"], target_lsn, "must be an LSN such as 0/3000060")
+        else:
+            target = target_lsn
+    # With a StackReference the stanza is the source stack's clusterName output, known at deploy time.
+    return RestoreSpec(source_stanza=source_stanza or "", source_bucket=source_bucket,
+                       source_stack=source_stack, target=target)

@@ -1,0 +1,49 @@
+"""Read-only access of a branch's members to its source's backup repository.
+
+A branch restores from another stack's pgBackRest repository (the source's bucket, stanza
+prefix ``<stanza>/``) and archives into its own bucket. Its role may list and read the
+source's prefix and decrypt with the source's KMS key, nothing else: no Put, no Delete, so
+a branch can never write into the source's history, whatever its configuration says.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from ..spec import ClusterSpec
+from .common import child, partition
+
+
+@dataclass(frozen=True)
+class RestoreSource:
+    """The source repository of a branch: values or Outputs (e.g. from a StackReference)."""
+
+    bucket: pulumi.Input[str]
+    stanza: pulumi.Input[str]
+    key_arn: pulumi.Input[str] | None = None
+
+
+def source_read_policy_document(spec: ClusterSpec, *, bucket: str, stanza: str, key_arn: str | None) -> str:
+    """List and read ``<bucket>/<stanza>/*``; decrypt with the source's key when known."""
+    arn = f"arn:{partition(spec.region)}:s3:::{bucket}"
+    prefix = f"{stanza}/"
+    statements: list[dict[str, Any]] = [
+        {"Sid": "ListSourceRepo", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": arn,
+         "Condition": {"StringLike": {"s3:prefix": [stanza, f"{prefix}*"]}}},
+        {"Sid": "ReadSourceRepo", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": f"{arn}/{prefix}*"},
+    ]
+    if key_arn:
+        statements.append({"Sid": "DecryptSourceRepo", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"],
+                           "Resource": key_arn})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def source_read_access(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[str], source: RestoreSource,
+                       parent: pulumi.Resource) -> aws.iam.RolePolicy:
+    document = pulumi.Output.all(source.bucket, source.stanza, source.key_arn).apply(
+        lambda v: source_read_policy_document(spec, bucket=v[0], stanza=v[1], key_arn=v[2]))
+    return aws.iam.RolePolicy(f"{name}-restore-source", role=role_name, policy=document, opts=child(parent))

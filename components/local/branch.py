@@ -1,0 +1,132 @@
+"""Database branches of the loopback cluster: a single node restored from the cluster's backups.
+
+A branch is the ``branch`` stack kind run locally: the source stack's config with
+``stackKind: branch``, its own cluster name (= its own pgBackRest stanza), no replicas and
+asynchronous replication. Its member lives on ``<prefix><slot>1`` (127.0.3.11, .21, ...), its
+files under ``<source root>/branches/<name>``, its archive in its own bucket ``pgha-<name>``
+on the source's S3 server. Patroni's custom bootstrap restores the source's repository (read
+only: the source's bucket and stanza are options of the restore command alone) and promotes on
+a new timeline; from then on the branch archives into its own repository only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..spec import build_spec
+from ..spec.stackfile import read_stack_config
+from ..spec.validate import CLUSTER_NAME_RE
+from .backups import BackupError, backup_for, check_target, info, verify
+from .cluster import LocalCluster
+
+MAX_BRANCHES = 9
+
+
+def _registry_path(source: LocalCluster) -> Path:
+    return source.root / "branches.json"
+
+
+def _registry(source: LocalCluster) -> dict[str, dict[str, Any]]:
+    path = _registry_path(source)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(source: LocalCluster, registry: dict[str, dict[str, Any]]) -> None:
+    path = _registry_path(source)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def branch_values(source: LocalCluster, name: str, target: str) -> dict[str, Any]:
+    """The branch's stack config: the source's, as stack kind branch with one member."""
+    values, _ = read_stack_config(source.project_dir, source.stack)
+    values = {k: v for k, v in values.items() if k not in ("clusterName", "replicas", "rpo")}
+    branch: dict[str, str] = {"sourceBucket": source.bucket, "sourceStanza": source.spec.cluster_name}
+    if target != "latest":
+        branch["targetLsn" if "/" in target and ":" not in target else "targetTime"] = target
+    return {**values, "stackKind": "branch", "clusterName": name, "branch": branch}
+
+
+def open_branch(source: LocalCluster, name: str, entry: dict[str, Any]) -> LocalCluster:
+    values, region = read_stack_config(source.project_dir, source.stack)
+    spec = build_spec(entry["values"], stack=source.stack, region=region,
+                      region_azs=[f"{region}a", f"{region}b", f"{region}c"])
+    return LocalCluster(project_dir=source.project_dir, stack=source.stack, root=Path(entry["root"]),
+                        address_prefix=entry["prefix"], spec=spec, s3=source.s3, venv=source.venv)
+
+
+def create(source: LocalCluster, name: str, target: str = "latest", *, log: Callable[[str], None] = print,
+           timeout: float = 300) -> dict[str, Any]:
+    """Start branch ``name`` of ``source`` restored to ``target``; return its registry entry."""
+    if not CLUSTER_NAME_RE.match(name) or len(name) > 24:
+        raise BackupError(f"branch name {name!r}: lowercase letters, digits and '-', starting with a letter")
+    if name == source.spec.cluster_name:
+        raise BackupError("a branch needs a name of its own: it is its pgBackRest stanza")
+    target = check_target(target)
+    registry = _registry(source)
+    if name in registry:
+        raise BackupError(f"branch {name} exists (pgha branch delete {name} first)")
+    chosen = backup_for(info(source), target)
+    verify(source, source.nodes[0], chosen["label"])
+    used = {entry["slot"] for entry in registry.values()}
+    slot = next((i for i in range(1, MAX_BRANCHES + 1) if i not in used), None)
+    if slot is None:
+        raise BackupError(f"at most {MAX_BRANCHES} branches at once")
+    entry = {"slot": slot, "prefix": f"{source.address_prefix}{slot}", "root": str(source.root / "branches" / name),
+             "source": source.spec.cluster_name, "target": target, "backup": chosen["label"],
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "values": branch_values(source, name, target)}
+    branch = open_branch(source, name, entry)
+    registry[name] = entry
+    _save(source, registry)
+    log(f"branch {name} of {source.spec.cluster_name} at {target} (backup {chosen['label']}) on "
+        f"{branch.nodes[0].ip}, archive in bucket {branch.bucket}")
+    try:
+        branch.up(timeout=timeout, log=log)
+    except Exception:
+        log(f"branch {name} did not come up; its files stay under {entry['root']} (pgha branch delete {name})")
+        raise
+    return entry
+
+
+def list_branches(source: LocalCluster) -> list[dict[str, Any]]:
+    out = []
+    for name, entry in sorted(_registry(source).items()):
+        branch = open_branch(source, name, entry)
+        view = branch.cluster_view() or {}
+        leader = next((m for m in view.get("members", []) if m.get("role") == "leader"), None)
+        out.append({"name": name, "ip": branch.nodes[0].ip, "source": entry["source"], "target": entry["target"],
+                    "backup": entry["backup"], "created": entry["created"], "bucket": branch.bucket,
+                    "state": leader["state"] if leader else "down",
+                    "timeline": leader.get("timeline") if leader else None,
+                    "dsn": branch.dsn(branch.nodes[0].ip, 5433)})
+    return out
+
+
+def delete(source: LocalCluster, name: str, *, log: Callable[[str], None] = print) -> None:
+    """Stop the branch, remove its files and its own bucket; the source is not touched."""
+    registry = _registry(source)
+    if name not in registry:
+        raise BackupError(f"no branch {name} (pgha branch list)")
+    entry = registry[name]
+    branch = open_branch(source, name, entry)
+    branch.down(log=log)
+    client = source.s3.client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=branch.bucket)
+        for page in pages:
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=branch.bucket, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=branch.bucket)
+    except client.exceptions.NoSuchBucket:
+        pass
+    shutil.rmtree(entry["root"], ignore_errors=True)
+    del registry[name]
+    _save(source, registry)
+    log(f"branch {name} deleted")

@@ -1,0 +1,182 @@
+"""Backups without daemons: cron -> OnCalendar, rendered timers/units/Patroni methods, the
+agent's choice of the member that backs up, and what a restored copy keeps of its source."""
+
+import importlib.machinery
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgha.render import render_node, timer_names, unit_names
+from pgha.spec import SpecError
+from pgha.spec.schedule import CronError, cron_to_oncalendar
+from render_fixtures import ec2_context, loopback_context, make_spec
+
+SCRIPT = Path(__file__).resolve().parent.parent / "config-templates" / "bin" / "pgha-node"
+
+
+def _agent():
+    loader = importlib.machinery.SourceFileLoader("pgha_node_agent_backups", str(SCRIPT))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+agent = _agent()
+
+
+@pytest.mark.parametrize("cron, expected", [
+    ("0 1 * * *", ["*-*-* 01:00:00 UTC"]),
+    ("*/15 * * * *", ["*-*-* 00..23:00,15,30,45:00 UTC"]),
+    ("30 2 * * 0", ["Sun *-*-* 02:30:00 UTC"]),
+    ("0 3 * * 1-5", ["Mon..Fri *-*-* 03:00:00 UTC"]),
+    ("0 0 * * 0,6", ["Sat..Sun *-*-* 00:00:00 UTC"]),
+    ("5-50/15 0-23/6 * 1,2,3 *", ["*-01..03-* 00,06,12,18:05,20,35,50:00 UTC"]),
+    # cron: day of month OR day of week; systemd: one line each.
+    ("0 2 1,15 * 7", ["*-*-01,15 02:00:00 UTC", "Sun *-*-* 02:00:00 UTC"]),
+])
+def test_cron_becomes_oncalendar(cron, expected):
+    assert cron_to_oncalendar(cron) == expected
+
+
+# systemd-analyze (package systemd, installed by scripts/setup.sh; no running systemd needed).
+@pytest.mark.parametrize("cron", ["0 1 * * *", "*/15 * * * *", "0 3 * * 1-5", "5-50/15 0-23/6 * 1,2,3 *",
+                                  "0 2 1,15 * 7", "0 0 * * 0,6,1"])
+def test_oncalendar_is_accepted_by_systemd(cron):
+    for line in cron_to_oncalendar(cron):
+        proc = subprocess.run(["systemd-analyze", "calendar", line], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("cron, fragment", [
+    ("61 * * * *", "minute"), ("0 24 * * *", "hour"), ("0 0 0 * *", "day of month"), ("0 0 * 13 *", "month"),
+    ("0 0 * * 8", "day of week"), ("0 0 * *", "five"), ("5-1 * * * *", "low before high"), ("*/0 * * * *", "step"),
+])
+def test_bad_cron_is_refused_with_the_field_named(cron, fragment):
+    with pytest.raises(CronError, match=fragment):
+        cron_to_oncalendar(cron)
+
+
+def test_out_of_range_schedules_fail_validation():
+    with pytest.raises(SpecError) as caught:
+        make_spec({"backup": {"fullSchedule": "0 25 * * *", "incrSchedule": "99 * * * *"}})
+    keys = {p.key for p in caught.value.problems}
+    assert keys == {"pgha:backup.fullSchedule", "pgha:backup.incrSchedule"}
+
+
+def files_of(spec, ctx, index=0):
+    return {f.path: f.content for f in render_node(spec, spec.members[index], ctx)}
+
+
+def test_every_node_gets_a_timer_per_schedule_and_a_service_per_type():
+    spec = make_spec({"backup": {"fullSchedule": "0 1 * * 0", "incrSchedule": "0 * * * *"}})
+    ctx = ec2_context(spec)
+    for index in range(len(spec.members)):
+        files = files_of(spec, ctx, index)
+        units = {Path(p).name for p in files if p.startswith("/etc/systemd/system/")}
+        assert {"pgha-backup-full.service", "pgha-backup-diff.service", "pgha-backup-incr.service",
+                "pgha-backup-full.timer", "pgha-backup-incr.timer", "pgha-pgbackrest-server.service"} <= units
+        assert "pgha-backup-diff.timer" not in units
+    files = files_of(spec, ctx)
+    assert "OnCalendar=Sun *-*-* 01:00:00 UTC" in files["/etc/systemd/system/pgha-backup-full.timer"]
+    assert "backup --type incr" in files["/etc/systemd/system/pgha-backup-incr.service"]
+    assert timer_names(spec) == ["pgha-backup-full.timer", "pgha-backup-incr.timer"]
+    assert "systemctl enable --now pgha-backup-full.timer pgha-backup-incr.timer" in files["/opt/pgha/bin/pgha-bootstrap"]
+    # Backups are not daemons: not started with the node, only by their timers.
+    assert not [u for u in unit_names(spec, spec.members[0], ctx) if u.startswith("pgha-backup")]
+
+
+def test_tls_server_admits_only_members_for_the_stanza():
+    spec = make_spec({})
+    files = files_of(spec, ec2_context(spec))
+    unit = files["/etc/systemd/system/pgha-pgbackrest-server.service"]
+    auth = sorted(part for part in unit.split() if part.startswith("--tls-server-auth="))
+    assert auth == [f"--tls-server-auth={m.name}={spec.cluster_name}" for m in spec.members]
+    assert "--tls-server-ca-file=/etc/pgha/tls/ca.crt" in unit and " server" in unit
+
+
+def test_replicas_are_created_from_the_repository_first():
+    spec = make_spec({})
+    patroni = yaml.safe_load(files_of(spec, ec2_context(spec))["/etc/pgha/patroni.yml"])
+    pg = patroni["postgresql"]
+    assert pg["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert pg["pgbackrest"]["keep_data"] is True and pg["pgbackrest"]["no_params"] is True
+    assert "--delta --type=standby" in pg["pgbackrest"]["command"]
+    assert "archive-get" in pg["recovery_conf"]["restore_command"]
+    assert "method" not in patroni["bootstrap"]
+
+
+def test_peers_carry_each_members_paths_on_the_loopback(tmp_path):
+    spec = make_spec({})
+    ctx = loopback_context(spec, str(tmp_path))
+    from dataclasses import replace
+    ctx = replace(ctx, member_roots={m.name: f"{tmp_path}/{m.name}" for m in spec.members})
+    facts = json.loads(files_of(spec, ctx)[f"{tmp_path}/node/etc/pgha/node.json"])
+    second = spec.members[1].name
+    assert facts["peers"][second]["pgdata"] == f"{tmp_path}/{second}/var/lib/pgha/pg/data"
+    assert facts["peers"][second]["ip"] == "127.0.9.2" and facts["restore"] is None
+
+
+CLUSTER = {"members": [
+    {"name": "pg-1", "role": "leader", "state": "running", "timeline": 3},
+    {"name": "pg-3", "role": "replica", "state": "streaming", "lag": 0},
+    {"name": "pg-2", "role": "sync_standby", "state": "streaming", "lag": 0},
+]}
+
+
+def test_the_sync_standby_takes_the_backup():
+    assert agent.choose_backup_member(CLUSTER) == ("pg-2", "pg-1")
+
+
+def test_a_lagging_or_stopped_replica_never_takes_it():
+    view = {"members": [CLUSTER["members"][0],
+                        {"name": "pg-2", "role": "sync_standby", "state": "stopped", "lag": 0},
+                        {"name": "pg-3", "role": "replica", "state": "streaming", "lag": 64 << 20},
+                        {"name": "pg-4", "role": "replica", "state": "streaming", "lag": "unknown"}]}
+    assert agent.choose_backup_member(view) == ("pg-1", "pg-1")
+    view["members"].append({"name": "pg-5", "role": "replica", "state": "streaming", "lag": 1024})
+    assert agent.choose_backup_member(view) == ("pg-5", "pg-1")
+    assert agent.choose_backup_member({"members": [{"name": "pg-1", "role": "leader", "state": "stopped"}]}) == (
+        None, None)
+
+
+def node_facts(tmp_path, restore=None):
+    return {"cluster": "pg-x", "member": "pg-x-2", "stanza": "pg-x", "ip": "10.0.0.2",
+            "paths": {"pgbackrest_config": "/etc/pgha/pgbackrest/pgbackrest.conf", "secrets": "/etc/pgha/secrets",
+                      "tls": "/etc/pgha/tls", "pgdata": str(tmp_path)},
+            "ports": {"postgres": 5432, "pgbackrest_server": 8432}, "users": {"superuser": "postgres"},
+            "peers": {"pg-x-1": {"ip": "10.0.0.1", "pgdata": "/d1", "socket": "/s1"},
+                      "pg-x-2": {"ip": "10.0.0.2", "pgdata": "/d2", "socket": "/s2"}},
+            "restore": restore}
+
+
+def test_a_standby_backup_names_the_primary_as_pg1_through_the_relay(tmp_path):
+    opts = agent.standby_backup_options(node_facts(tmp_path), "pg-x-1", 40001)
+    assert "--backup-standby" in opts and "--pg1-host=localhost" in opts and "--pg1-host-port=40001" in opts
+    assert "--pg1-path=/d1" in opts and "--pg1-socket-path=/s1" in opts and "--pg2-path=/d2" in opts
+    assert "--pg1-host-type=tls" in opts
+
+
+def test_restore_reads_the_source_repository_only_in_its_own_command(tmp_path):
+    facts = node_facts(tmp_path, {"stanza": "pg-src", "bucket": "src-bucket", "path": "/pg-src/pgbackrest",
+                                  "target": "2025-01-31T12:00:00.5+01:00", "type": "time"})
+    argv = agent.restore_argv(facts)
+    assert "--stanza=pg-src" in argv and "--repo1-s3-bucket=src-bucket" in argv
+    assert "--target=2025-01-31 11:00:00.500000+00" in argv and "--target-action=promote" in argv
+    assert argv[-1] == "restore"
+
+
+def test_a_restored_copy_keeps_nothing_that_writes_to_the_source(tmp_path):
+    (tmp_path / "postgresql.conf").write_text("archive_command = 'pgbackrest --stanza=pg-src archive-push %p'\n")
+    (tmp_path / "postgresql.auto.conf").write_text(
+        "# Do not edit\nsynchronous_standby_names = '\"pg-src-2\"'\nwork_mem = '64MB'\n"
+        "archive_command = 'x'\nrestore_command = 'pgbackrest --stanza=pg-src archive-get %f \"%p\"'\n")
+    removed = agent.scrub_restored_config(str(tmp_path))
+    auto = (tmp_path / "postgresql.auto.conf").read_text()
+    assert "synchronous_standby_names" not in auto and "archive_command" not in auto
+    assert "work_mem" in auto and "restore_command" in auto  # needed to recover; reset after promotion
+    assert not (tmp_path / "postgresql.conf").exists() and len(removed) == 3

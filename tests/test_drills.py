@@ -1,0 +1,106 @@
+"""Failover drills against the loopback cluster (the session `local_cluster`, rpo 0, rto fast):
+every scenario once, with the properties the cluster promises asserted on what a client saw.
+
+Bounds are generous (2 shared cores); docs/failover.md has the measured figures."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgha.local.cluster import LocalCluster
+from pgha.local.drills import SCENARIOS, run_drill, summary_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.cluster
+
+# scenario -> (max RTO s, max write gap s, max rejoin s); None: no bound asserted.
+BOUNDS = {
+    "primary-node": (35, 35, 90),
+    "postgres-crash": (15, 15, 60),
+    "patroni-crash": (15, 15, 60),
+    "primary-hang": (40, 40, 90),
+    "pgbouncer-crash": (10, 10, 30),
+    "haproxy-crash": (5, 5, 30),
+    "replica-node": (5, 5, 90),
+    "etcd-member": (3, 3, 30),
+    "switchover": (1, 10, 60),
+    "replicas": (None, None, 90),
+}
+# Not implemented yet (issue 4 stays open): see docs/failover.md for the design.
+NOT_YET = {"partition"}
+
+
+def check(result, scenario):
+    print(summary_line(result))
+    rto, gap, rejoin = BOUNDS[scenario]
+    assert result["rpo_rows"] == 0, result["lost_ids"]
+    assert result["split_brain"] is False
+    assert result["rejoined"], f"{result['failed']} did not rejoin"
+    assert rejoin is None or result["rejoin_s"] <= rejoin
+    assert result["healthy_after"]
+    assert result["same_dsn_after"], "the writer's DSN did not work after recovery"
+    assert result["stale_pgbouncer"] == []
+    assert result["writes_acked"] > 50
+    if rto is not None:
+        assert result["rto_s"] is not None and result["rto_s"] <= rto, result
+    if gap is not None:
+        assert result["max_write_gap_s"] <= gap, result
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in NOT_YET])
+def test_drill(local_cluster, scenario):
+    result = run_drill(local_cluster, scenario, log=print)
+    check(result, scenario)
+    if scenario in ("primary-node", "primary-hang", "switchover"):
+        # The ex-primary came back as a replica, not as a second primary.
+        assert result["new_primary"] != result["old_primary"]
+    if scenario in ("postgres-crash", "patroni-crash", "pgbouncer-crash", "haproxy-crash", "etcd-member",
+                    "replica-node", "replicas"):
+        assert result["new_primary"] == result["old_primary"]
+    if scenario == "replicas":
+        # rpo 0 is strict synchronous mode: no commit returns while no replica can confirm it.
+        assert result["synchronous_mode_strict"] is True
+        assert result["writes_during_outage"] == "stopped" and result["acks_during_outage"] == 0
+
+
+@pytest.fixture(scope="module")
+def async_cluster(tmp_path_factory):
+    """The dev stack rendered with rpo 1 MiB (asynchronous), on its own addresses."""
+    project = tmp_path_factory.mktemp("async-project")
+    shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
+    stack = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
+    stack["config"]["pgha:rpo"] = 1048576
+    (project / "Pulumi.async.yaml").write_text(yaml.safe_dump(stack))
+    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 20
+    cluster = LocalCluster(project_dir=project, stack="async",
+                           root=Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-async"),
+                           address_prefix=os.environ.get("PGHA_TEST_ASYNC_ADDRESSES", "127.0.6."),
+                           s3_http_port=s3_port, s3_tls_port=s3_port + 1)
+    cluster.up(timeout=240, log=print)
+    yield cluster
+    cluster.down(log=print)
+
+
+def test_replicas_lost_with_rpo_above_zero_writes_continue(async_cluster):
+    assert async_cluster.spec.rpo == 1048576 and not async_cluster.spec.synchronous
+    result = run_drill(async_cluster, "replicas", log=print)
+    print(summary_line(result))
+    assert result["synchronous_mode_strict"] is False
+    assert result["writes_during_outage"] == "continued" and result["acks_during_outage"] > 20
+    assert result["max_write_gap_s"] <= 3
+    assert result["rpo_rows"] == 0 and result["split_brain"] is False and result["rejoined"]
+
+
+def test_stopping_the_cluster_does_not_hang_on_the_synchronous_standby(local_cluster):
+    began = time.monotonic()
+    local_cluster.down(log=print)
+    took = time.monotonic() - began
+    try:
+        assert took < 30, f"down took {took:.1f}s"
+    finally:
+        local_cluster.up(timeout=240, log=print)  # the session fixture stops it again at the end
