@@ -11,7 +11,6 @@ nodes run (``pgha-backup-<type>.service``, ``pgha-node restore-bootstrap``).
   takes a full backup on the new timeline and rebuilds the replicas from the repository.
 """
 
-from __future__ import annotations
 
 import datetime
 import json

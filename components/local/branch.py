@@ -9,7 +9,6 @@ only: the source's bucket and stanza are options of the restore command alone) a
 a new timeline; from then on the branch archives into its own repository only.
 """
 
-from __future__ import annotations
 
 import json
 import shutil

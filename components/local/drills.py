@@ -21,7 +21,6 @@ waits for the cluster to recover (reviving what died the way systemd would on EC
 * ``stale_pgbouncer``: a PgBouncer that still advertises a role its PostgreSQL no longer has.
 """
 
-from __future__ import annotations
 
 import contextlib
 import json

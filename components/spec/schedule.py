@@ -7,7 +7,6 @@ the day of month or the day of week matches if both are restricted; systemd requ
 so that case becomes two OnCalendar= lines (a timer fires on any of its lines).
 """
 
-from __future__ import annotations
 
 import re
 
