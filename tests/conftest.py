@@ -1,13 +1,36 @@
 """Shared fixtures: the loopback cluster the integration tests run against."""
 
+import contextlib
 import os
+import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def wipe_test_root(root: Path) -> None:
+    """Start a test cluster from nothing: the machine may hold a previous run's root (and, if
+    that run was cut off, its processes; each one names a path under the root in its command
+    line). moto keeps S3 in memory, so old data directories would not match the new bucket."""
+    prefix = str(root).rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if prefix in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+    time.sleep(0.5)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +45,9 @@ def local_cluster():
     from pgha.local.cluster import LocalCluster
 
     s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000"))
-    cluster = LocalCluster(project_dir=REPO, stack="dev", root=Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test")),
-                           s3_http_port=s3_port, s3_tls_port=s3_port + 1,
+    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test"))
+    wipe_test_root(root)
+    cluster = LocalCluster(project_dir=REPO, stack="dev", root=root, s3_http_port=s3_port, s3_tls_port=s3_port + 1,
                            address_prefix=os.environ.get("PGHA_TEST_ADDRESSES", "127.0.1."))
     cluster.up(timeout=240, log=lambda line: print(line, file=sys.stderr))
     yield cluster

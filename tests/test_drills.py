@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import wipe_test_root
 from pgha.local.cluster import LocalCluster
 from pgha.local.drills import SCENARIOS, run_drill, summary_line
 
@@ -77,8 +78,9 @@ def async_cluster(tmp_path_factory):
     stack["config"]["pgha:rpo"] = 1048576
     (project / "Pulumi.async.yaml").write_text(yaml.safe_dump(stack))
     s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 20
-    cluster = LocalCluster(project_dir=project, stack="async",
-                           root=Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-async"),
+    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-async")
+    wipe_test_root(root)
+    cluster = LocalCluster(project_dir=project, stack="async", root=root,
                            address_prefix=os.environ.get("PGHA_TEST_ASYNC_ADDRESSES", "127.0.6."),
                            s3_http_port=s3_port, s3_tls_port=s3_port + 1)
     cluster.up(timeout=240, log=print)
