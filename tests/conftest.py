@@ -14,10 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def wipe_test_root(root: Path) -> None:
-    """Start a test cluster from nothing: the machine may hold a previous run's root (and, if
-    that run was cut off, its processes; each one names a path under the root in its command
-    line). moto keeps S3 in memory, so old data directories would not match the new bucket."""
+def wipe_test_root(root: Path, **cluster_args) -> None:
+    """Start a test cluster from nothing: the machine may hold a previous run's root and, if
+    that run was cut off, its processes. moto keeps S3 in memory, so old data directories would
+    not match the new bucket. First an orderly `down` through the old pid files (moto's command
+    line names no path), then anything still naming a path under the root."""
+    from pgha.local.cluster import LocalCluster
+
+    if (root / "pki" / "pki.json").exists():
+        with contextlib.suppress(Exception):
+            LocalCluster(project_dir=REPO, root=root, **cluster_args).down(log=lambda _: None)
     prefix = str(root).rstrip("/") + "/"
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -29,8 +35,12 @@ def wipe_test_root(root: Path) -> None:
         if prefix in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
-    time.sleep(0.5)
-    shutil.rmtree(root, ignore_errors=True)
+    # Killed processes may still be writing for a moment.
+    for _ in range(20):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            break
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +56,10 @@ def local_cluster():
 
     s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000"))
     root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test"))
-    wipe_test_root(root)
-    cluster = LocalCluster(project_dir=REPO, stack="dev", root=root, s3_http_port=s3_port, s3_tls_port=s3_port + 1,
-                           address_prefix=os.environ.get("PGHA_TEST_ADDRESSES", "127.0.1."))
+    args = {"stack": "dev", "s3_http_port": s3_port, "s3_tls_port": s3_port + 1,
+            "address_prefix": os.environ.get("PGHA_TEST_ADDRESSES", "127.0.1.")}
+    wipe_test_root(root, **args)
+    cluster = LocalCluster(project_dir=REPO, root=root, **args)
     cluster.up(timeout=240, log=lambda line: print(line, file=sys.stderr))
     yield cluster
     cluster.down(log=lambda line: print(line, file=sys.stderr))

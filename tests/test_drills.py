@@ -79,10 +79,11 @@ def async_cluster(tmp_path_factory):
     (project / "Pulumi.async.yaml").write_text(yaml.safe_dump(stack))
     s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 20
     root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-async")
-    wipe_test_root(root)
-    cluster = LocalCluster(project_dir=project, stack="async", root=root,
-                           address_prefix=os.environ.get("PGHA_TEST_ASYNC_ADDRESSES", "127.0.6."),
-                           s3_http_port=s3_port, s3_tls_port=s3_port + 1)
+    # The old root's processes are stopped through its pid files (the dev stack's spec will do).
+    args = {"address_prefix": os.environ.get("PGHA_TEST_ASYNC_ADDRESSES", "127.0.6."),
+            "s3_http_port": s3_port, "s3_tls_port": s3_port + 1}
+    wipe_test_root(root, stack="dev", **args)
+    cluster = LocalCluster(project_dir=project, stack="async", root=root, **args)
     cluster.up(timeout=240, log=print)
     yield cluster
     cluster.down(log=print)
