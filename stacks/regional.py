@@ -30,3 +30,5 @@ def export_outputs(spec: ClusterSpec, cluster: PostgresCluster) -> None:
     pulumi.export("secretArn", cluster.secret_arn)
     pulumi.export("caCertificate", cluster.ca_cert_pem)
     pulumi.export("superuserPassword", cluster.superuser_password)
+    # PgBouncer pools every role but superusers: applications log in as dbuser_app.
+    pulumi.export("appPassword", cluster.app_password)

@@ -188,12 +188,13 @@ def test_no_secret_in_user_data_or_plain_outputs(run: Run) -> None:
         assert SECRET_MARK not in obj.inputs["content"]
     cluster_obj = run.result
     for attr in ("endpoints", "member_ips", "member_azs", "instance_ids", "vpc_id", "nlb_dns_name", "zone_name",
-                 "bucket_name", "secret_arn", "ca_cert_pem", "superuser_password"):
+                 "bucket_name", "secret_arn", "ca_cert_pem", "superuser_password", "app_password"):
         value, secret = resolve(getattr(cluster_obj, attr))
         if SECRET_MARK in json.dumps(value):
             assert secret, f"{attr} carries a secret value but is not a Pulumi secret"
-    value, secret = resolve(cluster_obj.superuser_password)
-    assert secret and value.startswith(SECRET_MARK)
+    for attr in ("superuser_password", "app_password"):
+        value, secret = resolve(getattr(cluster_obj, attr))
+        assert secret and value.startswith(SECRET_MARK), attr
     # Besides the secret version, no resource input holds a password or private key.
     holders = {r.type for r in run.resources if SECRET_MARK in json.dumps(r.inputs, default=str)}
     assert holders <= {"aws:secretsmanager/secretVersion:SecretVersion", "tls:index/certRequest:CertRequest",

@@ -157,6 +157,8 @@ class PostgresCluster(pulumi.ComponentResource):
     """The cluster CA certificate clients verify the servers with."""
     superuser_password: pulumi.Output[str]
     """The postgres superuser password (a Pulumi secret)."""
+    app_password: pulumi.Output[str]
+    """The application role's password (``dbuser_app``, database ``app``; a Pulumi secret)."""
 
     def __init__(self, name: str, args: PostgresClusterArgs | None = None,
                  opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None,
@@ -243,6 +245,7 @@ class PostgresCluster(pulumi.ComponentResource):
         self.backup_key_arn = key.key_arn
         self.ca_cert_pem = certs.ca_cert_pem
         self.superuser_password = pulumi.Output.secret(secret.passwords["superuser_password"])
+        self.app_password = pulumi.Output.secret(secret.passwords["app_password"])
         self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {
             "nlb_dns_name": dns,
             "zone_name": zone,
@@ -255,4 +258,5 @@ class PostgresCluster(pulumi.ComponentResource):
             "instance_ids": self.instance_ids, "vpc_id": self.vpc_id, "nlb_dns_name": self.nlb_dns_name,
             "zone_name": self.zone_name, "bucket_name": self.bucket_name, "secret_arn": self.secret_arn,
             "ca_cert_pem": self.ca_cert_pem, "superuser_password": self.superuser_password,
+            "app_password": self.app_password,
         })
