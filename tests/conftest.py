@@ -17,14 +17,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 def wipe_test_root(root: Path, **cluster_args) -> None:
     """Start a test cluster from nothing: the machine may hold a previous run's root and, if
     that run was cut off, its processes. moto keeps S3 in memory, so old data directories would
-    not match the new bucket. First an orderly `down` through the old pid files (moto's command
-    line names no path), then anything still naming a path under the root."""
+    not match the new bucket. First an orderly `down` through the old pid files, then any
+    process still naming a path under the root, a member address or the S3 port (the
+    exporters and moto name no path). A `pgha local up` cluster on the same addresses goes too:
+    the two could not run side by side anyway."""
     from pgha.local.cluster import LocalCluster
 
     if (root / "pki" / "pki.json").exists():
         with contextlib.suppress(Exception):
             LocalCluster(project_dir=REPO, root=root, **cluster_args).down(log=lambda _: None)
-    prefix = str(root).rstrip("/") + "/"
+    marks = [str(root).rstrip("/") + "/"]
+    prefix = cluster_args.get("address_prefix", "127.0.1.")
+    marks += [f"{prefix}{index}:" for index in range(1, 7)]
+    marks += [f"-p {cluster_args[key]}" for key in ("s3_http_port",) if key in cluster_args]
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -32,7 +37,7 @@ def wipe_test_root(root: Path, **cluster_args) -> None:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if prefix in cmdline:
+        if any(mark in cmdline for mark in marks):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
     # Killed processes may still be writing for a moment.
