@@ -52,7 +52,7 @@ def branch_values(source: LocalCluster, name: str, target: str) -> dict[str, Any
 
 
 def open_branch(source: LocalCluster, name: str, entry: dict[str, Any]) -> LocalCluster:
-    values, region = read_stack_config(source.project_dir, source.stack)
+    _, region = read_stack_config(source.project_dir, source.stack)
     spec = build_spec(entry["values"], stack=source.stack, region=region,
                       region_azs=[f"{region}a", f"{region}b", f"{region}c"])
     return LocalCluster(project_dir=source.project_dir, stack=source.stack, root=Path(entry["root"]),
