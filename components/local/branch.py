@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..spec import build_spec
+from ..spec import PORTS, build_spec
 from ..spec.stackfile import read_stack_config
 from ..spec.validate import CLUSTER_NAME_RE
 from .backups import BackupError, backup_for, check_target, info, verify
@@ -103,7 +103,7 @@ def list_branches(source: LocalCluster) -> list[dict[str, Any]]:
                     "backup": entry["backup"], "created": entry["created"], "bucket": branch.bucket,
                     "state": leader["state"] if leader else "down",
                     "timeline": leader.get("timeline") if leader else None,
-                    "dsn": branch.dsn(branch.nodes[0].ip, 5433)})
+                    "dsn": branch.dsn(branch.nodes[0].ip, PORTS["primary"])})
     return out
 
 
