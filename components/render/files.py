@@ -185,6 +185,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
     shared_buffers_mb = int(str(params["shared_buffers"]).removesuffix("MB")) if str(
         params["shared_buffers"]).endswith("MB") else 0
     services, backends = _services(spec)
+    restore = _restore_facts(spec, ctx)
     host, _, port = ctx.s3_endpoint.partition(":")
     pgbackrest_cmd = (f"/usr/bin/pgbackrest --config={paths['pgbackrest_config']} "
                       f"--config-include-path={paths['secrets']}/pgbackrest")
@@ -206,7 +207,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         # Every member's address and PostgreSQL paths: a standby taking a backup names the
         # primary's data directory and socket to pgBackRest (pg1) through the TLS server.
         "peers": {m.name: _peer(spec, m, ctx) for m in spec.members},
-        "restore": _restore_facts(spec, ctx),
+        "restore": restore,
     }
     max_connections = int(params["max_connections"])
     return {
@@ -267,7 +268,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
         "backup_schedules": backup_schedules(spec),
-        "restore": _restore_facts(spec, ctx),
+        "restore": restore,
     }
 
 
@@ -337,8 +338,3 @@ def _restore_facts(spec: ClusterSpec, ctx: NodeContext) -> dict[str, Any] | None
 def render_cluster(spec: ClusterSpec, ctx: NodeContext) -> dict[str, list[NodeFile]]:
     """Every member's files, by member name."""
     return {m.name: render_node(spec, m, ctx) for m in spec.members}
-
-
-def node_facts(files: list[NodeFile]) -> dict[str, Any]:
-    """The node.json facts of a rendered node."""
-    return json.loads(next(f.content for f in files if f.path.endswith("/node.json")))

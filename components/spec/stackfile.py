@@ -5,7 +5,6 @@ the values ``pulumi up`` would; the Pulumi program reads the CLI's config. Both 
 :func:`pgha_values`, so they agree on what "not set" means.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,8 +50,3 @@ def read_stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], st
     merged.update(stack_config)
     region = str(merged.get("aws:region", "us-east-1"))
     return pgha_values(merged), region
-
-
-def as_json_text(value: Any) -> str:
-    """How the Pulumi CLI hands an object value to the program (tests use this)."""
-    return value if isinstance(value, str) else json.dumps(value)
