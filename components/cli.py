@@ -39,7 +39,8 @@ def _local(args: argparse.Namespace) -> int:
     from .local.cluster import LocalCluster, LocalClusterError
 
     cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
-                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
+                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1,
+                           netns=args.netns)
     try:
         if args.action == "up":
             seconds = cluster.up(timeout=args.timeout)
@@ -65,7 +66,8 @@ def _drill(args: argparse.Namespace) -> int:
     from .local.drills import DrillError, aggregate, as_json, run_drill, summary_line
 
     cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
-                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
+                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1,
+                           netns=args.netns)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     results = []
     try:
@@ -90,7 +92,7 @@ def _loopback(args: argparse.Namespace):
     from .local.cluster import LocalCluster
 
     return LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root, address_prefix=args.addresses,
-                        s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1)
+                        s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1, netns=args.netns)
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -127,6 +129,7 @@ def _restore(args: argparse.Namespace) -> int:
 def _branch(args: argparse.Namespace) -> int:
     from .local import branch as branches
     from .local.backups import BackupError
+    from .local.cluster import LocalClusterError
 
     source = _loopback(args)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
@@ -148,12 +151,18 @@ def _branch(args: argparse.Namespace) -> int:
             for row in [] if args.json else rows:
                 print(f"{row['name']:<16} {row['ip']:<12} {row['state']:<9} tl {row['timeline'] or '-'}  from "
                       f"{row['source']} at {row['target']} (backup {row['backup']}), bucket {row['bucket']}")
+        elif args.action == "promote":
+            if not args.name:
+                print("pgha branch promote NAME [--replicas N]", file=sys.stderr)
+                return 2
+            entry = branches.promote(source, args.name, args.replicas, log=log, timeout=args.timeout)
+            print(f"branch {args.name} runs {args.replicas + 1} members on {entry['prefix']}1-{args.replicas + 1}")
         else:
             if not args.name:
                 print("pgha branch delete NAME", file=sys.stderr)
                 return 2
             branches.delete(source, args.name, log=log)
-    except BackupError as error:
+    except (BackupError, LocalClusterError) as error:
         print(f"pgha branch {args.action}: {error}", file=sys.stderr)
         return 1
     return 0
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")
     local.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
     local.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    local.add_argument("--netns", action="store_true",
+                        help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.)")
     local.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)
 
@@ -196,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
     where.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
     where.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    where.add_argument("--netns", action="store_true",
+                        help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.)")
     where.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the cluster")
 
     backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the loopback cluster")
@@ -212,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     restore.set_defaults(func=_restore)
 
     branch = sub.add_parser("branch", parents=[where], help="single-node branches restored from the cluster's backups")
-    branch.add_argument("action", choices=("create", "list", "delete"))
+    branch.add_argument("action", choices=("create", "list", "promote", "delete"))
     branch.add_argument("name", nargs="?", help="branch name (its own cluster name and stanza)")
     branch.add_argument("--from", dest="source", metavar="CLUSTER", help="the source cluster (create)")
     branch.add_argument("--to", default="latest", metavar="TIME|latest|LSN", help="restore target (default latest)")
+    branch.add_argument("--replicas", type=int, default=2, metavar="N",
+                        help="promote: replicas of the grown branch (default 2: three members in three AZs)")
     branch.add_argument("--json", action="store_true", help="list as JSON")
     branch.set_defaults(func=_branch)
 
@@ -228,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     drill.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
     drill.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
     drill.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    drill.add_argument("--netns", action="store_true",
+                       help="the cluster runs in network namespaces (needed by partition; --addresses 10.X.Y.)")
     drill.set_defaults(func=_drill)
 
     args = parser.parse_args(argv)

@@ -4,7 +4,10 @@ Cost-optimised by default (``pgha:stackKind: branch``): one member, a burstable 
 single NAT gateway, asynchronous. Its source is a ``pulumi.StackReference`` (``sourceStack``:
 the source's ``backupBucket``, ``clusterName`` and ``backupKeyArn`` outputs) or a given
 ``sourceBucket``/``sourceStanza``. The branch has its own bucket, key and stanza for its own
-archive and backups, and read-only access to the source's repository prefix.
+archive and backups, and read-only access to the source's repository prefix. An encrypted
+source (``backup.encryption``) exports ``backupCipherSecretArn``, the secret of its cipher pass
+(``sourceCipherSecretArn`` + ``sourceKeyArn`` in the given form): the branch may read that
+secret alone; its members fetch the pass at boot, and the one that bootstraps restores with it.
 
 Promote it to the full architecture by setting ``pgha:replicas`` to 2 (and ``instanceType``
 to a production size) and running ``pulumi up``: the same component then declares three
@@ -28,8 +31,11 @@ def restore_source(spec: ClusterSpec) -> RestoreSource:
         source = pulumi.StackReference(r.source_stack)
         return RestoreSource(bucket=source.require_output("backupBucket"),
                              stanza=source.require_output("clusterName"),
-                             key_arn=source.get_output("backupKeyArn"))
-    return RestoreSource(bucket=r.source_bucket, stanza=r.source_stanza)
+                             key_arn=source.get_output("backupKeyArn"),
+                             # Exported by an encrypted source only: absent means unencrypted.
+                             cipher_secret_arn=source.get_output("backupCipherSecretArn"))
+    return RestoreSource(bucket=r.source_bucket, stanza=r.source_stanza, key_arn=r.source_key_arn or None,
+                         cipher_secret_arn=r.source_cipher_secret_arn or None)
 
 
 def deploy(spec: ClusterSpec) -> PostgresCluster:

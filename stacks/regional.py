@@ -27,6 +27,10 @@ def export_outputs(spec: ClusterSpec, cluster: PostgresCluster) -> None:
     pulumi.export("backupBucket", cluster.bucket_name)
     # A branch of this stack reads the repository with this key (SSE-KMS).
     pulumi.export("backupKeyArn", cluster.backup_key_arn)
+    if cluster.backup_cipher_secret_arn is not None:
+        # With backup encryption, a branch reads the repository cipher pass from this secret (the
+        # pass alone). An ARN, not a secret: the value stays in Secrets Manager.
+        pulumi.export("backupCipherSecretArn", cluster.backup_cipher_secret_arn)
     pulumi.export("secretArn", cluster.secret_arn)
     pulumi.export("caCertificate", cluster.ca_cert_pem)
     pulumi.export("superuserPassword", cluster.superuser_password)

@@ -140,6 +140,10 @@ class Recorder(pulumi.runtime.Mocks):
             # A source stack for branches: what stacks/regional.py exports.
             outputs["outputs"] = {"backupBucket": f"{name.split('/')[-1]}-backup-src", "clusterName": "pg-source",
                                   "backupKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/key-source"}
+            if name.endswith("-encrypted"):
+                # A source with backup.encryption also exports its cipher secret.
+                outputs["outputs"]["backupCipherSecretArn"] = (
+                    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-source-cipher-AbCdEf")
         elif kind.startswith("aws:"):
             outputs.setdefault("arn", f"arn:aws:mock:{REGION}:{ACCOUNT}:{name}")
         return rid, outputs

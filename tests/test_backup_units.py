@@ -144,10 +144,11 @@ def test_a_lagging_or_stopped_replica_never_takes_it():
         None, None)
 
 
-def node_facts(tmp_path, restore=None):
+def node_facts(tmp_path, restore=None, secrets="/etc/pgha/secrets"):
     return {"cluster": "pg-x", "member": "pg-x-2", "stanza": "pg-x", "ip": "10.0.0.2",
-            "paths": {"pgbackrest_config": "/etc/pgha/pgbackrest/pgbackrest.conf", "secrets": "/etc/pgha/secrets",
-                      "tls": "/etc/pgha/tls", "pgdata": str(tmp_path)},
+            "paths": {"pgbackrest_config": "/etc/pgha/pgbackrest/pgbackrest.conf", "secrets": secrets,
+                      "tls": "/etc/pgha/tls", "pgdata": str(tmp_path), "etc": "/etc/pgha", "bin": "/opt/pgha/bin",
+                      "venv": "/opt/pgha/venv"},
             "ports": {"postgres": 5432, "pgbackrest_server": 8432}, "users": {"superuser": "postgres"},
             "peers": {"pg-x-1": {"ip": "10.0.0.1", "pgdata": "/d1", "socket": "/s1"},
                       "pg-x-2": {"ip": "10.0.0.2", "pgdata": "/d2", "socket": "/s2"}},
@@ -168,6 +169,59 @@ def test_restore_reads_the_source_repository_only_in_its_own_command(tmp_path):
     assert "--stanza=pg-src" in argv and "--repo1-s3-bucket=src-bucket" in argv
     assert "--target=2025-01-31 11:00:00.500000+00" in argv and "--target-action=promote" in argv
     assert argv[-1] == "restore"
+    # A restore of the cluster's own repository: its own cipher (pgbackrest.conf) and restore_command.
+    assert not [a for a in argv if a.startswith(("--repo1-cipher", "--recovery-option"))]
+    assert agent.source_cipher_env(facts) == {}
+
+
+SOURCE = {"stanza": "pg-src", "bucket": "src-bucket", "path": "/pg-src/pgbackrest", "target": "latest",
+          "type": "default"}
+SOURCE_PASS = "Source-cipher-pw-5e6f7a"
+
+
+def test_an_encrypted_source_is_restored_with_its_pass_in_the_environment_only(tmp_path):
+    (tmp_path / "source-cipher-pass").write_text(SOURCE_PASS + "\n")
+    facts = node_facts(tmp_path, {**SOURCE, "cipher": "aes-256-cbc",
+                                  "cipher_secret": {"source": "aws", "id": "arn:x", "region": "us-east-1"}},
+                       secrets=str(tmp_path))
+    facts["backup_encryption"] = True  # the branch's own pass (config include) must not apply
+    argv = agent.restore_argv(facts)
+    assert "--repo1-cipher-type=aes-256-cbc" in argv and "--stanza=pg-src" in argv
+    assert not any(SOURCE_PASS in a for a in argv)
+    assert agent.source_cipher_env(facts) == {"PGBACKREST_REPO1_CIPHER_PASS": SOURCE_PASS}
+    # Recovery reads the source's WAL through the agent, which puts the pass in the environment too.
+    (command,) = [a.split("=", 2)[2] for a in argv if a.startswith("--recovery-option=restore_command=")]
+    assert command == ("/opt/pgha/venv/bin/python /opt/pgha/bin/pgha-node --node-json /etc/pgha/node.json "
+                       'archive-get-source --pgbackrest pgbackrest %f "%p"')
+    get = agent.source_archive_get_argv(facts, "000000010000000000000002", "pg_wal/RECOVERYXLOG")
+    assert get[-3:] == ["archive-get", "000000010000000000000002", "pg_wal/RECOVERYXLOG"]
+    assert {"--stanza=pg-src", "--repo1-s3-bucket=src-bucket", "--repo1-path=/pg-src/pgbackrest",
+            "--repo1-cipher-type=aes-256-cbc", f"--pg1-path={tmp_path}"} <= set(get)
+
+
+def test_an_unencrypted_source_is_restored_without_the_branchs_own_cipher(tmp_path):
+    facts = node_facts(tmp_path, {**SOURCE, "cipher": "none"})
+    facts["backup_encryption"] = True
+    argv = agent.restore_argv(facts)
+    # Command line > environment > pgbackrest.conf (whose repo1-cipher-type is the branch's own).
+    assert "--repo1-cipher-type=none" in argv and agent.source_cipher_env(facts) == {}
+    (command,) = [a.split("=", 2)[2] for a in argv if a.startswith("--recovery-option=restore_command=")]
+    assert command == ("pgbackrest --config=/etc/pgha/pgbackrest/pgbackrest.conf "
+                       "--config-include-path=/etc/pgha/secrets/pgbackrest --stanza=pg-src "
+                       "--repo1-s3-bucket=src-bucket --repo1-path=/pg-src/pgbackrest --repo1-cipher-type=none "
+                       f'--pg1-path={tmp_path} archive-get %f "%p"')
+
+
+def test_an_encrypted_source_without_its_pass_file_is_a_clear_error(tmp_path):
+    facts = node_facts(tmp_path, {**SOURCE, "cipher": "aes-256-cbc"}, secrets=str(tmp_path))
+    with pytest.raises(agent.AgentError, match=f"{tmp_path}/source-cipher-pass cannot be read .*'pgha-node secrets'"):
+        agent.source_cipher_env(facts)
+
+
+def test_a_restore_command_that_would_need_quoting_is_refused(tmp_path):
+    facts = node_facts(tmp_path / "data dir", {**SOURCE, "cipher": "none"})
+    with pytest.raises(agent.AgentError, match="restore_command"):
+        agent.restore_argv(facts)
 
 
 def test_a_restored_copy_keeps_nothing_that_writes_to_the_source(tmp_path):

@@ -1,7 +1,8 @@
 """Backups that restore, for real: pgBackRest from the loopback cluster to moto S3 over TLS
 (CA file, hostname localhost), taken from the sync standby through the primary's TLS server;
 restore and PITR with Patroni's custom bootstrap; a replica rebuilt from the repository;
-branches; clear errors that touch nothing. Tests run in file order and share the cluster."""
+branches; a restore failing after its checks rolled back; clear errors that touch nothing.
+Tests run in file order and share the cluster."""
 
 import datetime
 import json
@@ -9,6 +10,7 @@ import re
 import time
 import urllib.request
 from base64 import b64encode
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -165,8 +167,19 @@ def test_a_replica_is_rebuilt_from_the_repository(local_cluster):
         time.sleep(1)
     assert open(log_path).read().count("replica has been created using pgbackrest") == seen + 1
     local_cluster.wait_healthy(timeout=120)
-    with psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
-                         connect_timeout=5) as conn:
+    # A quick rebuild can end before Patroni's next loop updates the member's state, so the
+    # health check may still see the old "streaming": wait for the rebuilt PostgreSQL itself.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
+                                   connect_timeout=5)
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    with conn:
         assert conn.execute("SELECT count(*) FROM pitr_marks").fetchone()[0] >= 3
 
 
@@ -202,6 +215,50 @@ def test_a_branch_holds_the_source_data_and_writes_only_its_own_repository(local
         branches.delete(local_cluster, "br-test", log=lambda _: None)
     assert branches.list_branches(local_cluster) == []
     assert "pgha-br-test" not in [b["Name"] for b in local_cluster.s3.client().list_buckets()["Buckets"]]
+
+
+def test_a_restore_that_fails_after_its_checks_is_rolled_back(local_cluster):
+    def primary_service():
+        # prepare_threshold=None: PgBouncer in transaction mode keeps no prepared statements.
+        return psycopg.connect(local_cluster.dsn(local_cluster.nodes[-1].ip, PORTS["primary"]), connect_timeout=5,
+                               prepare_threshold=None, autocommit=True)
+
+    with primary_service() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS rollback_marks (id int PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO rollback_marks VALUES (1, 'archived'), (2, 'archived')")
+    with su(local_cluster) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+    with primary_service() as conn:
+        # Committed after the last switched segment: the archive may not have it, the data directories do.
+        conn.execute("INSERT INTO rollback_marks VALUES (3, 'not archived yet')")
+        rows = conn.execute("SELECT id, note FROM rollback_marks ORDER BY id").fetchall()
+    with su(local_cluster) as conn:
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    assert len(rows) == 3
+    backups_before = [b["label"] for b in backups.info(local_cluster)["backup"]]
+    # 1 GiB past the current WAL position: a backup ends before it and it verifies, so the checks
+    # pass; PostgreSQL then runs out of archived WAL before reaching it and refuses to promote.
+    hi, lo = (int(part, 16) for part in lsn.split("/"))
+    beyond = (hi << 32) + lo + (1 << 30)
+    target = f"{beyond >> 32:X}/{beyond & 0xFFFFFFFF:X}"
+    with pytest.raises(backups.BackupError) as failed:
+        backups.restore(local_cluster, target, log=lambda _: None)
+    message = str(failed.value)
+    assert f"the restore to {target} failed" in message
+    assert "recovery ended before configured recovery target was reached" in message
+    assert "rolled back to its previous state and is running" in message
+    assert local_cluster.health_problems() == []
+    with primary_service() as conn:
+        assert conn.execute("SELECT id, note FROM rollback_marks ORDER BY id").fetchall() == rows
+        conn.execute("INSERT INTO rollback_marks VALUES (4, 'after the rollback')")
+    # The original files are back, the restored data and the set-aside copies are gone, and the
+    # failed attempt left no backup behind.
+    for node in local_cluster.nodes:
+        assert "pgha_restore" not in open(f"{node.layout.etc}/patroni.yml").read()
+        data = Path(node.layout.pgdata)
+        assert (data / "PG_VERSION").exists()
+        assert not data.with_name("data.pre-restore").exists() and not data.with_name("data.failed").exists()
+    assert [b["label"] for b in backups.info(local_cluster)["backup"]] == backups_before
 
 
 def test_a_missing_or_corrupted_backup_is_a_clear_error_and_touches_nothing(local_cluster):

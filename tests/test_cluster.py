@@ -163,3 +163,12 @@ def test_status_json_gives_a_working_dsn_per_service(local_cluster):
         with psycopg.connect(service["multi_host_dsn"], prepare_threshold=None) as conn:
             expected = name.endswith(("replica", "offline"))
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is expected
+
+
+def test_every_patroni_watches_etcd(local_cluster):
+    # Patroni reads etcd's cluster version once, at start; started before a new etcd cluster had
+    # decided it (3.0.0 for a moment), it runs without watches for good (pgha-node dcs-ready).
+    for node in local_cluster.nodes:
+        log = open(f"{node.layout.log}/patroni/patroni.log").read()
+        assert "watches are not supported" not in log, node.member.name
+        assert "etcd cluster version" in open(f"{node.layout.log}/patroni/patroni.stdout.log").read()

@@ -13,7 +13,8 @@ import yaml
 
 from conftest import wipe_test_root
 from pgha.local.cluster import LocalCluster
-from pgha.local.drills import SCENARIOS, run_drill, summary_line
+from pgha.local import netns
+from pgha.local.drills import SCENARIOS, DrillError, run_drill, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,10 @@ BOUNDS = {
     "etcd-member": (3, 3, 30),
     "switchover": (1, 10, 60),
     "replicas": (None, None, 90),
+    "partition": (35, 35, 90),
 }
-# Not implemented yet (issue 4 stays open): see docs/failover.md for the design.
-NOT_YET = {"partition"}
+# Needs the members in network namespaces of their own: run on `netns_cluster` below.
+NEEDS_NETNS = {"partition"}
 
 
 def check(result, scenario):
@@ -53,7 +55,7 @@ def check(result, scenario):
         assert result["max_write_gap_s"] <= gap, result
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in NOT_YET])
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in NEEDS_NETNS])
 def test_drill(local_cluster, scenario):
     result = run_drill(local_cluster, scenario, log=print)
     check(result, scenario)
@@ -97,6 +99,37 @@ def test_replicas_lost_with_rpo_above_zero_writes_continue(async_cluster):
     assert result["writes_during_outage"] == "continued" and result["acks_during_outage"] > 20
     assert result["max_write_gap_s"] <= 3
     assert result["rpo_rows"] == 0 and result["split_brain"] is False and result["rejoined"]
+
+
+@pytest.fixture(scope="module")
+def netns_cluster():
+    """The dev stack with each member in a network namespace of its own (10.213.0.1-3 on a bridge)."""
+    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 40
+    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-netns")
+    prefix = os.environ.get("PGHA_TEST_NETNS_ADDRESSES", "10.213.0.")
+    args = {"address_prefix": prefix, "s3_http_port": s3_port, "s3_tls_port": s3_port + 1}
+    wipe_test_root(root, stack="dev", netns=True, **args)
+    netns.teardown(prefix, 3)  # fresh namespaces: no route left from a run that was cut off
+    cluster = LocalCluster(project_dir=REPO, stack="dev", root=root, netns=True, **args)
+    cluster.up(timeout=240, log=print)
+    yield cluster
+    cluster.down(log=print)
+    netns.teardown(prefix, 3)
+
+
+def test_partition_needs_network_namespaces(local_cluster):
+    with pytest.raises(DrillError, match="network namespaces"):
+        run_drill(local_cluster, "partition", log=print)
+
+
+def test_partition_the_isolated_primary_steps_down_and_a_replica_takes_over(netns_cluster):
+    prefix = netns_cluster.address_prefix
+    result = run_drill(netns_cluster, "partition", log=print)
+    check(result, "partition")
+    assert result["new_primary"] != result["old_primary"]
+    # The cut-off primary stopped taking writes well before the majority's leader key expired.
+    assert result["isolated_read_only_s"] is not None and result["isolated_read_only_s"] < result["config"]["ttl"]
+    assert all(netns.blackholes(prefix, i) == [] for i in (1, 2, 3))  # healed
 
 
 def test_stopping_the_cluster_does_not_hang_on_the_synchronous_standby(local_cluster):

@@ -203,5 +203,5 @@ def test_no_secret_in_user_data_or_plain_outputs(run: Run) -> None:
 
 def test_backup_encryption_adds_cipher_pass() -> None:
     run = cluster({"backup": {"encryption": True}})
-    (version,) = run.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    version = run.one("aws:secretsmanager/secretVersion:SecretVersion", "db-secret-secret-value")
     assert "pgbackrest_cipher_pass" in json.loads(version.inputs["secretString"])

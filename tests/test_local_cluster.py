@@ -66,3 +66,63 @@ def test_status_dsns_carry_no_password(offline):
     assert all(v not in dsn for v in values.values() if isinstance(v, str))
     assert values["app_password"] in offline.passfile.read_text()
     assert stat.S_IMODE(offline.passfile.stat().st_mode) == 0o600
+
+
+def encrypted(cluster: LocalCluster, root: Path) -> LocalCluster:
+    """The same stack with backup.encryption on, under ``root``."""
+    from dataclasses import replace
+
+    spec = replace(cluster.spec, backup=replace(cluster.spec.backup, encryption=True))
+    return LocalCluster(project_dir=REPO, stack="dev", root=root, address_prefix="127.0.8.", spec=spec)
+
+
+def test_backup_encryption_adds_a_cipher_pass_to_the_local_secret(offline, tmp_path):
+    assert "pgbackrest_cipher_pass" not in offline._ensure_secrets()
+    source = encrypted(offline, tmp_path / "enc")
+    made = source._ensure_secrets()["pgbackrest_cipher_pass"]
+    assert len(made) >= 32 and source._ensure_secrets()["pgbackrest_cipher_pass"] == made
+    # A secret file from before encryption was turned on gets the pass added, the rest kept.
+    older = encrypted(offline, offline.root)
+    assert older._ensure_secrets()["superuser_password"] == offline._ensure_secrets()["superuser_password"]
+    assert "pgbackrest_cipher_pass" in json.loads(offline.secrets_file.read_text())
+
+
+def test_a_branch_of_an_encrypted_source_reads_the_pass_from_the_source_secret_file(offline, tmp_path):
+    from pgha.local import branch as branches
+
+    def restore_facts(source: LocalCluster) -> dict:
+        entry = {"slot": 1, "prefix": "127.0.8.1", "root": str(source.root / "branches" / "br-x"),
+                 "values": branches.branch_values(source, "br-x", "latest")}
+        branch = branches.open_branch(source, "br-x", entry)
+        node = next(f for f in branch.rendered(branch.nodes[0]) if f.path.endswith("/etc/pgha/node.json"))
+        return json.loads(node.content)["restore"]
+
+    source = encrypted(offline, tmp_path / "enc")
+    facts = restore_facts(source)
+    assert facts["cipher"] == "aes-256-cbc" and facts["stanza"] == "pg-dev"
+    # A reference to the source's own secret file, never the pass itself.
+    assert facts["cipher_secret"] == {"source": "file", "file": str(source.secrets_file)}
+    assert restore_facts(offline) == {"stanza": "pg-dev", "bucket": "pgha-pg-dev", "path": "/pg-dev/pgbackrest",
+                                      "target": "latest", "type": "default", "cipher": "none"}
+
+
+def test_a_grown_cluster_gets_new_certificates_under_the_same_ca(offline, tmp_path):
+    from dataclasses import replace
+
+    single = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "grow", address_prefix="127.0.8.",
+                          spec=replace(offline.spec, replicas=0))
+    ca, before = single._pki()
+    keys = single._ensure_secrets()["tls_keys"]
+    assert set(before) == {"pg-dev-1"} and local._cert_ips(before["pg-dev-1"]) == {"127.0.8.1", "127.0.0.1"}
+    grown = LocalCluster(project_dir=REPO, stack="dev", root=single.root, address_prefix="127.0.8.",
+                         spec=offline.spec)
+    ca_after, after = grown._pki()
+    assert ca_after == ca  # clients keep trusting the same CA file
+    assert set(after) == {"pg-dev-1", "pg-dev-2", "pg-dev-3"}
+    for cert in after.values():
+        assert local._cert_ips(cert) == {"127.0.8.1", "127.0.8.2", "127.0.8.3", "127.0.0.1"}
+    assert after["pg-dev-1"] != before["pg-dev-1"]
+    # The secret the nodes read their keys from follows, so no member pairs a new certificate with an old key.
+    assert grown._ensure_secrets()["tls_keys"] == {name: ck.key_pem for name, ck in after.items()}
+    assert grown._ensure_secrets()["tls_keys"]["pg-dev-1"] != keys["pg-dev-1"]
+    assert grown._pki()[1] == after  # stable once it covers every member

@@ -311,6 +311,10 @@ def test_oneshot_success_and_failure(sup: Supervisor, tmp_path: Path) -> None:
     assert state.exit_code == 0
     sup.start("init")  # active (RemainAfterExit): not run again
     assert out.read_text() == "first\nsecond\n"
+    sup.stop("init")  # as systemctl stop: inactive, so the next start runs it again
+    assert not sup.is_active("init")
+    sup.start("init")
+    assert out.read_text() == "first\nsecond\nfirst\nsecond\n"
 
     write_unit(sup, "broken", (
         "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo doomed; exit 3'\n"

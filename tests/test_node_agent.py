@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import urllib.request
 from pathlib import Path
 
@@ -374,6 +375,142 @@ def test_secrets_from_secrets_manager(monkeypatch, capfd):
         out, err = capfd.readouterr()
         assert "retrying" in err and "cannot read secret" in err and "ResourceNotFoundException" in err
         _assert_nothing_secret(out + err)
+    finally:
+        shutil.rmtree(base)
+
+
+# --------------------------------------------------------------------------------------
+# a branch of an encrypted source: the source's cipher pass
+# --------------------------------------------------------------------------------------
+
+SOURCE_PASS = "Source-cipher-pw-71c2d3"
+SOURCE_RESTORE = {"stanza": "pg-src", "bucket": "src-bucket", "path": "/pg-src/pgbackrest", "target": "latest",
+                  "type": "default", "cipher": "aes-256-cbc"}
+
+
+def branch_node(base: Path, ref: dict) -> dict:
+    """A branch member that encrypts its own repository and restores from an encrypted source."""
+    return make_node(base, backup_encryption=True, restore={**SOURCE_RESTORE, "cipher_secret": ref})
+
+
+@needs_root
+def test_secrets_fetches_the_source_cipher_pass_of_a_branch(capfd):
+    base = mkbase("pgha-agent-secrets-")
+    try:
+        secret = make_secret()
+        write_json(base / "secret.json", secret)
+        # Loopback: the source cluster's own secret file (every key of it; only the pass is kept).
+        write_json(base / "source-secret.json", make_secret(pgbackrest_cipher_pass=SOURCE_PASS))
+        node = branch_node(base, {"source": "file", "file": str(base / "source-secret.json")})
+        nj = write_json(base / "etc" / "node.json", node)
+        assert agent.main(["--node-json", str(nj), "secrets"]) == 0
+        sec = Path(node["paths"]["secrets"])
+        assert mode_owner(sec / "source-cipher-pass") == (0o600, "postgres")
+        assert (sec / "source-cipher-pass").read_text() == SOURCE_PASS + "\n"
+        # The branch's own repository keeps its own pass; the source's is nowhere else.
+        conf = (sec / "pgbackrest" / "secrets.conf").read_text()
+        assert f"repo1-cipher-pass={secret['pgbackrest_cipher_pass']}" in conf and SOURCE_PASS not in conf
+        assert sorted(x.name for x in sec.iterdir()) == sorted(
+            ["patroni.env", "roles.json", "pgbouncer-userlist.txt", "pgbackrest", "exporter.env", "source-cipher-pass"])
+        out, err = capfd.readouterr()
+        assert "source-cipher-pass" in err
+        _assert_nothing_secret(out + err)
+        assert SOURCE_PASS not in out + err
+    finally:
+        shutil.rmtree(base)
+
+
+@needs_root
+def test_secrets_fetches_the_source_cipher_secret_from_secrets_manager(monkeypatch, capfd):
+    from moto import mock_aws
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    base = mkbase("pgha-agent-secrets-")
+    try:
+        with mock_aws():
+            write_json(base / "secret.json", make_secret())
+            # The source's cipher secret lives in the source's region, as its ARN says.
+            sm = boto3.client("secretsmanager", region_name="eu-west-1")
+            arn = sm.create_secret(Name="pg-src-cipher",
+                                   SecretString=json.dumps({"pgbackrest_cipher_pass": SOURCE_PASS}))["ARN"]
+            node = branch_node(base, {"source": "aws", "id": arn, "region": "eu-west-1"})
+            nj = write_json(base / "etc" / "node.json", node)
+            assert agent.main(["--node-json", str(nj), "secrets"]) == 0
+            assert (Path(node["paths"]["secrets"]) / "source-cipher-pass").read_text() == SOURCE_PASS + "\n"
+        out, err = capfd.readouterr()
+        assert SOURCE_PASS not in out + err
+        _assert_nothing_secret(out + err)
+    finally:
+        shutil.rmtree(base)
+
+
+@needs_root
+def test_an_unreadable_source_cipher_secret_is_a_warning_and_the_restore_fails_clearly(capfd):
+    base = mkbase("pgha-agent-secrets-")
+    try:
+        write_json(base / "secret.json", make_secret())
+        node = branch_node(base, {"source": "file", "file": str(base / "gone.json")})
+        nj = write_json(base / "etc" / "node.json", node)
+        # A member that never restores (added to a branch long promoted) must still boot.
+        assert agent.main(["--node-json", str(nj), "secrets"]) == 0
+        sec = Path(node["paths"]["secrets"])
+        assert (sec / "patroni.env").exists() and not (sec / "source-cipher-pass").exists()
+        err = capfd.readouterr().err
+        assert "WARNING" in err and "cipher pass was not fetched" in err and "gone.json" in err
+        # The restore stops before pgBackRest runs, naming the file.
+        assert agent.main(["--node-json", str(nj), "restore-bootstrap", "--pgbackrest", "/bin/false"]) == 1
+        err = capfd.readouterr().err
+        assert "source-cipher-pass cannot be read" in err and "running" not in err
+        # As restore_command: an exit status PostgreSQL takes as fatal, not as the end of the archive.
+        rc = agent.main(["--node-json", str(nj), "archive-get-source", "000000010000000000000001", "/tmp/x"])
+        assert rc == agent.ARCHIVE_GET_ABORT > 125
+    finally:
+        shutil.rmtree(base)
+
+
+FAKE_PGBACKREST = """#!/bin/sh
+# Records what pgBackRest would get: its command line and the cipher pass in its environment.
+printf '%s\\n' "$@" > "$FAKE_OUT.argv"
+printf '%s' "${PGBACKREST_REPO1_CIPHER_PASS-unset}" > "$FAKE_OUT.env"
+exit "${FAKE_RC:-0}"
+"""
+
+
+@needs_root
+def test_restore_bootstrap_and_archive_get_source_give_pgbackrest_the_pass_in_its_environment_only(monkeypatch):
+    monkeypatch.delenv("PGBACKREST_REPO1_CIPHER_PASS", raising=False)  # only the agent may set it
+    base = mkbase("pgha-agent-restore-")
+    try:
+        fake = base / "pgbackrest"
+        fake.write_text(FAKE_PGBACKREST)
+        fake.chmod(0o755)
+        node = branch_node(base, {"source": "file", "file": str(base / "unused.json")})
+        nj = write_json(base / "etc" / "node.json", node)
+        sec = Path(node["paths"]["secrets"])
+        sec.mkdir(parents=True)
+        (sec / "source-cipher-pass").write_text(SOURCE_PASS + "\n")
+        out = base / "call"
+        env = {"FAKE_OUT": str(out)}
+        res = run_cli("--node-json", str(nj), "restore-bootstrap", "--pgbackrest", str(fake), env=env)
+        assert res.returncode == 0, res.stderr
+        argv = Path(f"{out}.argv").read_text().splitlines()
+        assert Path(f"{out}.env").read_text() == SOURCE_PASS
+        assert "--repo1-cipher-type=aes-256-cbc" in argv and argv[-1] == "restore"
+        assert any(a.startswith("--recovery-option=restore_command=") and "archive-get-source" in a for a in argv)
+        assert not any(SOURCE_PASS in a for a in argv) and SOURCE_PASS not in res.stdout + res.stderr
+
+        # The restore_command: pgBackRest's exit status is PostgreSQL's answer (1: no such WAL).
+        res = run_cli("--node-json", str(nj), "archive-get-source", "--pgbackrest", str(fake),
+                      "000000010000000000000003", "pg_wal/RECOVERYXLOG", env={**env, "FAKE_RC": "1"})
+        assert res.returncode == 1, res.stderr
+        argv = Path(f"{out}.argv").read_text().splitlines()
+        assert argv[-3:] == ["archive-get", "000000010000000000000003", "pg_wal/RECOVERYXLOG"]
+        assert "--stanza=pg-src" in argv and "--repo1-cipher-type=aes-256-cbc" in argv
+        assert Path(f"{out}.env").read_text() == SOURCE_PASS
+        assert not any(SOURCE_PASS in a for a in argv) and SOURCE_PASS not in res.stdout + res.stderr
     finally:
         shutil.rmtree(base)
 
@@ -877,6 +1014,146 @@ def test_pgbackrest_exporter_serves_up_0_when_pgbackrest_fails():
 
 
 def test_help_for_every_command():
-    for cmd in ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter"):
+    for cmd in ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter",
+                "restore-bootstrap", "archive-get-source", "etcd", "dcs-sync"):
         res = run_cli(cmd, "--help")
         assert res.returncode == 0 and f"usage: pgha-node {cmd}" in res.stdout
+
+
+# --- etcd membership -------------------------------------------------------------------------------
+
+URL = {i: f"https://10.0.0.{i}:2380" for i in (1, 2, 3)}
+
+
+def _member(i: int, started: bool = True, name: str | None = None) -> dict:
+    return {"ID": str(1000 + i), "name": f"pg-x-{i}" if name is None else name, "peerURLs": [URL[i]],
+            "clientURLs": [f"https://10.0.0.{i}:2379"] if started else []}
+
+
+def _answer(i: int, leader: bool, members: list[dict]) -> dict:
+    return {"name": f"pg-x-{i}", "endpoint": f"https://10.0.0.{i}:2379", "leader": leader, "members": members}
+
+
+def _plan(me: int, answers: list[dict], has_data: bool = False) -> dict:
+    return agent.plan_etcd_start(f"pg-x-{me}", URL[me], "pg-x-1", has_data, answers)
+
+
+def test_etcd_restart_with_data_starts_whatever_the_others_say():
+    assert _plan(2, [], has_data=True)["action"] == "start"
+
+
+def test_etcd_fresh_cluster_first_member_bootstraps_and_the_rest_follow_it():
+    assert _plan(1, [])["action"] == "new"
+    # member 1 is up without quorum: its peer port lists the whole initial cluster, nobody started
+    bootstrapping = [_answer(1, False, [_member(i, started=False) for i in (1, 2, 3)])]
+    assert _plan(2, bootstrapping)["action"] == "new"
+    assert _plan(3, bootstrapping)["action"] == "new"
+
+
+def test_etcd_new_member_never_bootstraps_alone():
+    # member 1 down (being replaced) and nobody else answers: a new member 2 must not form a second DCS
+    assert _plan(2, [])["action"] == "wait"
+    # member 1 answers but with a cluster that does not include member 2 and has no leader
+    assert _plan(2, [_answer(1, False, [_member(1)])])["action"] == "wait"
+
+
+def test_etcd_growing_a_one_member_cluster_joins_it():
+    plan = _plan(2, [_answer(1, True, [_member(1)])])
+    assert plan == {"action": "join", "via": "https://10.0.0.1:2379", "remove": None, "why": plan["why"]}
+
+
+def test_etcd_member_listed_but_never_started_joins_as_existing():
+    # added by an earlier attempt (no name yet) or part of the initial cluster while the others run
+    for entry in (_member(3, started=False, name=""), _member(3, started=False)):
+        plan = _plan(3, [_answer(1, True, [_member(1), _member(2), entry])])
+        assert plan["action"] == "existing" and plan["via"] == "https://10.0.0.1:2379"
+
+
+def test_etcd_replaced_member_without_data_removes_its_stale_entry_and_rejoins():
+    plan = _plan(3, [_answer(2, False, []), _answer(1, True, [_member(1), _member(2), _member(3)])])
+    assert plan["action"] == "join" and plan["remove"] == "1003" and plan["via"] == "https://10.0.0.1:2379"
+    # the first member too, when members 2 and 3 kept quorum without it
+    plan = _plan(1, [_answer(2, True, [_member(1), _member(2), _member(3)])])
+    assert plan["action"] == "join" and plan["remove"] == "1001"
+
+
+def test_etcd_lost_quorum_and_lost_data_waits_for_an_operator():
+    plan = _plan(1, [_answer(2, False, [_member(1), _member(2), _member(3)])])
+    assert plan["action"] == "wait" and "quorum" in plan["why"]
+
+
+def test_etcd_initial_cluster_names_members_that_never_started():
+    node = {"ports": {"etcd_peer": 2380}, "peers": {f"pg-x-{i}": {"ip": f"10.0.0.{i}", "etcd": True} for i in (1, 2, 3)}}
+    members = [_member(1), _member(3, started=False, name="")]
+    assert agent.etcd_initial_cluster(node, members) == f"pg-x-1={URL[1]},pg-x-3={URL[3]}"
+    with pytest.raises(agent.AgentError, match="not a member of this cluster's spec"):
+        agent.etcd_initial_cluster(node, [{"ID": "9", "name": "", "peerURLs": ["https://10.9.9.9:2380"]}])
+
+
+def test_effective_etcd_config_replaces_only_the_initial_cluster_lines():
+    rendered = ("name: pg-x-2\ninitial-cluster: pg-x-1=a,pg-x-2=b,pg-x-3=c\ninitial-cluster-token: pg-x\n"
+                "initial-cluster-state: new\nenable-v2: false\n")
+    out = agent.effective_etcd_config(rendered, "pg-x-1=a,pg-x-2=b", "existing")
+    assert out == ("name: pg-x-2\ninitial-cluster: pg-x-1=a,pg-x-2=b\ninitial-cluster-token: pg-x\n"
+                   "initial-cluster-state: existing\nenable-v2: false\n")
+
+
+# --- DCS settings ------------------------------------------------------------------------------------
+
+def test_dcs_changes_patches_only_what_differs():
+    current = {"ttl": 30, "loop_wait": "10", "synchronous_mode": False, "failsafe_mode": True,
+               "check_timeline": True,  # an operator's own key: left alone
+               "postgresql": {"use_slots": True, "parameters": {"max_connections": "100", "wal_log_hints": "on"}}}
+    desired = {"ttl": 30, "loop_wait": 10, "synchronous_mode": True, "synchronous_mode_strict": True,
+               "failsafe_mode": "on",
+               "postgresql": {"use_slots": True, "parameters": {"max_connections": 200, "wal_log_hints": True}}}
+    assert agent.dcs_changes(current, desired) == {
+        "synchronous_mode": True, "synchronous_mode_strict": True,
+        "postgresql": {"parameters": {"max_connections": 200}}}
+    assert agent.dcs_changes(current, {"ttl": 30, "postgresql": {"use_slots": True}}) == {}
+
+
+def test_sync_candidate_needs_a_streaming_replica_that_may_be_synchronous():
+    leader = {"name": "a", "role": "leader", "state": "running"}
+    restoring = {"name": "b", "role": "replica", "state": "creating replica"}
+    nosync = {"name": "c", "role": "replica", "state": "streaming", "tags": {"nosync": True}}
+    streaming = {"name": "d", "role": "replica", "state": "streaming"}
+    assert not agent.sync_candidate_ready({"members": [leader, restoring, nosync]})
+    assert agent.sync_candidate_ready({"members": [leader, restoring, streaming]})
+
+
+def test_dcs_sync_runs_once_per_spec(tmp_path, monkeypatch):
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    (data / "pg").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    ttl: 20\n    synchronous_mode: true\n")
+    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    config = {"ttl": 30, "synchronous_mode": False}
+    cluster = {"members": [{"name": "a", "role": "leader", "state": "running"},
+                           {"name": "b", "role": "replica", "state": "streaming"}]}
+    patches = []
+    monkeypatch.setattr(agent, "patroni_get", lambda node, path: cluster if path == "/cluster" else config)
+    monkeypatch.setattr(agent, "patroni_patch_config", lambda node, body: patches.append(body) or {})
+    args = types.SimpleNamespace(timeout=5.0, force=False)
+    assert agent.cmd_dcs_sync(node, args) == 0
+    assert patches == [{"ttl": 20, "synchronous_mode": True}]
+    assert agent.cmd_dcs_sync(node, args) == 0  # same spec: not applied again, whatever the DCS says
+    assert len(patches) == 1
+    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    ttl: 25\n")
+    assert agent.cmd_dcs_sync(node, args) == 0  # a new spec (a replaced node) applies
+    assert patches[-1] == {"ttl": 25}
+
+
+def test_dcs_sync_waits_for_a_replica_before_strict_synchronous_mode(tmp_path, monkeypatch):
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    (data / "pg").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    synchronous_mode: true\n")
+    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    cluster = {"members": [{"name": "a", "role": "leader", "state": "running"}]}
+    monkeypatch.setattr(agent, "patroni_get", lambda node, path: cluster if path == "/cluster" else {})
+    monkeypatch.setattr(agent, "patroni_patch_config", lambda node, body: pytest.fail("patched with no replica"))
+    monkeypatch.setattr(agent, "DCS_SYNC_POLL", 0.05)
+    with pytest.raises(agent.AgentError, match="streaming replica"):
+        agent.cmd_dcs_sync(node, types.SimpleNamespace(timeout=0.3, force=False))
+    assert not (data / "pg" / "dcs-applied.sha256").exists()

@@ -19,7 +19,7 @@ from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
 from .node import Node, node_context, rolling_order
 from .nodefiles import upload_node_files
-from .restore import RestoreSource, source_read_access
+from .restore import RestoreSource, cipher_secret_reference, source_read_access
 from .security import SecurityGroups
 from .tls import ClusterTls
 
@@ -153,6 +153,8 @@ class PostgresCluster(pulumi.ComponentResource):
     """The pgBackRest repository bucket."""
     secret_arn: pulumi.Output[str]
     """ARN of the Secrets Manager secret with the passwords and TLS keys."""
+    backup_cipher_secret_arn: pulumi.Output[str] | None
+    """With backup encryption: ARN of the secret holding the repository cipher pass alone (for branches)."""
     ca_cert_pem: pulumi.Output[str]
     """The cluster CA certificate clients verify the servers with."""
     superuser_password: pulumi.Output[str]
@@ -208,11 +210,14 @@ class PostgresCluster(pulumi.ComponentResource):
                            ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems)
         restore_access = []
         if restore_source is not None:
-            # A branch: read-only access to the source's repository, whose name the nodes need.
+            # A branch: read-only access to the source's repository, whose name the nodes need,
+            # and (encrypted source) to the secret its cipher pass is fetched from at boot.
             restore_access.append(source_read_access(f"{name}-role", spec=spec, role_name=role.role_name,
                                                      source=restore_source, parent=self))
-            ctx = pulumi.Output.all(ctx, restore_source.bucket, restore_source.stanza).apply(
-                lambda v: dataclasses.replace(v[0], restore_bucket=v[1], restore_stanza=v[2]))
+            ctx = pulumi.Output.all(ctx, restore_source.bucket, restore_source.stanza,
+                                    restore_source.cipher_secret_arn).apply(
+                lambda v: dataclasses.replace(v[0], restore_bucket=v[1], restore_stanza=v[2],
+                                              restore_cipher_secret=cipher_secret_reference(v[3])))
 
         files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, member_ips=member_ips, ctx=ctx,
                                   parent=self)
@@ -243,6 +248,7 @@ class PostgresCluster(pulumi.ComponentResource):
         self.bucket_name = backup.bucket_name
         self.secret_arn = secret.secret_arn
         self.backup_key_arn = key.key_arn
+        self.backup_cipher_secret_arn = secret.cipher_secret_arn
         self.ca_cert_pem = certs.ca_cert_pem
         self.superuser_password = pulumi.Output.secret(secret.passwords["superuser_password"])
         self.app_password = pulumi.Output.secret(secret.passwords["app_password"])

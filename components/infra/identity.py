@@ -5,7 +5,9 @@
 * the node role gets SSM core, read access to the cluster secret only, S3 access to the
   backup bucket limited to the stanza prefix ``<cluster_name>/`` and use of the key;
 * the passwords are ``pulumi_random`` passwords and travel only inside the Secrets Manager
-  secret, whose JSON also carries every member's TLS private key.
+  secret, whose JSON also carries every member's TLS private key;
+* with backup encryption the pgBackRest cipher pass is also kept in a secret of its own (same
+  key): a branch of the cluster is granted that secret alone, never the cluster's passwords.
 """
 
 import json
@@ -118,10 +120,13 @@ class ClusterSecret(pulumi.ComponentResource):
     The secret's JSON: ``superuser_password``, ``replication_password``,
     ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``,
     ``tls_keys`` (member name -> private key PEM) and, with backup encryption,
-    ``pgbackrest_cipher_pass``.
+    ``pgbackrest_cipher_pass``, which the cipher secret (``cipher_secret_arn``) holds again on
+    its own as ``{"pgbackrest_cipher_pass": ...}`` for branches.
     """
 
     secret_arn: pulumi.Output[str]
+    # The secret a branch reads the repository cipher pass from; None without backup encryption.
+    cipher_secret_arn: pulumi.Output[str] | None
     passwords: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, *, spec: ClusterSpec, key_arn: pulumi.Input[str],
@@ -145,4 +150,21 @@ class ClusterSecret(pulumi.ComponentResource):
         aws.secretsmanager.SecretVersion(f"{name}-secret-value", secret_id=secret.id, secret_string=secret_string,
                                          opts=child(self))
         self.secret_arn = secret.arn
-        self.register_outputs({"secret_arn": secret.arn})
+        self.cipher_secret_arn = None
+        if CIPHER_PASS in self.passwords:
+            self.cipher_secret_arn = self._cipher_secret(name, spec=spec, key_arn=key_arn)
+        outputs: dict[str, pulumi.Input[str]] = {"secret_arn": secret.arn}
+        if self.cipher_secret_arn is not None:
+            outputs["cipher_secret_arn"] = self.cipher_secret_arn
+        self.register_outputs(outputs)
+
+    def _cipher_secret(self, name: str, *, spec: ClusterSpec, key_arn: pulumi.Input[str]) -> pulumi.Output[str]:
+        """The cipher pass alone, in a secret a branch's role may read without the cluster's passwords."""
+        cipher = aws.secretsmanager.Secret(
+            f"{name}-cipher", description=f"pgha {spec.cluster_name}: pgBackRest repository cipher pass (branches)",
+            kms_key_id=key_arn, recovery_window_in_days=7, tags=cluster_tags(spec), opts=child(self))
+        value = pulumi.Output.secret(self.passwords[CIPHER_PASS].apply(
+            lambda v: json.dumps({CIPHER_PASS: v}, sort_keys=True)))
+        aws.secretsmanager.SecretVersion(f"{name}-cipher-value", secret_id=cipher.id, secret_string=value,
+                                         opts=child(self))
+        return cipher.arn

@@ -3,7 +3,9 @@
 A branch restores from another stack's pgBackRest repository (the source's bucket, stanza
 prefix ``<stanza>/``) and archives into its own bucket. Its role may list and read the
 source's prefix and decrypt with the source's KMS key, nothing else: no Put, no Delete, so
-a branch can never write into the source's history, whatever its configuration says.
+a branch can never write into the source's history, whatever its configuration says. For an
+encrypted source it may also read the source's cipher secret (the repository cipher pass
+alone, not the source's cluster secret), which its nodes fetch at boot.
 """
 
 import json
@@ -24,10 +26,24 @@ class RestoreSource:
     bucket: pulumi.Input[str]
     stanza: pulumi.Input[str]
     key_arn: pulumi.Input[str] | None = None
+    # An encrypted source: the secret with its pgBackRest cipher pass (None or "" otherwise).
+    cipher_secret_arn: pulumi.Input[str] | None = None
 
 
-def source_read_policy_document(spec: ClusterSpec, *, bucket: str, stanza: str, key_arn: str | None) -> str:
-    """List and read ``<bucket>/<stanza>/*``; decrypt with the source's key when known."""
+def cipher_secret_reference(arn: str | None) -> dict[str, str]:
+    """Where a node fetches the source's cipher pass (node facts); empty for an unencrypted source.
+
+    The secret's region is the ARN's: a branch may live in another region than its source.
+    """
+    if not arn:
+        return {}
+    return {"source": "aws", "id": arn, "region": arn.split(":")[3]}
+
+
+def source_read_policy_document(spec: ClusterSpec, *, bucket: str, stanza: str, key_arn: str | None,
+                                cipher_secret_arn: str | None = None) -> str:
+    """List and read ``<bucket>/<stanza>/*``; decrypt with the source's key when known; read
+    the source's cipher secret (that ARN exactly) when the source is encrypted."""
     arn = f"arn:{partition(spec.region)}:s3:::{bucket}"
     prefix = f"{stanza}/"
     statements: list[dict[str, Any]] = [
@@ -37,13 +53,18 @@ def source_read_policy_document(spec: ClusterSpec, *, bucket: str, stanza: str, 
          "Resource": f"{arn}/{prefix}*"},
     ]
     if key_arn:
+        # The repository objects (SSE-KMS) and the cipher secret are both encrypted with it.
         statements.append({"Sid": "DecryptSourceRepo", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"],
                            "Resource": key_arn})
+    if cipher_secret_arn:
+        statements.append({"Sid": "ReadSourceCipherSecret", "Effect": "Allow",
+                           "Action": "secretsmanager:GetSecretValue", "Resource": cipher_secret_arn})
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
 def source_read_access(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[str], source: RestoreSource,
                        parent: pulumi.Resource) -> aws.iam.RolePolicy:
-    document = pulumi.Output.all(source.bucket, source.stanza, source.key_arn).apply(
-        lambda v: source_read_policy_document(spec, bucket=v[0], stanza=v[1], key_arn=v[2]))
+    """Attach the branch's read-only access to its source (repository, key, cipher secret) to its role."""
+    document = pulumi.Output.all(source.bucket, source.stanza, source.key_arn, source.cipher_secret_arn).apply(
+        lambda v: source_read_policy_document(spec, bucket=v[0], stanza=v[1], key_arn=v[2], cipher_secret_arn=v[3]))
     return aws.iam.RolePolicy(f"{name}-restore-source", role=role_name, policy=document, opts=child(parent))

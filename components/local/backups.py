@@ -8,15 +8,20 @@ nodes run (``pgha-backup-<type>.service``, ``pgha-node restore-bootstrap``).
 * :func:`restore` checks the repository first (a backup that reaches the target, ``verify``);
   only then stops the cluster, clears its DCS keys, and bootstraps the first member with
   Patroni's custom bootstrap (``pgbackrest restore`` to the target, promote: a new timeline),
-  takes a full backup on the new timeline and rebuilds the replicas from the repository.
+  takes a full backup on the new timeline and rebuilds the replicas from the repository. If
+  that fails before the restored leader has its backup, the cluster is rolled back to its
+  previous data and started again.
 """
 
 
+import contextlib
 import datetime
 import json
 import os
 import pwd
+import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import replace
@@ -248,20 +253,131 @@ def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = 60) -> Non
             time.sleep(0.5)
 
 
-def _wait_bootstrapped(cluster: LocalCluster, head: Node, timeout: float) -> None:
-    """Wait for the restored leader; fail fast (with Patroni's words) if its bootstrap failed."""
+# What a failed bootstrap leaves in the logs: the bootstrap command's (pgBackRest's) stderr in
+# patroni.stdout.log, Patroni's own log, PostgreSQL's FATAL (e.g. "recovery ended before
+# configured recovery target was reached"); not the connections refused while it starts.
+FAILURE_WORDS = ("ERROR", "FATAL", "PANIC", "CRITICAL", "failed attempt to bootstrap")
+NOISE = ("the database system is starting up", "the database system is not yet accepting connections",
+         "the database system is shutting down")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def _bootstrap_logs(node: Node) -> list[Path]:
+    log = Path(node.layout.log)
+    return [log / "patroni" / "patroni.stdout.log", log / "patroni" / "patroni.log",
+            *sorted((log / "postgresql").glob("*.log"))]
+
+
+def _log_marks(node: Node) -> dict[Path, int]:
+    """Where each of the member's logs ends now, so a failure quotes only what came after."""
+    return {path: path.stat().st_size for path in _bootstrap_logs(node) if path.exists()}
+
+
+def _failure_lines(node: Node, marks: dict[Path, int], per_file: int = 3) -> list[str]:
+    """The error lines each log gained since ``marks`` (the last few of each), oldest first."""
+    found: list[str] = []
+    for path in _bootstrap_logs(node):
+        try:
+            with path.open("rb") as fh:
+                start = marks.get(path, 0)
+                if start > path.stat().st_size:  # rotated or truncated (PostgreSQL's weekday files)
+                    start = 0
+                fh.seek(start)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        found += [line.strip() for line in text.splitlines()
+                  if any(w in line for w in FAILURE_WORDS) and not any(n in line for n in NOISE)][-per_file:]
+    # Every log line starts with its time (Patroni's, PostgreSQL's, the agent's around pgBackRest's).
+    return sorted(found, key=lambda line: line[:19] if TIMESTAMP.match(line) else "")
+
+
+def _wait_bootstrapped(cluster: LocalCluster, head: Node, timeout: float, marks: dict[Path, int]) -> None:
+    """Wait for the restored leader; fail fast (with Patroni's, pgBackRest's and PostgreSQL's
+    words since ``marks``) if its bootstrap failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         view = cluster.cluster_view() or {}
         if any(m.get("role") == "leader" and m.get("state") == "running" for m in view.get("members", [])):
             return
         if head.supervisor.pid("pgha-patroni.service") is None:
-            log = Path(head.layout.log) / "patroni" / "patroni.stdout.log"
-            tail = [l for l in log.read_text().splitlines() if "ERROR" in l or "Fatal" in l][-4:]
-            raise BackupError(f"{head.member.name}: the restore bootstrap failed; the previous data is in "
-                              f"{head.layout.pgdata}.pre-restore:\n  " + "\n  ".join(tail))
+            raise BackupError(f"{head.member.name} did not bootstrap from the backup:\n  "
+                              + "\n  ".join(_failure_lines(head, marks) or [f"see {head.layout.log}/patroni"]))
         time.sleep(1)
-    raise BackupError(f"no restored leader after {timeout:.0f}s; see {head.layout.log}/patroni")
+    lines = _failure_lines(head, marks)
+    raise BackupError(f"{head.member.name}: no restored leader after {timeout:.0f}s; see {head.layout.log}/patroni"
+                      + "".join(f"\n  {line}" for line in lines))
+
+
+def _set_aside(node: Node) -> Path:
+    data = Path(node.layout.pgdata)
+    return data.with_name(data.name + ".pre-restore")
+
+
+def _failed_copy(node: Node) -> Path:
+    """Where Patroni moves a data directory whose bootstrap failed (``<data_dir>.failed``)."""
+    data = Path(node.layout.pgdata)
+    return data.with_name(data.name + ".failed")
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _end_postgres(cluster: LocalCluster, node: Node, timeout: float = 30) -> None:
+    """Immediate shutdown of a PostgreSQL still running on the member's data directory (its
+    Patroni was stopped, e.g. killed after its stop timeout): the directory is about to go."""
+    pid = cluster.postmaster_pid(node)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + timeout
+    while cluster.postmaster_pid(node) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    with contextlib.suppress(LocalClusterError):  # it may have gone just now
+        cluster.signal_postgres(node, signal.SIGKILL)
+
+
+def _roll_back(cluster: LocalCluster, restored: LocalCluster, set_aside: list[Node],
+               failed_before: dict[str, int | None], *, log: Callable[[str], None], timeout: float) -> str:
+    """Undo a restore that did not succeed: stop the restored member(s), clear the DCS keys the
+    failed bootstrap may have written, put every set-aside data directory back (the restored
+    one goes), re-install the original cluster's files and start it. Returns its leader."""
+    log(f"the restore failed: rolling {cluster.spec.cluster_name} back to its previous state")
+    restored.stop_database(log=log)
+    for node in set_aside:  # only there is the data directory a restored one
+        _end_postgres(restored, node)
+    clear_dcs(cluster)
+    for node in set_aside:
+        data, aside, failed = Path(node.layout.pgdata), _set_aside(node), _failed_copy(node)
+        if aside.exists():
+            shutil.rmtree(data, ignore_errors=True)
+            if data.exists():
+                raise BackupError(f"cannot remove the restored {data}")
+            aside.rename(data)
+        if _inode(failed) not in (None, failed_before[node.member.name]):  # this attempt's, moved by Patroni
+            shutil.rmtree(failed, ignore_errors=True)
+    # The restored spec rendered patroni.yml and node.json with the restore bootstrap; the
+    # original files go back before anything starts. up() starts every member on its old data.
+    for node in cluster.nodes:
+        cluster._install_files(node)
+    cluster.up(timeout=timeout, log=log)
+    return leader(cluster).member.name
+
+
+def _why(error: Exception) -> str:
+    """An error for the message: our own say what failed; anything else also says what it is."""
+    text = str(error).strip()
+    return text if isinstance(error, LocalClusterError) and text else f"{type(error).__name__}: {text}"
+
+
+def _where_the_data_is(cluster: LocalCluster) -> str:
+    """Each member's previous data directory, wherever a failed rollback left it."""
+    return "; ".join(f"{node.member.name}: {_set_aside(node) if _set_aside(node).exists() else node.layout.pgdata}"
+                     for node in cluster.nodes)
 
 
 def restore(cluster: LocalCluster, target: str, *, log: Callable[[str], None] = print,
@@ -269,40 +385,77 @@ def restore(cluster: LocalCluster, target: str, *, log: Callable[[str], None] = 
     """Restore the whole loopback cluster to ``target``; return the restored cluster's facts.
 
     Nothing is touched until the repository has a verified backup that reaches the target.
+    Until the restored leader is up with a full backup on its new timeline, any failure rolls
+    the cluster back to its previous data and starts it again; the BackupError then says the
+    restore failed (with the logs' words) and whether the rollback brought the cluster back.
     """
     target = check_target(target)
     first = cluster.nodes[0]
     stanza = info(cluster, first)
     chosen = backup_for(stanza, target)
     log(f"restoring {cluster.spec.cluster_name} to {target} from backup {chosen['label']}")
+    # A copy set aside by an attempt that could not roll back may be the only previous data:
+    # never overwrite it, never guess which of it and the data directory is the one to keep.
+    left = [str(_set_aside(node)) for node in cluster.nodes if _set_aside(node).exists()]
+    if left:
+        raise BackupError("an earlier restore left data set aside, nothing was changed: "
+                          + ", ".join(left) + "\nput each back in place of its data directory (or remove it), "
+                          "then run again")
     verify(cluster, first, chosen["label"])
     running = cluster.cluster_view() is not None
     if running and target == "latest":
         _switch_and_wait_archived(cluster)
-    cluster.stop_database(log=log)
-    clear_dcs(cluster)
-    for node in cluster.nodes:
-        data = Path(node.layout.pgdata)
-        aside = data.with_name(data.name + ".pre-restore")
-        if data.exists():  # a re-run after a failed attempt keeps the first copy set aside
-            shutil.rmtree(aside, ignore_errors=True)
-            data.rename(aside)
     spec = replace(cluster.spec, restore=RestoreSpec(source_stanza=cluster.spec.cluster_name,
                                                      source_bucket=cluster.bucket, target=target))
     restored = LocalCluster(project_dir=cluster.project_dir, stack=cluster.stack, root=cluster.root,
                             address_prefix=cluster.address_prefix, spec=spec, s3=cluster.s3, venv=cluster.venv)
-    for node in restored.nodes:
-        restored._install_files(node)
     head, *others = restored.nodes
-    restored._start(head, log=log)
-    _wait_bootstrapped(restored, head, timeout)
-    # The old backups are another history: the replicas restore from a backup on the new timeline.
-    log(f"{head.member.name}: full backup on the new timeline")
-    run_backup(restored, "full", log=log, nodes=[head])
-    for node in others:
-        restored._start(node, log=log)
-    restored.wait_healthy(timeout=timeout)
-    for node in restored.nodes:
-        shutil.rmtree(Path(node.layout.pgdata).with_name("data.pre-restore"), ignore_errors=True)
-    return {"backup": chosen["label"], "target": target,
-            "timeline": next(m["timeline"] for m in restored.cluster_view()["members"] if m["role"] == "leader")}
+    set_aside: list[Node] = []  # members whose previous data is in data.pre-restore now
+    failed_before = {node.member.name: _inode(_failed_copy(node)) for node in cluster.nodes}
+    try:
+        cluster.stop_database(log=log)
+        clear_dcs(cluster)
+        for node in cluster.nodes:
+            data, aside = Path(node.layout.pgdata), _set_aside(node)
+            if data.exists():
+                data.rename(aside)
+                set_aside.append(node)
+        for node in restored.nodes:
+            restored._install_files(node)
+        marks = _log_marks(head)
+        # PgBouncer and HAProxy wait until the restore has succeeded: no client writes to a
+        # leader that a rollback would discard.
+        restored._start(head, until="pgha-pgbouncer.service", log=log)
+        _wait_bootstrapped(restored, head, timeout, marks)
+        # The old backups are another history: the replicas restore from a backup on the new timeline.
+        log(f"{head.member.name}: full backup on the new timeline")
+        run_backup(restored, "full", log=log, nodes=[head])
+    except Exception as error:
+        detail = _why(error)
+        try:
+            name = _roll_back(cluster, restored, set_aside, failed_before, log=log, timeout=timeout)
+        except Exception as undo:
+            raise BackupError(f"the restore to {target} failed: {detail}\nthe rollback to the previous state "
+                              f"failed too: {_why(undo)}\nthe previous data is in "
+                              f"{_where_the_data_is(cluster)}; put any data.pre-restore back in place of "
+                              "data, then `pgha local up`") from error
+        raise BackupError(f"the restore to {target} failed: {detail}\nthe cluster was rolled back to its previous "
+                          f"state and is running (leader {name})") from error
+    # From here the restore has succeeded: the restored leader runs with a backup on its new
+    # timeline, so the previous data goes. A member that does not come up is reported, not
+    # rolled back: the replicas are rebuilt from that backup whenever they start.
+    view = restored.cluster_view() or {}
+    timeline = next((m.get("timeline") for m in view.get("members", []) if m.get("role") == "leader"), None)
+    for node in cluster.nodes:
+        shutil.rmtree(_set_aside(node), ignore_errors=True)
+    try:
+        restored._start(head, log=log)
+        for node in others:
+            restored._start(node, log=log)
+        restored.wait_healthy(timeout=timeout)
+    except Exception as error:
+        raise BackupError(f"the restore to {target} succeeded ({head.member.name} is the primary on timeline "
+                          f"{timeline}, with a full backup on it), but the cluster is not whole yet: "
+                          f"{_why(error)}\nstart what is missing with `pgha local up` (the replicas are "
+                          "rebuilt from that backup)") from error
+    return {"backup": chosen["label"], "target": target, "timeline": timeline}

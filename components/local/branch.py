@@ -6,7 +6,9 @@ asynchronous replication. Its member lives on ``<prefix><slot>1`` (127.0.3.11, .
 files under ``<source root>/branches/<name>``, its archive in its own bucket ``pgha-<name>``
 on the source's S3 server. Patroni's custom bootstrap restores the source's repository (read
 only: the source's bucket and stanza are options of the restore command alone) and promotes on
-a new timeline; from then on the branch archives into its own repository only.
+a new timeline; from then on the branch archives into its own repository only. A source with
+``backup.encryption`` is restored with its own cipher pass, which the branch's agent reads from
+the source's secret file at boot (the Secrets Manager cipher secret on EC2), not the branch's.
 """
 
 
@@ -52,11 +54,14 @@ def branch_values(source: LocalCluster, name: str, target: str) -> dict[str, Any
 
 
 def open_branch(source: LocalCluster, name: str, entry: dict[str, Any]) -> LocalCluster:
+    """The branch's LocalCluster. Of an encrypted source, its agent reads the source's cipher pass
+    from the source's own secret file (never copied into the branch's files or config)."""
     _, region = read_stack_config(source.project_dir, source.stack)
     spec = build_spec(entry["values"], stack=source.stack, region=region,
                       region_azs=[f"{region}a", f"{region}b", f"{region}c"])
     return LocalCluster(project_dir=source.project_dir, stack=source.stack, root=Path(entry["root"]),
-                        address_prefix=entry["prefix"], spec=spec, s3=source.s3, venv=source.venv)
+                        address_prefix=entry["prefix"], spec=spec, s3=source.s3, venv=source.venv,
+                        source_secrets_file=source.secrets_file if source.spec.backup.encryption else None)
 
 
 def create(source: LocalCluster, name: str, target: str = "latest", *, log: Callable[[str], None] = print,
@@ -129,3 +134,44 @@ def delete(source: LocalCluster, name: str, *, log: Callable[[str], None] = prin
     del registry[name]
     _save(source, registry)
     log(f"branch {name} deleted")
+
+
+def promote(source: LocalCluster, name: str, replicas: int = 2, *, log: Callable[[str], None] = print,
+            timeout: float = 600) -> dict[str, Any]:
+    """Grow branch ``name`` to ``replicas`` replicas: what ``pulumi up`` does when a branch
+    stack's ``pgha:replicas`` is raised.
+
+    The new members join the branch's etcd (the agent's ``member add``), restore from the
+    branch's repository (else stream a basebackup), and the first one streaming lets the
+    DCS take the spec's synchronous mode (the agent's ``dcs-sync``). Member 1 goes last, as
+    the rolling order replaces it last on AWS: restarted with its data, on files that name
+    every member (its certificate included).
+    """
+    registry = _registry(source)
+    if name not in registry:
+        raise BackupError(f"no branch {name} (pgha branch list)")
+    entry = registry[name]
+    current = int(entry["values"].get("replicas", 0))
+    # Asking for the current count again resumes a promotion that stopped half-way.
+    if replicas < max(current, 1):
+        raise BackupError(f"branch {name} has {current} replicas; promote raises it (asked: {replicas})")
+    grown = {**entry, "values": {**entry["values"], "replicas": replicas}}
+    branch = open_branch(source, name, grown)  # validates the grown spec before anything changes
+    registry[name] = grown
+    _save(source, registry)
+    mode = "synchronous" if branch.spec.synchronous else f"asynchronous, rpo {branch.spec.rpo} bytes"
+    log(f"branch {name}: {current} -> {replicas} replicas ({mode})")
+    head = branch.nodes[0]
+    # A running member 1 keeps its files until its turn (a resumed promotion may find it stopped).
+    running = head.supervisor.is_active("pgha-patroni.service")
+    if not running:  # it boots on its new files: its preparation (secrets, the new key) runs again
+        for unit in reversed(head.units):
+            head.supervisor.stop(unit)
+    branch.up(timeout=timeout, log=log, hold=[head.member.name] if running else [])
+    log(f"{head.member.name}: restarting on its new files (on AWS: replaced last, data volume kept)")
+    for unit in reversed(head.units):
+        head.supervisor.stop(unit)
+    branch._install_files(head)
+    branch._start(head, log=log)
+    branch.wait_healthy(timeout=timeout)
+    return grown

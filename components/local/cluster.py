@@ -22,11 +22,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from ..render import APP_DATABASE, USERS, Layout, NodeContext, NodeFile, render_node, unit_names
 from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
+from . import netns as netns_mod
 from .s3 import LocalS3
 from .supervisor import Supervisor
 from .tls import CertKey, issue, make_ca
@@ -46,6 +47,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
 OS_ACCOUNTS = ("postgres", "etcd", "haproxy", "prometheus")
 SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
                "monitor_password", "app_password")
+CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
 
 
 class LocalClusterError(RuntimeError):
@@ -91,9 +93,14 @@ class LocalCluster:
     """Render, start, inspect and stop a stack's cluster on loopback addresses."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, s3_tls_port: int = 9443, address_prefix: str = LOOPBACK_NET,
-                 spec: ClusterSpec | None = None, s3: LocalS3 | None = None, venv: Path | None = None):
+                 s3_http_port: int = 9000, s3_tls_port: int | None = None, address_prefix: str = LOOPBACK_NET,
+                 spec: ClusterSpec | None = None, s3: LocalS3 | None = None, venv: Path | None = None,
+                 source_secrets_file: Path | None = None, netns: bool = False):
         self.project_dir = Path(project_dir)
+        # Each member in a network namespace of its own (pgha.local.netns): partitions become possible.
+        self.netns = netns
+        if netns:
+            netns_mod.check_prefix(address_prefix)
         self.stack = stack
         self.root = Path(root)
         # Members live on <prefix>1, <prefix>2, ...: another prefix runs a second cluster side by side.
@@ -103,8 +110,13 @@ class LocalCluster:
         self._venv = venv
         self.owns_s3 = s3 is None
         self.s3 = s3 or LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port,
-                                tls_port=s3_tls_port)
+                                tls_port=s3_tls_port or s3_http_port + 1,  # as the CLI: TLS on the next port
+                                relay_namespaces=[netns_mod.namespace(address_prefix, m.index)
+                                                  for m in self.spec.members] if netns else ())
         self.bucket = f"pgha-{self.spec.cluster_name}"
+        # A branch of an encrypted source: the source's secret file, where the branch's agent
+        # reads the source's cipher pass (as it reads a Secrets Manager secret on EC2).
+        self.source_secrets_file = source_secrets_file
         self.nodes = [self._node(m) for m in self.spec.members]
 
     # -- spec and context ---------------------------------------------------------------------
@@ -136,24 +148,28 @@ class LocalCluster:
         return self._pki()[0]
 
     def _pki(self) -> tuple[CertKey, dict[str, CertKey]]:
-        """The cluster CA and member certificates, made once and kept under <root>/pki."""
+        """The cluster CA and member certificates, kept under <root>/pki. The CA is made once;
+        a member's certificate is (re)issued when it is new or no longer names every member's
+        address (a grown cluster), as pulumi-tls replaces it on AWS."""
         pki = self.root / "pki"
         state = pki / "pki.json"
         if state.exists():
             raw = json.loads(state.read_text())
-            return CertKey(**raw["ca"]), {k: CertKey(**v) for k, v in raw["members"].items()}
-        pki.mkdir(parents=True, exist_ok=True)
-        os.chmod(pki, 0o700)
-        ca = make_ca(f"{self.spec.cluster_name} loopback CA")
+            ca, members = CertKey(**raw["ca"]), {k: CertKey(**v) for k, v in raw["members"].items()}
+        else:
+            pki.mkdir(parents=True, exist_ok=True)
+            os.chmod(pki, 0o700)
+            ca, members = make_ca(f"{self.spec.cluster_name} loopback CA"), {}
         ips = {m.name: self.member_ip(m) for m in self.spec.members}
-        members = {
-            m.name: issue(ca, common_name=m.name, ips=certificate_ips(m, ips),
-                          dns_names=self.spec.certificate_dns_names(m))
-            for m in self.spec.members
-        }
-        _write_private(state, json.dumps({"ca": vars(ca), "members": {k: vars(v) for k, v in members.items()}}))
-        self.ca_file.write_text(ca.cert_pem)
-        os.chmod(self.ca_file, 0o644)
+        stale = [m for m in self.spec.members
+                 if m.name not in members or _cert_ips(members[m.name]) != set(certificate_ips(m, ips))]
+        for m in stale:
+            members[m.name] = issue(ca, common_name=m.name, ips=certificate_ips(m, ips),
+                                    dns_names=self.spec.certificate_dns_names(m))
+        if stale or not state.exists():
+            _write_private(state, json.dumps({"ca": vars(ca), "members": {k: vars(v) for k, v in members.items()}}))
+            self.ca_file.write_text(ca.cert_pem)
+            os.chmod(self.ca_file, 0o644)
         return ca, members
 
     def member_ip(self, member: Member) -> str:
@@ -162,7 +178,8 @@ class LocalCluster:
     def _node(self, member: Member) -> Node:
         layout = Layout(root=str(self.root / member.name), venv=str(self.venv), systemd_dir="/etc/systemd/system")
         supervisor = Supervisor(unit_dir=Path(layout.units), state_dir=self.root / member.name / "state",
-                                run_root=Path(layout.run))
+                                run_root=Path(layout.run),
+                                netns=netns_mod.namespace(self.address_prefix, member.index) if self.netns else None)
         ctx = self.context(layout)
         return Node(member, self.member_ip(member), layout, supervisor, unit_names(self.spec, member, ctx))
 
@@ -185,6 +202,8 @@ class LocalCluster:
             node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
             postgres_version_override=installed_postgres_major(),
             member_roots={m.name: str(self.root / m.name) for m in self.spec.members},
+            restore_cipher_secret=({"source": "file", "file": str(self.source_secrets_file)}
+                                   if self.source_secrets_file else {}),
         )
 
     def rendered(self, node: Node) -> list[NodeFile]:
@@ -193,10 +212,22 @@ class LocalCluster:
     # -- secrets ----------------------------------------------------------------------------------
     def _ensure_secrets(self) -> dict[str, Any]:
         """Random passwords made once (what pulumi-random makes on AWS), kept 0600 by root."""
-        if self.secrets_file.exists():
-            return json.loads(self.secrets_file.read_text())
         _, members = self._pki()
+        if self.secrets_file.exists():
+            values = json.loads(self.secrets_file.read_text())
+            keys = {name: ck.key_pem for name, ck in members.items()}
+            changed = values.get("tls_keys") != keys  # a member certificate was (re)issued
+            values["tls_keys"] = keys
+            if self.spec.backup.encryption and CIPHER_PASS_KEY not in values:
+                values[CIPHER_PASS_KEY] = secrets.token_urlsafe(30)
+                changed = True
+            if changed:
+                _write_private(self.secrets_file, json.dumps(values, indent=1))
+            return values
         values: dict[str, Any] = {k: secrets.token_urlsafe(24) for k in SECRET_KEYS}
+        if self.spec.backup.encryption:
+            # backup.encryption: the repository cipher pass, only in this file (as in the secret on EC2).
+            values[CIPHER_PASS_KEY] = secrets.token_urlsafe(30)
         values["tls_keys"] = {name: ck.key_pem for name, ck in members.items()}
         values["s3_key"] = self.s3.access_key
         values["s3_key_secret"] = self.s3.secret_key
@@ -210,8 +241,11 @@ class LocalCluster:
         _write_private(self.passfile, "\n".join(lines) + "\n")
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def up(self, *, timeout: float = 180.0, log: Any = print) -> float:
-        """Bring the cluster up, starting only what is not already running; returns seconds."""
+    def up(self, *, timeout: float = 180.0, log: Any = print, hold: Collection[str] = ()) -> float:
+        """Bring the cluster up, starting only what is not already running; returns seconds.
+
+        ``hold`` names running members whose files stay as they are, like an EC2 node that a
+        rolling change has not reached yet."""
         began = time.monotonic()
         missing = missing_prerequisites()
         if missing:
@@ -221,11 +255,16 @@ class LocalCluster:
         values = self._ensure_secrets()
         self._write_passfile(values)
         self._ensure_venv(log)
+        if self.netns:
+            netns_mod.setup(self.address_prefix, len(self.nodes))
+            log(f"members in network namespaces {netns_mod.namespace(self.address_prefix, 1)}.. "
+                f"on bridge {netns_mod.bridge(self.address_prefix)}")
         log(f"S3 over TLS at https://{self.s3.host}:{self.s3.port} (moto)")
         self.s3.start()
         self.s3.create_bucket(self.bucket)
         for node in self.nodes:
-            self._install_files(node)
+            if node.member.name not in hold:
+                self._install_files(node)
         # etcd everywhere first (quorum). A new cluster: the first member's Patroni alone, so it
         # bootstraps and is the initial primary (as on EC2), then the rest. An existing one: every
         # Patroni at once, since the last leader (the only one allowed to lead in strict
@@ -336,13 +375,29 @@ class LocalCluster:
             return json.loads(reply.read())
 
     def cluster_view(self) -> dict[str, Any] | None:
-        """Patroni's /cluster as seen from the first member that answers."""
-        for node in self.nodes:
+        """Patroni's /cluster as most members see it.
+
+        A member cut off from the DCS answers from its cache (itself still the leader, say),
+        so one member's word is not enough: every member is asked at once and the view
+        whose leader most of them name wins (ties: the earliest member's)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(node: Node) -> dict[str, Any] | None:
             try:
                 return self.patroni(node)
             except (OSError, ValueError):
-                continue
-        return None
+                return None
+
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            views = [v for v in pool.map(ask, self.nodes) if v is not None]
+        if not views:
+            return None
+
+        def leader_of(view: dict[str, Any]) -> str | None:
+            return next((m["name"] for m in view.get("members", []) if m.get("role") == "leader"), None)
+
+        votes = [leader_of(v) for v in views]
+        return max(views, key=lambda v: votes.count(leader_of(v)))
 
     def wait_for_leader(self, *, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -445,6 +500,14 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def _cert_ips(cert: CertKey) -> set[str]:
+    """The IP SANs of a certificate, as strings."""
+    from cryptography import x509
+
+    sans = cert.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
 
 
 def _port_open(ip: str, port: int) -> bool:

@@ -41,6 +41,7 @@ import psycopg
 
 from ..render import USERS
 from ..spec import PORTS
+from . import netns
 from .cluster import LocalCluster, Node, _children
 
 WRITE_INTERVAL = 0.02  # seconds between a writer's commits: ~40-50/s, 20-25 ms RTO resolution
@@ -539,6 +540,41 @@ def s_etcd_member(ctx: Context) -> None:
     _restart_after(ctx, victim, "pgha-etcd.service")
 
 
+def s_partition(ctx: Context) -> None:
+    """Blackhole routes between the primary's namespace and both replicas', both ways. Clients
+    (the root namespace) still reach every node, so the isolated primary stays reachable: it
+    must demote itself (it loses etcd's quorum; failsafe mode cannot reach the other members)
+    before the majority side's leader key expires and a replica promotes."""
+    cluster = ctx.cluster
+    isolated = ctx.primary.member.index
+    others = [n.member.index for n in cluster.nodes if n is not ctx.primary]
+    fault = ctx.now()
+    ctx.extra["fault_at"] = fault
+    netns.partition(cluster.address_prefix, isolated, others)
+    ctx.failed = [ctx.primary]
+    ctx.notes.append(f"{ctx.primary.member.name} cut off from "
+                     + ", ".join(n.member.name for n in cluster.nodes if n is not ctx.primary))
+    try:
+        read_only = _wait(lambda: not _writable(cluster, ctx.primary), ctx.ttl * 3)
+        ctx.extra["isolated_read_only_s"] = round(ctx.now() - fault, 2) if read_only else None
+        _wait_past_ttl(ctx, fault)
+        _wait(lambda: ctx.writer is not None and any(a.acked and a.sent > fault for a in ctx.writer.attempts), 30)
+        time.sleep(3)
+    finally:
+        netns.heal(cluster.address_prefix, len(cluster.nodes))
+    ctx.revived_at = ctx.now()
+
+
+def _writable(cluster: LocalCluster, node: Node) -> bool:
+    """PostgreSQL on ``node`` accepts a connection and is not in recovery."""
+    try:
+        with psycopg.connect(cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres"),
+                             autocommit=True, connect_timeout=2) as conn:
+            return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    except psycopg.Error:
+        return False
+
+
 def s_switchover(ctx: Context) -> None:
     ctx.extra["fault_at"] = ctx.now()
     status, text = patroni_request(ctx.cluster, ctx.primary, "POST", "/switchover",
@@ -580,6 +616,9 @@ def s_replicas(ctx: Context) -> None:
     ctx.revive()
 
 
+# Loopback cannot separate members (every unbound connection comes from 127.0.0.1).
+NEEDS_NETNS = frozenset({"partition"})
+
 SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "primary-node": (s_primary_node, "kill -9 every process of the primary's node (etcd member included); "
                      "revive it past ttl as systemd would"),
@@ -590,7 +629,8 @@ SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "haproxy-crash": (s_haproxy_crash, "kill -9 the HAProxy the writer is connected through"),
     "replica-node": (s_replica_node, "kill -9 every process of the synchronous standby's node; revive after 10s"),
     "etcd-member": (s_etcd_member, "kill -9 a non-leader etcd member; restart after RestartSec"),
-    "partition": (None, "cut the primary off from both replicas (network namespaces)"),  # type: ignore[dict-item]
+    "partition": (s_partition, "cut the primary off from both replicas, both ways (network namespaces); "
+                  "clients still reach every node; heal past ttl"),
     "switchover": (s_switchover, "planned switchover through Patroni's REST API"),
     "replicas": (s_replicas, "both replica databases die; writes stop (rpo 0, strict) or continue (rpo > 0)"),
 }
@@ -620,10 +660,9 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
     if scenario not in SCENARIOS:
         raise DrillError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     inject, description = SCENARIOS[scenario]
-    if inject is None:
-        # Loopback cannot separate the nodes (every unbound connection comes from 127.0.0.1):
-        # this needs the members in network namespaces of their own (docs/failover.md).
-        raise DrillError(f"{scenario} is not implemented yet: {description}")
+    if scenario in NEEDS_NETNS and not cluster.netns:
+        raise DrillError(f"{scenario} needs the members in network namespaces: pgha local up --netns "
+                         "--addresses 10.X.Y. (and pgha drill --netns --addresses 10.X.Y.)")
     start_missing(cluster, log=log)
     cluster.wait_healthy(timeout=recover_timeout)
     _wait(lambda: not any(e["stale"] for e in pgbouncer_roles(cluster).values()), 15)
@@ -771,7 +810,8 @@ def _analyse(cluster: LocalCluster, scenario: str, description: str, run: str, c
         "notes": ctx.notes,
         "error_samples": sorted({a.error for a in attempts if a.error})[:5],
     }
-    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units"):
+    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units",
+                "isolated_read_only_s"):
         if key in ctx.extra:
             result[key] = ctx.extra[key]
     return result
@@ -867,5 +907,5 @@ def as_json(result: dict[str, Any]) -> str:
     return json.dumps(result, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o))
 
 
-__all__ = ["SCENARIOS", "DrillError", "run_drill", "summary_line", "aggregate", "patch_config", "dynamic_config",
+__all__ = ["SCENARIOS", "NEEDS_NETNS", "DrillError", "run_drill", "summary_line", "aggregate", "patch_config", "dynamic_config",
            "start_missing", "leader", "_children"]

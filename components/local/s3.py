@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
 
 from pgha.local.supervisor import Supervisor
 from pgha.local.tls import CertKey, issue
@@ -95,8 +95,12 @@ class LocalS3:
         moto_server: Path | None = None,
         haproxy: Path | None = None,
         start_timeout: float = 20.0,
+        relay_namespaces: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Members in network namespaces reach the endpoint through a relay listening on
+        # 127.0.0.1:<tls port> inside each (pgha.local.netns): the TLS name stays localhost.
+        self.relay_namespaces = tuple(relay_namespaces)
         self.ca = ca
         self.http_port = http_port
         self.tls_port = tls_port
@@ -210,7 +214,18 @@ class LocalS3:
             "KillSignal=SIGUSR1\n"  # HAProxy's soft stop: finish open requests
             "TimeoutStopSec=10\n"
         )
-        return {MOTO_UNIT: moto, HAPROXY_UNIT: haproxy}
+        units = {MOTO_UNIT: moto, HAPROXY_UNIT: haproxy}
+        for ns in self.relay_namespaces:
+            units[f"s3-relay-{ns}"] = (
+                "[Unit]\n"
+                f"Description=the S3 TLS endpoint on 127.0.0.1:{self.tls_port} inside network namespace {ns}\n"
+                f"After={HAPROXY_UNIT}.service\n"
+                "\n[Service]\n"
+                "Type=simple\n"
+                f"ExecStart={q(sys.executable)} -m pgha.local.netns relay --netns {q(ns)} --port {self.tls_port}\n"
+                "TimeoutStopSec=5\n"
+            )
+        return units
 
     def _write_files(self) -> set[str]:
         """Write CA, certificate, config and units; return units whose inputs changed."""
@@ -266,7 +281,10 @@ class LocalS3:
             )
 
     def stop(self) -> None:
-        """Stop HAProxy then moto if we started them; moto's buckets are lost."""
+        """Stop the relays, HAProxy then moto if we started them; moto's buckets are lost."""
+        for name in self.supervisor.units():
+            if name.startswith("s3-relay-"):
+                self.supervisor.stop(name)
         self.supervisor.stop(HAPROXY_UNIT)
         self.supervisor.stop(MOTO_UNIT)
 

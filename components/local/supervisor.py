@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .netns import entered
+
 __all__ = [
     "Command",
     "EnvironmentFile",
@@ -487,8 +489,11 @@ class Supervisor:
         run_root: Path = Path("/run"),
         startup_grace: float = 1.0,
         log_tail_lines: int = 20,
+        netns: str | None = None,
     ) -> None:
         self.unit_dir = Path(unit_dir)
+        # Network namespace the units' processes run in (see pgha.local.netns); None: this one.
+        self.netns = netns
         self.state_dir = Path(state_dir)
         self.run_root = Path(run_root)
         self.startup_grace = startup_grace
@@ -701,7 +706,14 @@ class Supervisor:
                 raise FileNotFoundError(f"{argv[0]} not found in PATH={env.get('PATH')}")
             argv[0] = found
         as_root = command.privileged
-        proc = subprocess.Popen(
+        with entered(self.netns):
+            proc = self._popen(unit, argv, env=env, creds=creds, log=log, as_root=as_root)
+        self._children[proc.pid] = proc
+        return proc
+
+    def _popen(self, unit: Unit, argv: list[str], *, env: Mapping[str, str], creds: _Credentials, log: int,
+               as_root: bool) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -714,8 +726,6 @@ class Supervisor:
             extra_groups=None if as_root else creds.extra_groups,
             preexec_fn=self._limits(unit),
         )
-        self._children[proc.pid] = proc
-        return proc
 
     def _run_step(
         self,
@@ -874,14 +884,18 @@ class Supervisor:
                     self._signal_group(pid, signal.SIGKILL)
                     self._wait_group_gone(pid, time.monotonic() + 10)
             self._reap(pid)
-        elif unit.type == "oneshot" and self.is_active(name) and unit.exec_stop:
-            creds = self._credentials(unit)
-            env = self._environment(unit, creds)
-            with self._open_log(name) as log:
-                for step in unit.exec_stop:
-                    self._run_step(unit, step, env=env, creds=creds, log=log,
-                                   timeout=limit)
-            stopped = True
+        elif unit.type == "oneshot" and self.is_active(name):
+            # As systemctl stop: a RemainAfterExit oneshot becomes inactive, so the next
+            # start runs it again (a node's restart re-runs its preparation).
+            if unit.exec_stop:
+                creds = self._credentials(unit)
+                env = self._environment(unit, creds)
+                with self._open_log(name) as log:
+                    for step in unit.exec_stop:
+                        self._run_step(unit, step, env=env, creds=creds, log=log,
+                                       timeout=limit)
+                stopped = True
+            self._write_result(name, "stopped")
         if recorded is not None or stopped:
             self._write_result(name, "stopped")
         self._pid_file(name).unlink(missing_ok=True)

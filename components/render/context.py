@@ -107,6 +107,10 @@ class NodeContext:
     # A branch whose source is a StackReference: the source's bucket and stanza, known at deploy time.
     restore_bucket: str = ""
     restore_stanza: str = ""
+    # A branch of an encrypted source: where its nodes read the source's pgBackRest cipher pass
+    # ({"source": "aws", "id": ARN, "region": ...} or, loopback, {"source": "file", "file": ...}).
+    # Empty for an unencrypted source. A reference only: the pass itself never enters the files.
+    restore_cipher_secret: Mapping[str, str] = field(default_factory=dict)
 
     def with_layout(self, layout: Layout) -> "NodeContext":
         return replace(self, layout=layout)

@@ -45,6 +45,8 @@ DCS_ONLY_PARAMETERS = frozenset({
 })
 # Replicas further behind than this are taken out of the read services.
 READ_LAG_LIMIT = "16MB"
+# The repository cipher of backup.encryption (pgbackrest.conf.j2), and so of an encrypted source.
+SOURCE_CIPHER_TYPE = "aes-256-cbc"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def _directories(paths: dict[str, str]) -> list[_Dir]:
         _Dir(paths["run"] + "/pgbouncer", pg, pg, 0o755),
         _Dir(paths["run"] + "/pgbackrest", pg, pg, 0o750),
         _Dir(paths["run"] + "/haproxy", "root", "root", 0o755),
+        _Dir(paths["run"] + "/etcd", etcd, etcd, 0o700),
     ]
 
 
@@ -322,7 +325,8 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
 def _peer(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
     root = ctx.member_roots.get(member.name)
     lay = ctx.layout if root is None else replace(ctx.layout, root=root)
-    return {"ip": ctx.member_ips[member.name], "pgdata": lay.pgdata, "socket": lay.run + "/postgres"}
+    return {"ip": ctx.member_ips[member.name], "pgdata": lay.pgdata, "socket": lay.run + "/postgres",
+            "etcd": member.runs_etcd}
 
 
 def _restore_facts(spec: ClusterSpec, ctx: NodeContext) -> dict[str, Any] | None:
@@ -331,8 +335,15 @@ def _restore_facts(spec: ClusterSpec, ctx: NodeContext) -> dict[str, Any] | None
     if r is None:
         return None
     stanza = r.source_stanza or ctx.restore_stanza
-    return {"stanza": stanza, "bucket": r.source_bucket or ctx.restore_bucket or ctx.bucket,
-            "path": f"/{stanza}/pgbackrest", "target": r.target, "type": r.target_type}
+    facts: dict[str, Any] = {"stanza": stanza, "bucket": r.source_bucket or ctx.restore_bucket or ctx.bucket,
+                             "path": f"/{stanza}/pgbackrest", "target": r.target, "type": r.target_type}
+    if stanza != spec.cluster_name:
+        # Another cluster's repository (a branch): its cipher, never this cluster's own from
+        # pgbackrest.conf; the pass is fetched at boot from the secret named here.
+        facts["cipher"] = SOURCE_CIPHER_TYPE if ctx.restore_cipher_secret else "none"
+        if ctx.restore_cipher_secret:
+            facts["cipher_secret"] = dict(ctx.restore_cipher_secret)
+    return facts
 
 
 def render_cluster(spec: ClusterSpec, ctx: NodeContext) -> dict[str, list[NodeFile]]:

@@ -62,6 +62,9 @@ def sized_parameters(spec: ClusterSpec) -> dict[str, Any]:
         # A replica that stays away must not fill the disk with retained WAL.
         "max_slot_wal_keep_size": _mb(_clamp(disk * GIB * 0.2, 1 * GIB, 256 * GIB)),
         "wal_keep_size": _mb(_clamp(disk * GIB * 0.02, 128, 4 * GIB)),
+        # A silent peer (partition) frees its walsender after this, not PostgreSQL's 60 s (presets.py).
+        "wal_sender_timeout": spec.rto_plan.replication_timeout,
+        "wal_receiver_timeout": spec.rto_plan.replication_timeout,
         "max_wal_senders": 16,
         "max_replication_slots": 16,
         "hot_standby_feedback": "on" if profile != "olap" else "off",

@@ -107,6 +107,10 @@ class RestoreSpec:
     source_bucket: str = ""
     source_stack: str = ""
     target: str = "latest"
+    # Given-bucket form only (a StackReference brings both): the Secrets Manager secret holding
+    # an encrypted source's pgBackRest cipher pass, and the source's KMS key that encrypts it.
+    source_cipher_secret_arn: str = ""
+    source_key_arn: str = ""
 
     @property
     def target_type(self) -> str:

@@ -21,6 +21,11 @@ class RtoPlan:
     check_downinter: str
     check_rise: int
     check_fall: int
+    # wal_sender_timeout / wal_receiver_timeout: how long a silent replication peer (a network
+    # partition, not a crash: no RST) holds a walsender. A primary cut off from its replicas
+    # cannot finish its demotion's shutdown before it (PostgreSQL's 60 s default); a primary
+    # whose synchronous standby went silent keeps waiting on it as long.
+    replication_timeout: str = "60s"
 
 
 # Pigsty's pg_rto_plan presets (fast/norm/safe/wide), the HAProxy timings scaled with them.
@@ -30,10 +35,10 @@ class RtoPlan:
 # notices a crashed PostgreSQL on its next loop (postgres-crash RTO 10.2 s with loop_wait 5).
 # fast also re-admits a new primary sooner in HAProxy (downinter 500ms, rise 2).
 RTO_PLANS: dict[str, RtoPlan] = {
-    "fast": RtoPlan(20, 2, 5, 15, 5, "1s", "500ms", "500ms", 2, 3),
-    "norm": RtoPlan(30, 2, 10, 25, 5, "2s", "1s", "2s", 3, 3),
-    "safe": RtoPlan(60, 10, 20, 45, 10, "3s", "1500ms", "3s", 3, 3),
-    "wide": RtoPlan(120, 20, 30, 95, 15, "4s", "2s", "4s", 3, 3),
+    "fast": RtoPlan(20, 2, 5, 15, 5, "1s", "500ms", "500ms", 2, 3, "10s"),
+    "norm": RtoPlan(30, 2, 10, 25, 5, "2s", "1s", "2s", 3, 3, "15s"),
+    "safe": RtoPlan(60, 10, 20, 45, 10, "3s", "1500ms", "3s", 3, 3, "30s"),
+    "wide": RtoPlan(120, 20, 30, 95, 15, "4s", "2s", "4s", 3, 3, "60s"),
 }
 
 PROFILES: tuple[str, ...] = ("oltp", "olap", "crit", "tiny")

@@ -64,6 +64,7 @@ BACKUP_KEYS = {
     "retentionDays": "retention_days", "compression": "compression", "encryption": "encryption",
 }
 BRANCH_KEYS = {"sourceStack": "source_stack", "sourceBucket": "source_bucket", "sourceStanza": "source_stanza",
+               "sourceCipherSecretArn": "source_cipher_secret_arn", "sourceKeyArn": "source_key_arn",
                "targetTime": "target_time", "targetLsn": "target_lsn"}
 NESTED = {"storage": STORAGE_KEYS, "network": NETWORK_KEYS, "backup": BACKUP_KEYS, "branch": BRANCH_KEYS}
 
@@ -469,6 +470,8 @@ def _backup(r: _Reader) -> BackupSpec:
 _LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _STACK_REF_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$")
+_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$")
 
 
 def parse_target_time(value: str) -> Any:
@@ -507,6 +510,7 @@ def _branch(r: _Reader, stack_kind: str, cluster_name: str) -> RestoreSpec | Non
     if source_stanza and source_stanza == cluster_name:
         r.fail(["clusterName"], cluster_name, "a branch needs a cluster name of its own (it is the source's "
                                               "stanza): its archive must never mix with the source's")
+    cipher_secret_arn, key_arn = _branch_source_encryption(r, source_stack)
     target_time = r.string(["branch", "targetTime"], "")
     target_lsn = r.string(["branch", "targetLsn"], "")
     target = "latest"
@@ -525,4 +529,30 @@ def _branch(r: _Reader, stack_kind: str, cluster_name: str) -> RestoreSpec | Non
             target = target_lsn
     # With a StackReference the stanza is the source stack's clusterName output, known at deploy time.
     return RestoreSpec(source_stanza=source_stanza or "", source_bucket=source_bucket,
-                       source_stack=source_stack, target=target)
+                       source_stack=source_stack, target=target, source_cipher_secret_arn=cipher_secret_arn,
+                       source_key_arn=key_arn)
+
+
+def _branch_source_encryption(r: _Reader, source_stack: str) -> tuple[str, str]:
+    """``sourceCipherSecretArn`` and ``sourceKeyArn``: an encrypted source given by bucket and stanza.
+
+    A StackReference brings both (the source's ``backupCipherSecretArn`` and ``backupKeyArn``
+    outputs), so they apply to the sourceBucket form only. The cipher secret is encrypted with
+    the source's KMS key: the branch's role needs kms:Decrypt on it, hence the key is required.
+    """
+    secret_arn = r.string(["branch", "sourceCipherSecretArn"], "", pattern=_SECRET_ARN_RE,
+                          allowed="must be a Secrets Manager secret ARN (the source stack's "
+                                  "backupCipherSecretArn output)")
+    key_arn = r.string(["branch", "sourceKeyArn"], "", pattern=_KEY_ARN_RE,
+                       allowed="must be a KMS key ARN (the source stack's backupKeyArn output)")
+    if source_stack:
+        for key, value in (("sourceCipherSecretArn", secret_arn), ("sourceKeyArn", key_arn)):
+            if value:
+                r.fail(["branch", key], value, "applies to sourceBucket/sourceStanza only: with sourceStack it "
+                                               "comes from the source stack's outputs")
+        return "", ""
+    if secret_arn and not key_arn and r.raw(["branch", "sourceKeyArn"]) is _MISSING:
+        r.fail(["branch", "sourceKeyArn"], _MISSING, "an encrypted source (sourceCipherSecretArn) needs the "
+                                                     "source's KMS key ARN too: its cipher secret is encrypted "
+                                                     "with it (the source stack's backupKeyArn output)")
+    return secret_arn, key_arn
