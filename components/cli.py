@@ -36,11 +36,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from .local.cluster import LocalCluster, LocalClusterError
+    from .local.cluster import LocalClusterError
 
-    cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
-                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1,
-                           netns=args.netns)
+    cluster = _loopback(args)
     try:
         if args.action == "up":
             seconds = cluster.up(timeout=args.timeout)
@@ -62,12 +60,10 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def _drill(args: argparse.Namespace) -> int:
-    from .local.cluster import LocalCluster, LocalClusterError
+    from .local.cluster import LocalClusterError
     from .local.drills import DrillError, aggregate, as_json, run_drill, summary_line
 
-    cluster = LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
-                           address_prefix=args.addresses, s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1,
-                           netns=args.netns)
+    cluster = _loopback(args)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     results = []
     try:
@@ -191,24 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--secret-id", default="SECRET-ARN-FROM-PULUMI-UP", help="cluster secret ARN, if known")
     render.set_defaults(func=_render)
 
-    local = sub.add_parser("local", help="the stack's cluster on 127.0.1.1-3 with the real daemons")
+    # Which loopback cluster a command acts on: `local`, `drill`, backup, restore and branch.
+    cluster_at = argparse.ArgumentParser(add_help=False)
+    cluster_at.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
+    cluster_at.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
+    cluster_at.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
+    cluster_at.add_argument("--netns", action="store_true",
+                            help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.; "
+                                 "needed by the partition drill)")
+
+    local = sub.add_parser("local", parents=[cluster_at], help="the stack's cluster on 127.0.1.1-3 with the real daemons")
     local.add_argument("action", choices=("up", "status", "down"))
-    local.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")
-    local.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
-    local.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
-    local.add_argument("--netns", action="store_true",
-                        help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.)")
     local.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)
 
-    # The loopback cluster the backup, restore and branch commands act on (same knobs as `local`).
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
-    where.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
-    where.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
-    where.add_argument("--netns", action="store_true",
-                        help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.)")
+    where = argparse.ArgumentParser(add_help=False, parents=[cluster_at])
     where.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the cluster")
 
     backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the loopback cluster")
@@ -236,15 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .local.drills import SCENARIOS
 
-    drill = sub.add_parser("drill", help="inject a fault into the loopback cluster under load; measure RTO/RPO")
+    drill = sub.add_parser("drill", parents=[cluster_at],
+                           help="inject a fault into the loopback cluster under load; measure RTO/RPO")
     drill.add_argument("scenario", choices=tuple(SCENARIOS))
     drill.add_argument("--trials", type=int, default=1, help="how many times (default 1)")
     drill.add_argument("--json", action="store_true", help="every trial as JSON (progress goes to stderr)")
-    drill.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
-    drill.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
-    drill.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
-    drill.add_argument("--netns", action="store_true",
-                       help="the cluster runs in network namespaces (needed by partition; --addresses 10.X.Y.)")
     drill.set_defaults(func=_drill)
 
     args = parser.parse_args(argv)

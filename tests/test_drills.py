@@ -14,7 +14,7 @@ import yaml
 from conftest import wipe_test_root
 from pgha.local.cluster import LocalCluster
 from pgha.local import netns
-from pgha.local.drills import SCENARIOS, DrillError, run_drill, summary_line
+from pgha.local.drills import NEEDS_NETNS, SCENARIOS, DrillError, run_drill, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,7 @@ BOUNDS = {
     "replicas": (None, None, 90),
     "partition": (35, 35, 90),
 }
-# Needs the members in network namespaces of their own: run on `netns_cluster` below.
-NEEDS_NETNS = {"partition"}
+# NEEDS_NETNS scenarios run on `netns_cluster` below.
 
 
 def check(result, scenario):

@@ -53,6 +53,14 @@ def _root():
 
 needs_root = pytest.mark.usefixtures("_root")
 
+
+@pytest.fixture
+def fake_aws(monkeypatch):
+    """Credentials for moto's in-process AWS (boto3 refuses to sign without some)."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+
 PASSWORDS = {
     "superuser_password": "Su-pw-3f9a$`\"x\\y",  # shell/env-file metacharacters on purpose
     "replication_password": "Repl-pw-77c1d2",
@@ -347,13 +355,10 @@ def test_secrets_missing_os_user_and_encryption_pass(capfd):
 
 
 @needs_root
-def test_secrets_from_secrets_manager(monkeypatch, capfd):
+def test_secrets_from_secrets_manager(fake_aws, capfd):
     from moto import mock_aws
     import boto3
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
     base = mkbase("pgha-agent-secrets-")
     try:
         with mock_aws():
@@ -421,13 +426,10 @@ def test_secrets_fetches_the_source_cipher_pass_of_a_branch(capfd):
 
 
 @needs_root
-def test_secrets_fetches_the_source_cipher_secret_from_secrets_manager(monkeypatch, capfd):
+def test_secrets_fetches_the_source_cipher_secret_from_secrets_manager(fake_aws, capfd):
     from moto import mock_aws
     import boto3
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
     base = mkbase("pgha-agent-secrets-")
     try:
         with mock_aws():

@@ -97,6 +97,7 @@ class LocalCluster:
                  spec: ClusterSpec | None = None, s3: LocalS3 | None = None, venv: Path | None = None,
                  source_secrets_file: Path | None = None, netns: bool = False):
         self.project_dir = Path(project_dir)
+        self._pki_state: tuple[CertKey, dict[str, CertKey]] | None = None
         # Each member in a network namespace of its own (pgha.local.netns): partitions become possible.
         self.netns = netns
         if netns:
@@ -150,7 +151,10 @@ class LocalCluster:
     def _pki(self) -> tuple[CertKey, dict[str, CertKey]]:
         """The cluster CA and member certificates, kept under <root>/pki. The CA is made once;
         a member's certificate is (re)issued when it is new or no longer names every member's
-        address (a grown cluster), as pulumi-tls replaces it on AWS."""
+        address (a grown cluster), as pulumi-tls replaces it on AWS. Read once per instance
+        (every rendered node asks for it)."""
+        if self._pki_state is not None:
+            return self._pki_state
         pki = self.root / "pki"
         state = pki / "pki.json"
         if state.exists():
@@ -170,7 +174,8 @@ class LocalCluster:
             _write_private(state, json.dumps({"ca": vars(ca), "members": {k: vars(v) for k, v in members.items()}}))
             self.ca_file.write_text(ca.cert_pem)
             os.chmod(self.ca_file, 0o644)
-        return ca, members
+        self._pki_state = (ca, members)
+        return self._pki_state
 
     def member_ip(self, member: Member) -> str:
         return f"{self.address_prefix}{member.index}"

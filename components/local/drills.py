@@ -555,24 +555,12 @@ def s_partition(ctx: Context) -> None:
     ctx.notes.append(f"{ctx.primary.member.name} cut off from "
                      + ", ".join(n.member.name for n in cluster.nodes if n is not ctx.primary))
     try:
-        read_only = _wait(lambda: not _writable(cluster, ctx.primary), ctx.ttl * 3)
-        ctx.extra["isolated_read_only_s"] = round(ctx.now() - fault, 2) if read_only else None
         _wait_past_ttl(ctx, fault)
         _wait(lambda: ctx.writer is not None and any(a.acked and a.sent > fault for a in ctx.writer.attempts), 30)
         time.sleep(3)
     finally:
         netns.heal(cluster.address_prefix, len(cluster.nodes))
     ctx.revived_at = ctx.now()
-
-
-def _writable(cluster: LocalCluster, node: Node) -> bool:
-    """PostgreSQL on ``node`` accepts a connection and is not in recovery."""
-    try:
-        with psycopg.connect(cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres"),
-                             autocommit=True, connect_timeout=2) as conn:
-            return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    except psycopg.Error:
-        return False
 
 
 def s_switchover(ctx: Context) -> None:
@@ -810,8 +798,11 @@ def _analyse(cluster: LocalCluster, scenario: str, description: str, run: str, c
         "notes": ctx.notes,
         "error_samples": sorted({a.error for a in attempts if a.error})[:5],
     }
-    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units",
-                "isolated_read_only_s"):
+    if scenario == "partition":
+        # When the cut-off primary stopped being writable (down counts), from the monitor's samples.
+        result["isolated_read_only_s"] = next((round(t - fault, 2) for t, name, writable in sorted(monitor.pg)
+                                               if name == old_name and t >= fault and not writable), None)
+    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units"):
         if key in ctx.extra:
             result[key] = ctx.extra[key]
     return result

@@ -20,7 +20,6 @@ switches only the calling thread, which the child inherits.
 
 import contextlib
 import ctypes
-import ipaddress
 import os
 import re
 import subprocess
@@ -117,9 +116,7 @@ def heal(prefix: str, count: int) -> None:
     for i in range(1, count + 1):
         ns = namespace(prefix, i)
         for line in _ip("route", "show", "type", "blackhole", netns=ns).stdout.splitlines():
-            destination = line.split()[1]
-            ipaddress.ip_network(destination)  # a route we can name, nothing else
-            _ip("route", "del", "blackhole", destination, netns=ns, check=False)
+            _ip("route", "del", "blackhole", line.split()[1], netns=ns, check=False)
 
 
 def blackholes(prefix: str, index: int) -> list[str]:

@@ -706,26 +706,22 @@ class Supervisor:
                 raise FileNotFoundError(f"{argv[0]} not found in PATH={env.get('PATH')}")
             argv[0] = found
         as_root = command.privileged
-        with entered(self.netns):
-            proc = self._popen(unit, argv, env=env, creds=creds, log=log, as_root=as_root)
+        with entered(self.netns):  # the child is forked in the unit's network namespace
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._cwd(unit, creds),
+                env=dict(env),
+                start_new_session=True,  # own process group: stop() signals the whole group
+                user=None if as_root else creds.uid,
+                group=None if as_root else creds.gid,
+                extra_groups=None if as_root else creds.extra_groups,
+                preexec_fn=self._limits(unit),
+            )
         self._children[proc.pid] = proc
         return proc
-
-    def _popen(self, unit: Unit, argv: list[str], *, env: Mapping[str, str], creds: _Credentials, log: int,
-               as_root: bool) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self._cwd(unit, creds),
-            env=dict(env),
-            start_new_session=True,  # own process group: stop() signals the whole group
-            user=None if as_root else creds.uid,
-            group=None if as_root else creds.gid,
-            extra_groups=None if as_root else creds.extra_groups,
-            preexec_fn=self._limits(unit),
-        )
 
     def _run_step(
         self,
