@@ -1,6 +1,7 @@
 """Network namespaces for the loopback cluster, for real: ip netns, veth, a bridge, blackhole
 routes, setns around fork, and the relay that carries the S3 port into a namespace."""
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -74,8 +75,15 @@ def test_members_reach_each_other_until_partitioned_and_clients_reach_both(two_h
 def test_relay_carries_a_root_namespace_port_into_a_member(two_hosts):
     ns = netns.namespace(PREFIX, 1)
     root_server = socket.create_server(("127.0.0.1", 7010))
-    threading.Thread(target=lambda: [c.sendall(b"hello") or c.close() for c in iter(lambda: root_server.accept()[0], None)],
-                     daemon=True).start()
+
+    def answer_until_closed() -> None:
+        with contextlib.suppress(OSError):  # accept() fails once the test closes the socket
+            while True:
+                conn, _ = root_server.accept()
+                conn.sendall(b"hello")
+                conn.close()
+
+    threading.Thread(target=answer_until_closed, daemon=True).start()
     relay = subprocess.Popen([sys.executable, "-m", "pgha.local.netns", "relay", "--netns", ns, "--port", "7010"])
     try:
         deadline = time.monotonic() + 5
@@ -86,3 +94,20 @@ def test_relay_carries_a_root_namespace_port_into_a_member(two_hosts):
         relay.kill()
         relay.wait()
         root_server.close()
+
+
+def test_setup_right_after_teardown_finds_no_dying_links():
+    # A namespace's veth disappears asynchronously after `ip netns del`; teardown must wait for
+    # it, or the next setup sees the dying link, skips creating it and fails.
+    try:
+        for _ in range(5):
+            netns.setup(PREFIX, 2)
+            netns.teardown(PREFIX, 2)
+            assert not any(netns._exists(link) for link in (netns.host_link(PREFIX, 1), netns.host_link(PREFIX, 2),
+                                                            netns.bridge(PREFIX)))
+        netns.setup(PREFIX, 2)
+        for i in (1, 2):
+            out = netns._ip("-4", "addr", "show", "dev", "eth0", netns=netns.namespace(PREFIX, i)).stdout
+            assert f"{PREFIX}{i}/24" in out
+    finally:
+        netns.teardown(PREFIX, 2)

@@ -23,6 +23,7 @@ import ctypes
 import os
 import re
 import subprocess
+import time
 from typing import Iterator, Sequence
 
 CLONE_NEWNET = 0x40000000
@@ -95,13 +96,25 @@ def setup(prefix: str, count: int) -> None:
         _ip("link", "set", "lo", "up", netns=ns)
 
 
-def teardown(prefix: str, count: int) -> None:
-    """Remove the namespaces (their veth pairs go with them) and the bridge."""
-    for i in range(1, count + 1):
+def teardown(prefix: str, count: int, timeout: float = 10.0) -> None:
+    """Remove the veth pairs, the namespaces and the bridge, and wait until the links are gone.
+
+    The veth pairs are deleted first, by name: a namespace's links otherwise go away
+    asynchronously after ``ip netns del``, and a ``setup`` right after could find a dying link,
+    skip creating it, then fail on ``Cannot find device``."""
+    links = [host_link(prefix, i) for i in range(1, count + 1)]
+    for i, veth in enumerate(links, start=1):
+        if _exists(veth):
+            _ip("link", "del", veth, check=False)
         if os.path.exists(os.path.join(NETNS_DIR, namespace(prefix, i))):
             _ip("netns", "del", namespace(prefix, i), check=False)
     if _exists(bridge(prefix)):
         _ip("link", "del", bridge(prefix), check=False)
+    deadline = time.monotonic() + timeout
+    while remaining := [link for link in [*links, bridge(prefix)] if _exists(link)]:
+        if time.monotonic() > deadline:
+            raise NetnsError(f"links still present {timeout:.0f} s after teardown: {', '.join(remaining)}")
+        time.sleep(0.05)
 
 
 def partition(prefix: str, isolated: int, others: Sequence[int]) -> None:
