@@ -46,8 +46,9 @@ def top(values):
 
 def table(rows):
     lines = ["| scenario | timings | trials | RTO median | RTO max | write gap median | write gap max | "
-             "RPO rows (of acked) | split brain | rejoin max | RTO ratio vs baseline | gap ratio vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RPO rows (of acked) | split brain | rejoined | rejoin max | raft leader lost | "
+             "RTO ratio vs baseline | gap ratio vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {r["scenario"]: r for r in rows if r["timings"] == "baseline"}
     for r in rows:
         b = base.get(r["scenario"])
@@ -59,7 +60,8 @@ def table(rows):
                 gap_ratio = f"{r['gap_median'] / b['gap_median']:.2f}"
         lines.append(f"| {r['scenario']} | {r['timings']} | {r['trials']} | {r['rto_median']} | {r['rto_max']} | "
                      f"{r['gap_median']} | {r['gap_max']} | {r['rpo']} ({r['acked']}) | "
-                     f"{'YES' if r['split_brain'] else 'no'} | {r['rejoin_max']} | {ratio} | {gap_ratio} |")
+                     f"{'YES' if r['split_brain'] else 'no'} | {r['rejoined']}/{r['trials']} | {r['rejoin_max']} | "
+                     f"{r['raft_leader_lost']} | {ratio} | {gap_ratio} |")
     return "\n".join(lines)
 
 
@@ -143,7 +145,12 @@ def main(argv=None):
                          "gap_max": top(r["max_write_gap_s"] for r in results),
                          "rpo": sum(r["rpo_rows"] for r in results), "acked": sum(r["writes_acked"] for r in results),
                          "split_brain": any(r["split_brain"] for r in results),
-                         "rejoin_max": top(r["rejoin_s"] for r in results)})
+                         "rejoined": sum(1 for r in results if r["rejoined"]),
+                         "rejoin_max": top(r["rejoin_s"] for r in results),
+                         # trials whose failed node was also etcd's raft leader
+                         "raft_leader_lost": sum(1 for r in results if r.get("raft_leader_failed"))})
+            if args.json:  # after every block, so an interrupted run keeps what it measured
+                args.json.write_text(json.dumps({"rows": rows, "trials": trials}, indent=1, default=str))
     patch_config(cluster, TIMINGS["fast"])  # back to what the dev stack renders
     rows.sort(key=lambda r: (DEFAULT_SCENARIOS.index(r["scenario"]) if r["scenario"] in DEFAULT_SCENARIOS else 99,
                              r["timings"]))

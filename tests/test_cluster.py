@@ -172,3 +172,28 @@ def test_every_patroni_watches_etcd(local_cluster):
         log = open(f"{node.layout.log}/patroni/patroni.log").read()
         assert "watches are not supported" not in log, node.member.name
         assert "etcd cluster version" in open(f"{node.layout.log}/patroni/patroni.stdout.log").read()
+
+
+def test_etcd_raft_leadership_is_moved_off_the_primarys_node(local_cluster):
+    # Losing a node that is both would restart the leader key's ttl after a raft election
+    # (pgha-etcd-leadership.service). Put raft leadership on the primary's node by hand and
+    # watch the primary's agent hand it back.
+    import json
+
+    from pgha.local.drills import etcd_leader_node, etcdctl
+
+    primary = next(n for n in local_cluster.nodes if n.ip == leader_ip(local_cluster))
+    statuses = json.loads(etcdctl(local_cluster, "endpoint", "status", "-w", "json").stdout)
+    ids = {s["Endpoint"].split("//", 1)[1].rsplit(":", 1)[0]: s["Status"]["header"]["member_id"] for s in statuses}
+    raft_leader = etcd_leader_node(local_cluster)
+    if raft_leader is not primary:
+        moved = etcdctl(local_cluster, "move-leader", format(ids[primary.ip], "x"), endpoints=[raft_leader])
+        assert moved.returncode == 0, moved.stderr
+    deadline = time.monotonic() + 20
+    while etcd_leader_node(local_cluster) is primary:
+        assert time.monotonic() < deadline, "etcd's raft leader stayed on the PostgreSQL primary's node"
+        time.sleep(0.5)
+    log = open(f"{primary.layout.log}/etcd-leadership.log").read()
+    assert "moved etcd's raft leadership to" in log
+    # and leadership went to a member in contact: the cluster still has one raft leader
+    assert etcd_leader_node(local_cluster) in [n for n in local_cluster.nodes if n is not primary]

@@ -1159,3 +1159,30 @@ def test_dcs_sync_waits_for_a_replica_before_strict_synchronous_mode(tmp_path, m
     with pytest.raises(agent.AgentError, match="streaming replica"):
         agent.cmd_dcs_sync(node, types.SimpleNamespace(timeout=0.3, force=False))
     assert not (data / "pg" / "dcs-applied.sha256").exists()
+
+
+# --- etcd leadership -----------------------------------------------------------------------
+
+def _status(member_id: str, leader: str, raft_index: int = 100) -> dict:
+    return {"id": member_id, "leader": leader, "raft_index": raft_index}
+
+
+def test_leadership_moves_only_off_a_node_that_is_both_raft_leader_and_primary():
+    pick = agent.leadership_transferee
+    others = {"pg-x-2": _status("22", "11", 100), "pg-x-3": _status("33", "11", 100)}
+    assert pick(_status("11", "11"), "primary", others) == ("pg-x-2", "22")
+    assert pick(_status("11", "11"), "master", others) == ("pg-x-2", "22")  # Patroni 3.x's word
+    assert pick(_status("11", "22"), "primary", others) is None  # raft leader elsewhere already
+    assert pick(_status("11", "11"), "replica", others) is None  # raft leader on a replica is fine
+    assert pick(_status("11", "11"), None, others) is None  # Patroni not answering: leave it
+    assert pick(_status("", ""), "primary", others) is None
+
+
+def test_leadership_goes_to_the_most_caught_up_follower_in_contact():
+    pick = agent.leadership_transferee
+    me = _status("11", "11")
+    assert pick(me, "primary", {"pg-x-2": _status("22", "11", 90), "pg-x-3": _status("33", "11", 120)}) == ("pg-x-3", "33")
+    # a member that answers but follows no one (partitioned, electing) or is down is no target
+    assert pick(me, "primary", {"pg-x-2": _status("22", "", 500), "pg-x-3": None}) is None
+    assert pick(me, "primary", {"pg-x-2": _status("22", "44", 500), "pg-x-3": _status("33", "11", 1)}) == ("pg-x-3", "33")
+    assert pick(me, "primary", {}) is None  # a one-member branch

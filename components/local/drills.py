@@ -669,6 +669,8 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
         raise DrillError("the writer got no acknowledgement before the fault")
     time.sleep(settle)
     ctx.extra["writer_host"] = _writer_haproxy(writer)
+    # Losing etcd's raft leader with the primary restarts the leader key's ttl after the election.
+    ctx.extra["etcd_raft_leader"] = _quiet_value(lambda: etcd_leader_node(cluster).member.name)
     log(f"{scenario}: {description} (primary {ctx.primary.member.name})")
     try:
         inject(ctx)
@@ -723,6 +725,13 @@ def _writer_haproxy(client: Client) -> str | None:
     return None
 
 
+def _quiet_value(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _quiet(check: Callable[[], bool]) -> bool:
     try:
         return bool(check())
@@ -775,6 +784,8 @@ def _analyse(cluster: LocalCluster, scenario: str, description: str, run: str, c
         "old_primary": ctx.primary.member.name,
         "new_primary": new_primary.member.name,
         "failed": [n.member.name for n in ctx.failed],
+        "etcd_raft_leader": ctx.extra.get("etcd_raft_leader"),
+        "raft_leader_failed": ctx.extra.get("etcd_raft_leader") in {n.member.name for n in ctx.failed},
         "rto_s": None if rto is None else round(rto, 2),
         "max_write_gap_s": None if max_gap is None else round(max_gap, 2),
         "new_leader_seen_s": None if elected is None else round(elected - fault, 2),

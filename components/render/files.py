@@ -97,6 +97,8 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-pgbackrest-exporter.service",
         "pgha-pgbackrest-server.service",
     ]
+    if member.runs_etcd:
+        units.append("pgha-etcd-leadership.service")
     return units
 
 
