@@ -174,15 +174,18 @@ def test_every_patroni_watches_etcd(local_cluster):
         assert "etcd cluster version" in open(f"{node.layout.log}/patroni/patroni.stdout.log").read()
 
 
-def test_etcd_raft_leadership_is_moved_off_the_primarys_node(local_cluster):
-    # Losing a node that is both would restart the leader key's ttl after a raft election
-    # (pgha-etcd-leadership.service). Put raft leadership on the primary's node by hand and
-    # watch the primary's agent hand it back.
+def test_etcd_raft_leadership_settles_on_the_asynchronous_replicas_node(local_cluster):
+    # Losing the raft leader's node adds a raft election, and the new raft leader restarts
+    # every lease (Patroni's leader key) at its full TTL (pgha-etcd-leadership.service).
+    # Put raft leadership on the primary's node by hand; it must move to the asynchronous
+    # replica's node, whose loss needs no DCS write.
     import json
 
     from pgha.local.drills import etcd_leader_node, etcdctl
 
-    primary = next(n for n in local_cluster.nodes if n.ip == leader_ip(local_cluster))
+    roles = {m["name"]: m["role"] for m in members(local_cluster).values()}
+    by_role = {role: next(n for n in local_cluster.nodes if n.member.name == name) for name, role in roles.items()}
+    primary, asynchronous = by_role["leader"], by_role["replica"]
     statuses = json.loads(etcdctl(local_cluster, "endpoint", "status", "-w", "json").stdout)
     ids = {s["Endpoint"].split("//", 1)[1].rsplit(":", 1)[0]: s["Status"]["header"]["member_id"] for s in statuses}
     raft_leader = etcd_leader_node(local_cluster)
@@ -190,10 +193,11 @@ def test_etcd_raft_leadership_is_moved_off_the_primarys_node(local_cluster):
         moved = etcdctl(local_cluster, "move-leader", format(ids[primary.ip], "x"), endpoints=[raft_leader])
         assert moved.returncode == 0, moved.stderr
     deadline = time.monotonic() + 20
-    while etcd_leader_node(local_cluster) is primary:
-        assert time.monotonic() < deadline, "etcd's raft leader stayed on the PostgreSQL primary's node"
+    while etcd_leader_node(local_cluster) is not asynchronous:
+        assert time.monotonic() < deadline, (f"etcd's raft leader is on {etcd_leader_node(local_cluster).member.name}, "
+                                             f"not the asynchronous replica's node {asynchronous.member.name}")
         time.sleep(0.5)
-    log = open(f"{primary.layout.log}/etcd-leadership.log").read()
-    assert "moved etcd's raft leadership to" in log
-    # and leadership went to a member in contact: the cluster still has one raft leader
-    assert etcd_leader_node(local_cluster) in [n for n in local_cluster.nodes if n is not primary]
+    assert "moved etcd's raft leadership from" in open(f"{primary.layout.log}/etcd-leadership.log").read()
+    # and it stays there: the asynchronous replica's agent has nowhere cheaper to send it
+    time.sleep(6)
+    assert etcd_leader_node(local_cluster) is asynchronous
