@@ -639,6 +639,10 @@ def writer_dsn(cluster: LocalCluster) -> str:
         "&target_session_attrs=read-write"
 
 
+# Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
+ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
+
+
 def reader_dsn(cluster: LocalCluster) -> str:
     return cluster.multi_host_dsn(PORTS["replica"]).replace("connect_timeout=3", "connect_timeout=2")
 
@@ -785,7 +789,8 @@ def _analyse(cluster: LocalCluster, scenario: str, description: str, run: str, c
         "new_primary": new_primary.member.name,
         "failed": [n.member.name for n in ctx.failed],
         "etcd_raft_leader": ctx.extra.get("etcd_raft_leader"),
-        "raft_leader_failed": ctx.extra.get("etcd_raft_leader") in {n.member.name for n in ctx.failed},
+        "raft_leader_failed": scenario in ETCD_FAULTS and ctx.extra.get("etcd_raft_leader") in {
+            n.member.name for n in ctx.failed},
         "rto_s": None if rto is None else round(rto, 2),
         "max_write_gap_s": None if max_gap is None else round(max_gap, 2),
         "new_leader_seen_s": None if elected is None else round(elected - fault, 2),
