@@ -113,7 +113,9 @@ def netns_cluster():
     cluster.up(timeout=240, log=print)
     yield cluster
     cluster.down(log=print)
-    netns.teardown(prefix, 3)
+    # down removes the namespaces and the bridge it made
+    assert not any(os.path.exists(f"{netns.NETNS_DIR}/{netns.namespace(prefix, i)}") for i in (1, 2, 3))
+    assert not netns._exists(netns.bridge(prefix))
 
 
 def test_partition_needs_network_namespaces(local_cluster):

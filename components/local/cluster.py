@@ -345,7 +345,7 @@ class LocalCluster:
             log(f"{node.member.name}: stopped")
 
     def down(self, *, log: Any = print) -> None:
-        """Stop everything `up` started; remove nothing."""
+        """Stop everything `up` started, the members' network namespaces included; remove no data."""
         self.stop_database(log=log)
         for node in self.nodes:
             if "pgha-etcd.service" in node.units:
@@ -353,6 +353,10 @@ class LocalCluster:
             node.supervisor.stop("pgha-prepare.service")
         if self.owns_s3:
             self.s3.stop()
+        if self.netns:
+            netns_mod.teardown(self.address_prefix, len(self.nodes))
+            log(f"removed the network namespaces {netns_mod.namespace(self.address_prefix, 1)}.. "
+                f"and bridge {netns_mod.bridge(self.address_prefix)}")
 
     def postmaster_pid(self, node: Node) -> int | None:
         """The member's PostgreSQL postmaster, from its postmaster.pid (None when not running)."""
