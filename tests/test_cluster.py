@@ -179,18 +179,15 @@ def test_etcd_raft_leadership_settles_on_the_asynchronous_replicas_node(local_cl
     # every lease (Patroni's leader key) at its full TTL (pgha-etcd-leadership.service).
     # Put raft leadership on the primary's node by hand; it must move to the asynchronous
     # replica's node, whose loss needs no DCS write.
-    import json
-
-    from pgha.local.drills import etcd_leader_node, etcdctl
+    from pgha.local.drills import etcd_leader_node, etcd_member_ids, etcdctl
 
     roles = {m["name"]: m["role"] for m in members(local_cluster).values()}
     by_role = {role: next(n for n in local_cluster.nodes if n.member.name == name) for name, role in roles.items()}
     primary, asynchronous = by_role["leader"], by_role["replica"]
-    statuses = json.loads(etcdctl(local_cluster, "endpoint", "status", "-w", "json").stdout)
-    ids = {s["Endpoint"].split("//", 1)[1].rsplit(":", 1)[0]: s["Status"]["header"]["member_id"] for s in statuses}
+    ids, _ = etcd_member_ids(local_cluster)
     raft_leader = etcd_leader_node(local_cluster)
     if raft_leader is not primary:
-        moved = etcdctl(local_cluster, "move-leader", format(ids[primary.ip], "x"), endpoints=[raft_leader])
+        moved = etcdctl(local_cluster, "move-leader", format(ids[primary.member.name], "x"), endpoints=[raft_leader])
         assert moved.returncode == 0, moved.stderr
     deadline = time.monotonic() + 20
     while etcd_leader_node(local_cluster) is not asynchronous:

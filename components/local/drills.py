@@ -373,15 +373,25 @@ def etcdctl(cluster: LocalCluster, *args: str, endpoints: list[Node] | None = No
         capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=15)
 
 
+def etcd_member_ids(cluster: LocalCluster) -> tuple[dict[str, int], int | None]:
+    """Every answering etcd member's ID by member name, and the raft leader's ID (None: no leader)."""
+    out = etcdctl(cluster, "endpoint", "status", "-w", "json")
+    ids, leader = {}, None
+    for s in json.loads(out.stdout or "[]"):
+        ip = s["Endpoint"].split("//", 1)[1].rsplit(":", 1)[0]
+        ids[next(n.member.name for n in cluster.nodes if n.ip == ip)] = s["Status"]["header"]["member_id"]
+        if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
+            leader = s["Status"]["leader"]
+    return ids, leader
+
+
 def etcd_leader_node(cluster: LocalCluster) -> Node:
     """Ask etcd which member is the raft leader."""
-    out = etcdctl(cluster, "endpoint", "status", "-w", "json")
-    statuses = json.loads(out.stdout or "[]")
-    for s in statuses:
-        if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
-            ip = s["Endpoint"].split("//", 1)[1].rsplit(":", 1)[0]
-            return next(n for n in cluster.nodes if n.ip == ip)
-    raise DrillError(f"etcd has no leader: {out.stdout} {out.stderr}")
+    ids, leader = etcd_member_ids(cluster)
+    name = next((name for name, member_id in ids.items() if member_id == leader), None)
+    if name is None:
+        raise DrillError(f"etcd has no leader (members answering: {sorted(ids)})")
+    return next(n for n in cluster.nodes if n.member.name == name)
 
 
 def pgbouncer_roles(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
@@ -606,6 +616,8 @@ def s_replicas(ctx: Context) -> None:
 
 # Loopback cannot separate members (every unbound connection comes from 127.0.0.1).
 NEEDS_NETNS = frozenset({"partition"})
+# Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
+ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
 
 SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "primary-node": (s_primary_node, "kill -9 every process of the primary's node (etcd member included); "
@@ -637,10 +649,6 @@ def writer_dsn(cluster: LocalCluster) -> str:
     # The recommended application DSN: every node's HAProxy, read-write session, short connect timeout.
     return cluster.multi_host_dsn(PORTS["primary"]).replace("connect_timeout=3", "connect_timeout=2") + \
         "&target_session_attrs=read-write"
-
-
-# Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
-ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
 
 
 def reader_dsn(cluster: LocalCluster) -> str:
@@ -737,10 +745,7 @@ def _quiet_value(get: Callable[[], Any]) -> Any:
 
 
 def _quiet(check: Callable[[], bool]) -> bool:
-    try:
-        return bool(check())
-    except Exception:  # noqa: BLE001
-        return False
+    return bool(_quiet_value(check))
 
 
 def _rejoined(m: dict[str, Any], leader_timeline: int | None) -> bool:
