@@ -9,7 +9,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 PACKAGES=(postgresql-15 etcd-server etcd-client pgbouncer haproxy pgbackrest prometheus-node-exporter
           prometheus-postgres-exporter python3-venv iproute2 procps openssl curl
-          xfsprogs e2fsprogs util-linux systemd)
+          xfsprogs e2fsprogs util-linux systemd systemd-container debootstrap)
 
 # Debian's postgresql-common would otherwise create and start a default cluster on 5432.
 $SUDO mkdir -p /etc/postgresql-common

@@ -68,3 +68,24 @@ def local_cluster():
     cluster.up(timeout=240, log=lambda line: print(line, file=sys.stderr))
     yield cluster
     cluster.down(log=lambda line: print(line, file=sys.stderr))
+
+
+@pytest.fixture(scope="session")
+def rehearsal():
+    """The dev stack booted as machines of the Debian 13 node image (pgha.local.rehearsal), from
+    nothing, for the whole session; destroyed afterwards (machines, volumes, keys).
+
+    PGHA_TEST_REHEARSAL_ROOT chooses its files (default /srv/pgha-test-rehearsal),
+    PGHA_TEST_REHEARSAL_ADDRESSES its /24 (default 10.214.0.), PGHA_TEST_REHEARSAL_S3_PORT moto's
+    port (TLS on the next one)."""
+    from pgha.local.rehearsal import Rehearsal
+
+    args = {"root": Path(os.environ.get("PGHA_TEST_REHEARSAL_ROOT", "/srv/pgha-test-rehearsal")),
+            "address_prefix": os.environ.get("PGHA_TEST_REHEARSAL_ADDRESSES", "10.214.0."),
+            "s3_http_port": int(os.environ.get("PGHA_TEST_REHEARSAL_S3_PORT", "19400")), "stack": "dev"}
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    Rehearsal(project_dir=REPO, log=log, **args).destroy(log=log)
+    cluster = Rehearsal(project_dir=REPO, log=log, **args)
+    cluster.up(timeout=300, log=log)
+    yield cluster
+    cluster.destroy(log=log)

@@ -148,7 +148,7 @@ def node_facts(tmp_path, restore=None, secrets="/etc/pgha/secrets"):
     return {"cluster": "pg-x", "member": "pg-x-2", "stanza": "pg-x", "ip": "10.0.0.2",
             "paths": {"pgbackrest_config": "/etc/pgha/pgbackrest/pgbackrest.conf", "secrets": secrets,
                       "tls": "/etc/pgha/tls", "pgdata": str(tmp_path), "etc": "/etc/pgha", "bin": "/opt/pgha/bin",
-                      "venv": "/opt/pgha/venv"},
+                      "python": "/usr/bin/python3"},
             "ports": {"postgres": 5432, "pgbackrest_server": 8432}, "users": {"superuser": "postgres"},
             "peers": {"pg-x-1": {"ip": "10.0.0.1", "pgdata": "/d1", "socket": "/s1"},
                       "pg-x-2": {"ip": "10.0.0.2", "pgdata": "/d2", "socket": "/s2"}},
@@ -191,7 +191,7 @@ def test_an_encrypted_source_is_restored_with_its_pass_in_the_environment_only(t
     assert agent.source_cipher_env(facts) == {"PGBACKREST_REPO1_CIPHER_PASS": SOURCE_PASS}
     # Recovery reads the source's WAL through the agent, which puts the pass in the environment too.
     (command,) = [a.split("=", 2)[2] for a in argv if a.startswith("--recovery-option=restore_command=")]
-    assert command == ("/opt/pgha/venv/bin/python /opt/pgha/bin/pgha-node --node-json /etc/pgha/node.json "
+    assert command == ("/usr/bin/python3 /opt/pgha/bin/pgha-node --node-json /etc/pgha/node.json "
                        'archive-get-source --pgbackrest pgbackrest %f "%p"')
     get = agent.source_archive_get_argv(facts, "000000010000000000000002", "pg_wal/RECOVERYXLOG")
     assert get[-3:] == ["archive-get", "000000010000000000000002", "pg_wal/RECOVERYXLOG"]

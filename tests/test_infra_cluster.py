@@ -52,7 +52,7 @@ def test_shapes_declare_the_right_resources(arch: str, kind: str) -> None:
         assert "primaryNetworkInterface" in inst.inputs and "subnetId" not in inst.inputs
     ami_calls = [args for token, args in run.calls if token == "aws:ec2/getAmi:getAmi"]
     names = {f["values"][0] for call in ami_calls for f in call["filters"] if f["name"] == "name"}
-    assert names == {f"debian-12-{'arm64' if arch == 'arm64' else 'amd64'}-*"}
+    assert names == {f"debian-13-{'arm64' if arch == 'arm64' else 'amd64'}-*"}
     assert all(call["owners"] == ["136693071363"] and call["mostRecent"] for call in ami_calls)
 
     volumes = run.of_type(VOLUME)

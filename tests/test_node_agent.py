@@ -90,7 +90,7 @@ def make_node(base: Path, **overrides) -> dict:
             "etc": str(base / "etc"), "secrets": str(base / "etc" / "secrets"), "tls": str(base / "etc" / "tls"),
             "bin": str(SCRIPT.parent), "data": str(base / "data"), "pgdata": str(base / "data" / "pg" / "data"),
             "etcd_data": str(base / "data" / "etcd"), "log": str(base / "log"), "run": str(base / "run"),
-            "venv": str(Path(PYTHON).parent.parent), "pg_bin": str(PG_BIN),
+            "python": PYTHON, "pg_bin": str(PG_BIN),
             "pgbackrest_config": str(base / "etc" / "pgbackrest.conf"),
         },
         "users": {"superuser": "postgres", "replication": "replicator", "pgbouncer_auth": "pgbouncer_auth",

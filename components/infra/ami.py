@@ -1,11 +1,11 @@
-"""Which image the members boot: ``ami_id`` if given, else the newest official Debian 12."""
+"""Which image the members boot: ``ami_id`` if given, else the newest official Debian 13."""
 
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
-from ..spec import ClusterSpec
+from ..spec import ClusterSpec, image
 from .common import DEBIAN_OWNER_ID
 
 DEBIAN_ARCH: dict[str, str] = {"arm64": "arm64", "x86_64": "amd64"}
@@ -20,8 +20,9 @@ class AmiChoice:
 
 
 def debian_name_pattern(arch: str) -> str:
-    """Name filter of Debian's official AMIs for an arch (``debian-12-arm64-*``)."""
-    return f"debian-12-{DEBIAN_ARCH[arch]}-*"
+    """Name filter of Debian's official AMIs for an arch (``debian-13-arm64-*``): the release of
+    the node image (pgha.spec.image) the rehearsal boots."""
+    return f"debian-{image.DEBIAN_MAJOR}-{DEBIAN_ARCH[arch]}-*"
 
 
 def choose_ami(spec: ClusterSpec, *, parent: pulumi.Resource) -> AmiChoice:

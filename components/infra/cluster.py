@@ -111,7 +111,7 @@ class PostgresClusterArgs(TypedDict, total=False):
     stack_kind: str
     """Deployment shape; only ``regional``."""
     ami_id: str
-    """Pin the AMI (default: newest official Debian 12 of the arch)."""
+    """Pin the AMI (default: newest official Debian 13 of the arch)."""
     pool_mode: str
     """PgBouncer pool mode: ``transaction`` (default), ``session`` or ``statement``."""
 

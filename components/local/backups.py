@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -42,23 +41,12 @@ class BackupError(LocalClusterError):
 
 # -- running pgBackRest as a node does ---------------------------------------------------------
 
-def _as_postgres() -> Callable[[], None]:
-    pg = pwd.getpwnam("postgres")
-
-    def switch() -> None:
-        os.setgid(pg.pw_gid)
-        os.initgroups("postgres", pg.pw_gid)
-        os.setuid(pg.pw_uid)
-    return switch
-
-
 def pgbackrest(cluster: LocalCluster, node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``pgbackrest`` with the node's config, as postgres (what the node's units run)."""
-    etc = node.layout.etc
+    etc, secrets = cluster.node_paths(node)
     argv = ["/usr/bin/pgbackrest", f"--config={etc}/pgbackrest/pgbackrest.conf",
-            f"--config-include-path={node.layout.secrets}/pgbackrest", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=_as_postgres(),
-                          cwd="/tmp", stdin=subprocess.DEVNULL)
+            f"--config-include-path={secrets}/pgbackrest", *args]
+    return cluster.run_on(node, argv, user="postgres", timeout=timeout)
 
 
 def info(cluster: LocalCluster, node: Node | None = None) -> dict[str, Any]:

@@ -358,6 +358,24 @@ class LocalCluster:
             log(f"removed the network namespaces {netns_mod.namespace(self.address_prefix, 1)}.. "
                 f"and bridge {netns_mod.bridge(self.address_prefix)}")
 
+    def node_paths(self, node: Node) -> tuple[str, str]:
+        """The node's config and secrets directories as commands run by :meth:`run_on` see them."""
+        return node.layout.etc, node.layout.secrets
+
+    def run_on(self, node: Node, argv: list[str], *, user: str | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run a command as the node would, as ``user`` (the host-run nodes share this machine)."""
+        switch = None
+        if user is not None:
+            account = pwd.getpwnam(user)
+
+            def switch() -> None:
+                os.setgid(account.pw_gid)
+                os.initgroups(user, account.pw_gid)
+                os.setuid(account.pw_uid)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=switch, cwd="/tmp",
+                              stdin=subprocess.DEVNULL)
+
     def postmaster_pid(self, node: Node) -> int | None:
         """The member's PostgreSQL postmaster, from its postmaster.pid (None when not running)."""
         try:

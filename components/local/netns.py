@@ -96,6 +96,12 @@ def setup(prefix: str, count: int) -> None:
         _ip("link", "set", "lo", "up", netns=ns)
 
 
+def add_address(netns: str, cidr: str, device: str) -> None:
+    """Give ``device`` of ``netns`` the address ``cidr`` (idempotent)."""
+    if cidr.split("/")[0] + "/" not in _ip("-4", "addr", "show", "dev", device, netns=netns).stdout:
+        _ip("addr", "add", cidr, "dev", device, netns=netns)
+
+
 def teardown(prefix: str, count: int, timeout: float = 10.0) -> None:
     """Remove the veth pairs, the namespaces and the bridge, and wait until the links are gone.
 

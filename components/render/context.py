@@ -14,10 +14,20 @@ class Layout:
     root: str = ""
     # Debian's PostgreSQL binaries of the major being run.
     pg_bin_template: str = "/usr/lib/postgresql/{version}/bin"
-    # The node's Python environment: Patroni, psycopg, boto3, prometheus-client (pinned).
-    venv: str = "/opt/pgha/venv"
+    # A Python environment of pip packages (Patroni, psycopg, boto3, prometheus-client) for the
+    # host-run loopback cluster on Debian 12; empty on a node, which runs Debian 13's python3 and
+    # patroni packages (pgha.spec.image).
+    venv: str = ""
     # systemd's unit directory; on the loopback cluster the supervisor reads units from here.
     systemd_dir: str = "/etc/systemd/system"
+
+    @property
+    def python(self) -> str:
+        return f"{self.venv}/bin/python" if self.venv else "/usr/bin/python3"
+
+    @property
+    def patroni(self) -> str:
+        return f"{self.venv}/bin/patroni" if self.venv else "/usr/bin/patroni"
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
@@ -91,6 +101,10 @@ class NodeContext:
     s3_ca_file: str | None = None
     s3_key_type: str = "auto"
     s3_uri_style: str = "host"
+    # Where the node's boto3 reaches AWS: empty on EC2 (AWS's own endpoints, the system CAs);
+    # the rehearsal's moto server and the CA of its TLS terminator otherwise.
+    aws_endpoint_url: str = ""
+    aws_ca_file: str = ""
     layout: Layout = field(default_factory=Layout)
     # The CA certificate (public) and each member's certificate (public); keys are secrets.
     ca_cert_pem: str = ""

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from ..spec import PORTS, ClusterSpec, Member
+from ..spec import PORTS, ClusterSpec, Member, image
 from ..spec.schedule import cron_to_oncalendar
 from .context import NodeContext, NodeFile
 from .pgparams import data_disk_gib, sized_parameters
@@ -30,7 +30,8 @@ USERS: dict[str, str] = {
 }
 APP_DATABASE = "app"
 OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
-# The node's Python packages, pinned; the loopback cluster installs the very same.
+# The host-run loopback cluster's pip packages (Debian 12 has no Patroni 4); nodes run Debian
+# 13's own (pgha.spec.image).
 NODE_PACKAGES: dict[str, str] = {
     "patroni": "4.1.5",
     "psycopg": "3.3.9",
@@ -121,7 +122,8 @@ def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
     lay = ctx.layout
     return {
         "etc": lay.etc, "secrets": lay.secrets, "tls": lay.tls, "bin": lay.bin, "data": lay.data,
-        "pgdata": lay.pgdata, "etcd_data": lay.etcd_data, "log": lay.log, "run": lay.run, "venv": lay.venv,
+        "pgdata": lay.pgdata, "etcd_data": lay.etcd_data, "log": lay.log, "run": lay.run,
+        "python": lay.python, "patroni": lay.patroni,
         "pg_bin": lay.pg_bin(postgres_version(spec, ctx)),
         "pgbackrest_config": lay.etc + "/pgbackrest/pgbackrest.conf",
     }
@@ -204,6 +206,10 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "users": USERS,
         "os_users": OS_USERS,
         "ports": dict(PORTS),
+        # How boto3 reaches AWS (Secrets Manager, S3): the region, and an endpoint and CA only
+        # where AWS's own are not the ones (the rehearsal's moto).
+        "aws": {"region": ctx.s3_region, "endpoint_url": ctx.aws_endpoint_url, "ca_bundle": ctx.aws_ca_file,
+                "s3_addressing": "path" if ctx.s3_uri_style == "path" else "virtual"},
         "secret": {"source": ctx.secret_source, "id": ctx.secret_id, "region": ctx.s3_region,
                    "file": ctx.secret_file},
         "stanza": spec.cluster_name,
@@ -236,7 +242,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in etcd_members],
         "etcd_initial_cluster": ",".join(
             f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
-        "callback": (f"{paths['venv']}/bin/python {paths['bin']}/pgha-node --node-json {paths['etc']}/node.json "
+        "callback": (f"{paths['python']} {paths['bin']}/pgha-node --node-json {paths['etc']}/node.json "
                      "on-role-change"),
         "pgbackrest_cmd": pgbackrest_cmd,
         "stanza": spec.cluster_name,
@@ -269,12 +275,23 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
             ("haproxy", PORTS["haproxy_stats"], "/metrics"),
         ],
         "versions": NODE_PACKAGES,
+        "image": {"packages": image.NODE_PACKAGES, "packaged_services": image.PACKAGED_SERVICES,
+                  "postgres_packages": image.postgres_packages(postgres_version(spec, ctx))},
         "ec2": ctx.layout.on_host,
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
         "backup_schedules": backup_schedules(spec),
         "restore": restore,
     }
+
+
+APT_PREFERENCES_PATH = "/etc/apt/preferences.d/pgha"
+
+
+def apt_preferences() -> str:
+    """The apt pins of the node image: the same file on every EC2 node and in the rehearsal's image."""
+    return _environment().get_template("apt-preferences.j2").render(
+        debian_major=image.DEBIAN_MAJOR, codename=image.DEBIAN_CODENAME, pins=image.DAEMON_PACKAGES)
 
 
 def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[NodeFile]:
@@ -295,7 +312,6 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
         NodeFile(paths["etc"] + "/haproxy/haproxy.cfg", render("haproxy.cfg.j2")),
         NodeFile(paths["pgbackrest_config"], render("pgbackrest.conf.j2")),
         NodeFile(paths["etc"] + "/prometheus/targets.yml", render("prometheus-targets.yml.j2")),
-        NodeFile(paths["etc"] + "/requirements-node.txt", render("requirements-node.txt.j2")),
         NodeFile(paths["tls"] + "/ca.crt", ctx.ca_cert_pem),
         NodeFile(paths["tls"] + "/node.crt", ctx.node_cert_pems.get(member.name, "")),
         NodeFile(paths["bin"] + "/pgha-prepare-dirs", render("pgha-prepare-dirs.sh.j2"), mode=0o755),
@@ -306,11 +322,14 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
     ]
     if member.runs_etcd:
         files.append(NodeFile(paths["etc"] + "/etcd/etcd.conf.yml", render("etcd.conf.yml.j2")))
+    if lay.venv:
+        # The host-run loopback cluster's pip environment; nodes run Debian's packages.
+        files.append(NodeFile(paths["etc"] + "/requirements-node.txt", render("requirements-node.txt.j2")))
     if lay.on_host:
         files += [
             NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755),
             NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
-            NodeFile("/etc/apt/preferences.d/pgha", render("apt-preferences.j2")),
+            NodeFile(APT_PREFERENCES_PATH, apt_preferences()),
         ]
     for unit in view["units"]:
         files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2")))

@@ -4,6 +4,7 @@ from .catalog import InstanceType, catalog
 from .model import (CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, SERVICES, BackupSpec, ClusterSpec, Member,
                     NetworkSpec, RestoreSpec, StorageSpec, certificate_ips, member_ip)
 from .presets import PROFILES, RTO_PLANS, RtoPlan
+from . import image
 from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spec
 
 __all__ = [

@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from . import image
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
 from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec
 from .presets import PROFILES, RTO_PLANS
 from .schedule import CronError, cron_to_oncalendar
 
-SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = (15, 16, 17, 18)
+# The majors the node image provides: one package source (Debian 13), no PGDG.
+SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = image.POSTGRES_MAJORS
 STACK_KINDS: tuple[str, ...] = ("regional", "branch")
 # A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
 BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
@@ -292,7 +294,10 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     postgres_version = r.integer(["postgresVersion"], 17)
     if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
         r.fail(["postgresVersion"], postgres_version,
-               f"must be one of {', '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))}")
+               f"must be {' or '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))}: the node image is Debian "
+               f"{image.DEBIAN_MAJOR} with its own packages, which provide PostgreSQL "
+               f"{', '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))} (and pgBackRest {image.DAEMON_PACKAGES['pgbackrest']}, "
+               "which reads it)")
         postgres_version = 17
     profile = r.string(["profile"], "oltp", choices=PROFILES)
     rto = r.string(["rto"], "norm", choices=tuple(RTO_PLANS))

@@ -1,0 +1,391 @@
+"""One rehearsal member: the node image booted for real, the way an EC2 instance boots.
+
+A member is a systemd-nspawn container of the image (``pgha.local.image``): systemd is PID 1,
+cloud-init boots it from a NoCloud seed holding exactly the user-data ``render`` gives EC2, and
+it lives in the network namespace of its own address (``pgha.local.netns``). What EC2 gives an
+instance from outside its user-data, the machine is given from outside too:
+
+* identity and instance-role credentials: an IMDSv2 service on 169.254.169.254 inside its
+  namespace (``pgha.local.imds``);
+* its data volume: a loop device over a file that outlives the instance, seen inside under
+  the name EC2's NVMe driver gives it (``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...``),
+  or for metal an instance-store device discarded with the instance;
+* a fresh instance id per instance, so cloud-init runs the user-data once per instance.
+
+The image stays read-only: each instance is a new overlay upper layer over it, so replacing an
+instance is a new upper layer with the same volumes.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import netns as netns_mod
+from .imds import ADDRESS as IMDS_ADDRESS
+
+EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"
+INSTANCE_STORE_BY_ID = "nvme-Amazon_EC2_NVMe_Instance_Storage_"
+SEED_DIR = "var/lib/cloud/seed/nocloud"
+# The platform's cloud-init settings (EC2's AMIs carry theirs): the NoCloud seed, nothing probed;
+# no SSH host keys, since the image has no SSH server (pgha nodes are reached through SSM).
+PLATFORM_CLOUD_CFG = "datasource_list: [NoCloud, None]\nssh_genkeytypes: []\nssh_deletekeys: false\n"
+
+
+class MachineError(RuntimeError):
+    """A machine could not be booted, reached or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A block device handed to the machine: a file on the host behind a loop device."""
+
+    file: Path
+    size_gib: int
+    # The name the device has inside under /dev/disk/by-id (what EC2's NVMe driver names it).
+    by_id: str
+    # EBS volumes outlive the instance; an instance store is discarded with it.
+    persistent: bool = True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Machine:
+    """Boot, reach and stop one member's container."""
+
+    def __init__(self, name: str, home: Path, *, image_root: Path, netns: str, volumes: Sequence[Volume] = (),
+                 log: Callable[[str], None] = print):
+        self.name = name
+        self.home = Path(home)
+        self.image_root = Path(image_root)
+        self.netns = netns
+        self.volumes = list(volumes)
+        self.log = log
+
+    # -- where things are ------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The merged overlay: the machine's root filesystem as the host sees it when it is down."""
+        return self.home / "root"
+
+    @property
+    def fs(self) -> Path:
+        """The machine's filesystem as the machine sees it (its mounts included), while it runs:
+        a symlink to /proc/<PID 1>/root."""
+        return self.home / "fs"
+
+    @property
+    def console_log(self) -> Path:
+        return self.home / "console.log"
+
+    def _pidfile(self, what: str) -> Path:
+        return self.home / f"{what}.pid"
+
+    @property
+    def instance(self) -> dict[str, Any]:
+        path = self.home / "instance.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # -- state -----------------------------------------------------------------------------------
+    def nspawn_pid(self) -> int | None:
+        return _read_pid(self._pidfile("nspawn"))
+
+    def leader(self) -> int | None:
+        """Host PID of the machine's PID 1 (systemd), or None when it is not running."""
+        nspawn = self.nspawn_pid()
+        if nspawn is None:
+            return None
+        for child in _children(nspawn):
+            if _comm(child) == "systemd":
+                return child
+            # nspawn may keep an intermediate stub process in between.
+            for grandchild in _children(child):
+                if _comm(grandchild) == "systemd":
+                    return grandchild
+        return None
+
+    def running(self) -> bool:
+        return self.leader() is not None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def boot(self, *, user_data: bytes, instance_id: str, hostname: str, imds_facts: dict[str, Any],
+             timeout: float = 60.0) -> None:
+        """Start the machine: the instance's overlay, seed and volumes, its IMDS, then systemd.
+
+        A new ``instance_id`` is a new instance: a fresh overlay upper layer (the image's state,
+        not the last instance's), so cloud-init runs the user-data as on a new EC2 instance."""
+        if self.running():
+            raise MachineError(f"{self.name} is already running")
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.instance.get("instance_id") != instance_id:
+            self._new_instance(instance_id)
+        self._mount_overlay()
+        seed = self.root / SEED_DIR
+        seed.mkdir(parents=True, exist_ok=True)
+        (seed / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+        (seed / "user-data").write_bytes(user_data)
+        cfg = self.root / "etc/cloud/cloud.cfg.d/90-pgha-platform.cfg"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(PLATFORM_CLOUD_CFG)
+        (self.home / "instance.json").write_text(json.dumps({"instance_id": instance_id, "hostname": hostname}))
+        (self.home / "imds.json").write_text(json.dumps({**imds_facts, "instance_id": instance_id,
+                                                         "hostname": hostname}, indent=1))
+        self._start_imds()
+        binds = []
+        for volume in self.volumes:
+            device = self._attach(volume)
+            binds += [f"--bind={device}", f"--bind={device}:/dev/disk/by-id/{volume.by_id}",
+                      f"--property=DeviceAllow={device} rwm"]
+        argv = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", f"--machine={self.name}",
+                f"--hostname={hostname}", "-D", str(self.root), f"--network-namespace-path={netns_mod.NETNS_DIR}/"
+                f"{self.netns}", "--console=read-only", "--kill-signal=SIGRTMIN+3", *binds]
+        with open(self.console_log, "ab") as console:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self._pidfile("nspawn").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader()
+            if leader is not None:
+                if self.fs.is_symlink() or self.fs.exists():
+                    self.fs.unlink()
+                self.fs.symlink_to(f"/proc/{leader}/root")
+                return
+            if proc.poll() is not None:
+                raise MachineError(f"{self.name}: systemd-nspawn exited with {proc.returncode}:\n"
+                                   + self._console_tail())
+            time.sleep(0.1)
+        raise MachineError(f"{self.name}: no systemd inside after {timeout:.0f}s:\n" + self._console_tail())
+
+    def _console_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no console output)"
+
+    def _new_instance(self, instance_id: str) -> None:
+        """Discard the last instance's upper layer and its instance-store volumes."""
+        self._umount_overlay()
+        for part in ("upper", "work"):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(self.home / part)], check=True)
+        for volume in self.volumes:
+            if not volume.persistent:
+                self._detach(volume)
+                volume.file.unlink(missing_ok=True)
+        self.log(f"{self.name}: new instance {instance_id}")
+
+    def _mount_overlay(self) -> None:
+        for part in ("upper", "work", "root"):
+            (self.home / part).mkdir(parents=True, exist_ok=True)
+        if os.path.ismount(self.root):
+            return
+        options = f"lowerdir={self.image_root},upperdir={self.home / 'upper'},workdir={self.home / 'work'}"
+        proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MachineError(f"{self.name}: cannot mount its overlay: {proc.stderr.strip()}")
+
+    def _umount_overlay(self) -> None:
+        if os.path.ismount(self.root):
+            subprocess.run(["umount", str(self.root)], check=True)
+
+    def _attach(self, volume: Volume) -> str:
+        """The loop device of ``volume`` (the same one while attached), creating the file if new."""
+        if not volume.file.exists():
+            volume.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(volume.file, "wb") as out:
+                out.truncate(volume.size_gib * 1024 ** 3)  # sparse, like a fresh EBS volume: blank
+        found = subprocess.run(["losetup", "-j", str(volume.file), "-O", "NAME", "-n"], capture_output=True,
+                               text=True).stdout.split()
+        if found:
+            return found[0]
+        proc = subprocess.run(["losetup", "-f", "--show", str(volume.file)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise MachineError(f"{self.name}: cannot attach {volume.file}: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def _detach(self, volume: Volume) -> None:
+        found = subprocess.run(["losetup", "-j", str(volume.file), "-O", "NAME", "-n"], capture_output=True,
+                               text=True).stdout.split()
+        for device in found:
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+
+    def _start_imds(self) -> None:
+        if _read_pid(self._pidfile("imds")) is not None:
+            return
+        netns_mod.add_address(self.netns, f"{IMDS_ADDRESS}/32", "lo")
+        with open(self.home / "imds.log", "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m", "pgha.local.imds",
+                                     "--facts", str(self.home / "imds.json")],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self._pidfile("imds").write_text(f"{proc.pid}\n")
+
+    def _stop_imds(self) -> None:
+        pid = _read_pid(self._pidfile("imds"))
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self._pidfile("imds").unlink(missing_ok=True)
+
+    def poweroff(self, timeout: float = 90.0) -> None:
+        """An orderly shutdown (systemd stops every unit), as `aws ec2 stop-instances` does."""
+        nspawn = self.nspawn_pid()
+        if nspawn is not None:
+            os.kill(nspawn, signal.SIGTERM)
+            if not self._wait_gone(nspawn, timeout):
+                self.log(f"{self.name}: no clean shutdown after {timeout:.0f}s; killing it")
+                self.kill()
+        self._after_stop()
+
+    def kill(self) -> None:
+        """The instance lost at once: PID 1 killed, and with it every process of the machine."""
+        leader = self.leader()
+        if leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leader, signal.SIGKILL)
+        nspawn = self.nspawn_pid()
+        if nspawn is not None:
+            self._wait_gone(nspawn, 30)
+        self._after_stop()
+
+    def _after_stop(self) -> None:
+        self._stop_imds()
+        self._pidfile("nspawn").unlink(missing_ok=True)
+        if self.fs.is_symlink():
+            self.fs.unlink()
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return True
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        return not _pid_alive(pid)
+
+    def destroy(self) -> None:
+        """Terminate the instance and delete it, the volumes included (``pulumi destroy``)."""
+        if self.running():
+            self.kill()
+        self._stop_imds()
+        self._umount_overlay()
+        for volume in self.volumes:
+            self._detach(volume)
+            volume.file.unlink(missing_ok=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.home)], check=True)
+
+    # -- inside ----------------------------------------------------------------------------------
+    def run(self, argv: Sequence[str], *, user: str | None = None, timeout: float = 120.0, check: bool = False,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command inside the running machine (its namespaces, its root), as ``user``."""
+        leader = self.leader()
+        if leader is None:
+            raise MachineError(f"{self.name} is not running")
+        prefix = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", "--"]
+        if user is not None:
+            prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", "--"]
+        proc = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise MachineError(f"{self.name}: {' '.join(argv)} exited with {proc.returncode}: "
+                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        return proc
+
+    def systemctl(self, *args: str, check: bool = False, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return self.run(["systemctl", *args], check=check, timeout=timeout)
+
+    def wait_booted(self, timeout: float = 300.0) -> dict[str, Any]:
+        """Wait for cloud-init to finish the user-data; its status, or its own errors raised."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise MachineError(f"{self.name} stopped while booting:\n{self._console_tail()}")
+            proc = self.run(["cloud-init", "status", "--format", "json"], timeout=30)
+            try:
+                status = json.loads(proc.stdout)
+            except ValueError:
+                status = {}
+            if status.get("status") in ("done", "error", "degraded done", "disabled"):
+                break
+            time.sleep(0.5)
+        else:
+            raise MachineError(f"{self.name}: cloud-init still {status.get('status', 'starting')} after "
+                               f"{timeout:.0f}s")
+        if status.get("status") != "done" or status.get("errors"):
+            raise MachineError(f"{self.name}: cloud-init reports {status.get('status')}: "
+                               + "; ".join(status.get("errors") or []) + self._bootstrap_tail())
+        return status
+
+    def _bootstrap_tail(self, lines: int = 20) -> str:
+        proc = self.run(["tail", "-n", str(lines), "/var/log/pgha/bootstrap.log"], timeout=10)
+        return f"\n--- /var/log/pgha/bootstrap.log ---\n{proc.stdout}" if proc.stdout else ""
+
+    def host_pid(self, pid_inside: int) -> int | None:
+        """The host PID of a process known inside the machine by ``pid_inside``."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        if pid_inside == 1:
+            return leader
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    if len(ids) > 1 and int(ids[-1]) == pid_inside:
+                        return pid
+        return None
+
+    def pids(self) -> list[int]:
+        """Host PIDs of every process of the machine (PID 1 and its descendants)."""
+        leader = self.leader()
+        if leader is None:
+            return []
+        found, todo = [], [leader]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += _children(pid)
+        return found

@@ -1,0 +1,145 @@
+"""The rehearsal of EC2: every member a booted machine of the Debian 13 node image, from the
+user-data EC2 gets (pgha.local.image, pgha.local.machine, pgha.local.rehearsal)."""
+
+import gzip
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgha.local import backups
+from pgha.local import image as image_mod
+from pgha.local.machine import Machine, MachineError
+from pgha.render import EC2_LAYOUT, render_node
+from pgha.spec import PORTS, image
+
+pytestmark = pytest.mark.cluster
+
+
+def machines(rehearsal):
+    return [rehearsal.machine_of(node) for node in rehearsal.nodes]
+
+
+def test_every_member_runs_debian_13_with_systemd_as_pid_1(rehearsal):
+    for machine in machines(rehearsal):
+        leader = machine.leader()
+        assert Path(f"/proc/{leader}/comm").read_text().strip() == "systemd"
+        assert (machine.fs / "etc/debian_version").read_text().startswith(f"{image.DEBIAN_MAJOR}.")
+        # A machine of its own: PID 1 in its own PID namespace, the member's address in its own network.
+        assert os.readlink(f"/proc/{leader}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        addresses = machine.run(["ip", "-4", "-o", "addr", "show", "eth0"], check=True).stdout
+        assert rehearsal.member_ip(rehearsal.nodes[machines(rehearsal).index(machine)].member) + "/" in addresses
+
+
+def test_cloud_init_finished_the_user_data_without_errors(rehearsal):
+    for machine in machines(rehearsal):
+        status = json.loads(machine.run(["cloud-init", "status", "--format", "json"], check=True).stdout)
+        assert status["status"] == "done" and status["datasource"] == "nocloud"
+        assert status["errors"] == [] and status["recoverable_errors"] == {}
+        log = (machine.fs / "var/log/pgha/bootstrap.log").read_text()
+        assert "pgha-bootstrap: done" in log
+
+
+def test_each_member_booted_exactly_the_user_data_render_gives_ec2(rehearsal):
+    ctx = rehearsal.node_context()
+    assert ctx.layout == EC2_LAYOUT
+    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
+        booted = (machine.fs / f"var/lib/cloud/instances/{machine.instance['instance_id']}/user-data.txt").read_bytes()
+        assert booted == rehearsal.user_data(node.member)
+        assert gzip.decompress(booted).startswith(b"#cloud-config\n")
+        # The unit files systemd runs are the ones rendered for EC2, byte for byte.
+        rendered = {f.path: f.content for f in render_node(rehearsal.spec, node.member, ctx)
+                    if f.path.startswith("/etc/systemd/system/")}
+        assert len(rendered) >= len(node.units)
+        for path, content in rendered.items():
+            assert (machine.fs / path.lstrip("/")).read_text() == content, path
+
+
+def test_every_unit_ec2_runs_is_active_under_systemd(rehearsal):
+    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
+        assert "pgha-host.service" in node.units and "pgha-patroni.service" in node.units
+        for unit in node.units:
+            assert node.supervisor.is_active(unit), f"{node.member.name}: {unit}"
+        failed = machine.systemctl("list-units", "--failed", "--plain", "--no-legend").stdout
+        assert "pgha-" not in failed, failed
+        # The data directory is on the member's own volume, formatted by the boot storage script.
+        mount = machine.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", EC2_LAYOUT.data], check=True).stdout.split()
+        assert mount[1] == "xfs" and mount[0].startswith("/dev/loop")
+
+
+def test_postgresql_17_runs_inside_the_member_under_patroni(rehearsal):
+    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
+        with psycopg.connect(rehearsal.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
+                             connect_timeout=5) as conn:
+            assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("17")
+        inside = int((machine.fs / EC2_LAYOUT.pgdata.lstrip("/") / "postmaster.pid").read_text().split()[0])
+        host_pid = machine.host_pid(inside)
+        assert host_pid in machine.pids()
+        assert Path(f"/proc/{host_pid}/exe").resolve().name == "postgres"
+        assert "/usr/lib/postgresql/17/bin" in Path(f"/proc/{host_pid}/cmdline").read_text()
+
+
+def test_the_image_holds_the_pinned_versions_ec2_installs(rehearsal):
+    versions = rehearsal.image.versions
+    for package, pin in image.DAEMON_PACKAGES.items():
+        assert versions[package].startswith(pin), package
+    machine = machines(rehearsal)[0]
+    assert machine.run(["pgbackrest", "version"], check=True).stdout.strip().startswith("pgBackRest 2.55")
+    assert (machine.fs / "etc/apt/preferences.d/pgha").read_text() == (rehearsal.image.root
+                                                                       / "etc/apt/preferences.d/pgha").read_text()
+
+
+def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(rehearsal):
+    archiver = backups.archiver(rehearsal)
+    assert archiver["archived_count"] > 0 and archiver["failed_count"] == 0
+    backup = backups.run_backup(rehearsal, "full", log=lambda _: None)
+    assert backup["type"] == "full"
+    keys = [o["Key"] for o in rehearsal.s3.client().list_objects_v2(
+        Bucket=rehearsal.bucket, Prefix=f"{rehearsal.spec.cluster_name}/pgbackrest/archive/")["Contents"]]
+    assert any("/17-1/" in key for key in keys)
+    # The credentials came from the member's IMDS (instance role), not from a key in any file.
+    assert "s3-key=" not in (machines(rehearsal)[0].fs / "etc/pgha/pgbackrest/pgbackrest.conf").read_text()
+
+
+def test_a_member_that_does_not_boot_names_itself_and_cloud_init_s_error(rehearsal, tmp_path):
+    from pgha.local import netns
+
+    ns = netns.namespace(rehearsal.address_prefix, 9)
+    subprocess.run(["ip", "netns", "add", ns], check=False)
+    machine = Machine("pg-broken-9", tmp_path / "m", image_root=rehearsal.image.root, netns=ns,
+                      log=lambda _: None)
+    broken = gzip.compress(b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo no such thing >&2; exit 7']\n")
+    try:
+        machine.boot(user_data=broken, instance_id="i-0broken", hostname="pg-broken-9",
+                     imds_facts=rehearsal.imds_facts(rehearsal.spec.members[0]))
+        with pytest.raises(MachineError) as info:
+            machine.wait_booted(timeout=120)
+        assert "pg-broken-9" in str(info.value) and "runcmd" in str(info.value)
+    finally:
+        machine.destroy()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_missing_host_tools_are_named_with_their_packages(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    missing = image_mod.missing_host_tools()
+    assert "debootstrap (apt-get install debootstrap)" in missing
+    assert "systemd-nspawn (apt-get install systemd-container)" in missing
+
+
+def test_an_image_build_that_fails_names_the_package_and_apt_s_words(rehearsal, tmp_path):
+    # apt inside a throwaway overlay of the image: the cached image itself stays untouched.
+    for part in ("upper", "work", "root"):
+        (tmp_path / part).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={rehearsal.image.root},"
+                    f"upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}", str(tmp_path / "root")], check=True)
+    try:
+        with pytest.raises(image_mod.ImageError) as info:
+            image_mod.install(tmp_path / "root", ["pgha-no-such-package"], log=lambda _: None)
+    finally:
+        subprocess.run(["umount", str(tmp_path / "root")], check=True)
+    assert "apt-get install in the image failed" in str(info.value)
+    assert "E: Unable to locate package pgha-no-such-package" in str(info.value)
