@@ -5,12 +5,12 @@ Timings are switched with Patroni's authenticated REST ``PATCH /config`` (the DC
 member follows within a loop), so one cluster serves all three; HAProxy's check timings stay
 those the stack rendered (the dev stack: rto fast). Usage::
 
-    pgha local up --netns --addresses 10.213.0. --root /srv/pgha-h4 --s3-port 29000
-    python bench/failover.py --netns --addresses 10.213.0. --root /srv/pgha-h4 --s3-port 29000 \\
+    pgha local up --addresses 10.223.0. --root /srv/pgha-h4 --s3-port 29000
+    python bench/failover.py --addresses 10.223.0. --root /srv/pgha-h4 --s3-port 29000 \\
         --trials 5 --json bench/failover-results.json --plot docs/failover-timeline.png
 
-(Without ``--netns`` every scenario but partition runs, on loopback addresses.) The replication
-timeouts (wal_sender_timeout) are PostgreSQL parameters and stay the stack's in every set.
+The members are booted machines of the node image (a lost node is its machine killed). The
+replication timeouts (wal_sender_timeout) are PostgreSQL parameters and stay the stack's in every set.
 
 Prints median/max RTO, the longest write gap, RPO and preset/baseline ratios as a Markdown table.
 """
@@ -98,7 +98,7 @@ def plot(result, path):
 def main(argv=None):
     sys.path.insert(0, str(REPO))
     from pgha.local.cluster import LocalCluster
-    from pgha.local.drills import NEEDS_NETNS, patch_config, run_drill, summary_line
+    from pgha.local.drills import patch_config, run_drill, summary_line
     from pgha.spec import RTO_PLANS
 
     for name in ("fast", "norm"):
@@ -109,19 +109,14 @@ def main(argv=None):
     ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
     ap.add_argument("--timings", default="fast,norm,baseline")
     ap.add_argument("--root", type=Path, default=Path("/srv/pgha-local"))
-    ap.add_argument("--addresses", default="127.0.1.")
+    ap.add_argument("--addresses", default="10.213.0.")
     ap.add_argument("--s3-port", type=int, default=9000)
-    ap.add_argument("--netns", action="store_true",
-                    help="the cluster runs in network namespaces (pgha local up --netns); without it, "
-                         "partition is left out")
     ap.add_argument("--json", type=Path, help="write every trial here")
     ap.add_argument("--plot", type=Path, help="PNG timeline of one primary-node trial (needs matplotlib)")
     args = ap.parse_args(argv)
     cluster = LocalCluster(project_dir=REPO, stack="dev", root=args.root, address_prefix=args.addresses,
-                           s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1, netns=args.netns)
-    scenarios = [s for s in args.scenarios.split(",") if args.netns or s not in NEEDS_NETNS]
-    if len(scenarios) < len(args.scenarios.split(",")):
-        print("partition left out: it needs --netns (pgha local up --netns --addresses 10.X.Y.)", file=sys.stderr)
+                           s3_http_port=args.s3_port)
+    scenarios = args.scenarios.split(",")
     rows, trials = [], []
     began = time.monotonic()
     for timing in args.timings.split(","):

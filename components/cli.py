@@ -1,4 +1,4 @@
-"""``pgha``: render node files, and run a stack's cluster on this machine's loopback."""
+"""``pgha``: render node files, and rehearse a stack's cluster on this machine as booted members."""
 
 import argparse
 import json
@@ -53,6 +53,8 @@ def _local(args: argparse.Namespace) -> int:
             return 0 if not status["health"] else 3
         elif args.action == "down":
             cluster.down()
+        elif args.action == "destroy":
+            cluster.destroy()
     except LocalClusterError as error:
         print(f"pgha local {args.action}: {error}", file=sys.stderr)
         return 1
@@ -86,9 +88,31 @@ def _drill(args: argparse.Namespace) -> int:
 
 def _loopback(args: argparse.Namespace):
     from .local.cluster import LocalCluster
+    from .local.netns import NetnsError
 
-    return LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root, address_prefix=args.addresses,
-                        s3_http_port=args.s3_port, s3_tls_port=args.s3_port + 1, netns=args.netns)
+    try:
+        return LocalCluster(project_dir=args.project_dir, stack=args.stack, root=args.root,
+                            address_prefix=args.addresses, s3_http_port=args.s3_port)
+    except NetnsError as error:
+        raise SystemExit(f"pgha: {error}") from None
+
+
+def _image(args: argparse.Namespace) -> int:
+    from .local import image
+
+    if args.action == "build":
+        try:
+            built = image.build(force=args.force)
+        except image.ImageError as error:
+            print(f"pgha image build: {error}", file=sys.stderr)
+            return 1
+    else:
+        built = image.cached()
+        if built is None:
+            print(f"pgha image status: no image of recipe {image.image_key()} yet (pgha image build)", file=sys.stderr)
+            return 3
+    print(json.dumps({"key": built.key, "root": str(built.root), **built.manifest}, indent=1))
+    return 0
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -139,7 +163,8 @@ def _branch(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             entry = branches.create(source, args.name, args.to, log=log, timeout=args.timeout)
-            print(f"branch {args.name} is up on {entry['prefix']}1 (from {entry['source']} at {entry['target']})")
+            print(f"branch {args.name} is up on {source.address_prefix}{entry['slot'] * 10 + 1} "
+                  f"(from {entry['source']} at {entry['target']})")
         elif args.action == "list":
             rows = branches.list_branches(source)
             if args.json:
@@ -152,7 +177,9 @@ def _branch(args: argparse.Namespace) -> int:
                 print("pgha branch promote NAME [--replicas N]", file=sys.stderr)
                 return 2
             entry = branches.promote(source, args.name, args.replicas, log=log, timeout=args.timeout)
-            print(f"branch {args.name} runs {args.replicas + 1} members on {entry['prefix']}1-{args.replicas + 1}")
+            first = entry["slot"] * 10 + 1
+            print(f"branch {args.name} runs {args.replicas + 1} members on {source.address_prefix}{first}"
+                  f"-{first + args.replicas}")
         else:
             if not args.name:
                 print("pgha branch delete NAME", file=sys.stderr)
@@ -187,19 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--secret-id", default="SECRET-ARN-FROM-PULUMI-UP", help="cluster secret ARN, if known")
     render.set_defaults(func=_render)
 
-    # Which loopback cluster a command acts on: `local`, `drill`, backup, restore and branch.
-    cluster_at = argparse.ArgumentParser(add_help=False)
-    cluster_at.add_argument("--root", type=Path, default=Path("/srv/pgha-local"), help="where the nodes' files live")
-    cluster_at.add_argument("--addresses", default="127.0.1.", help="address prefix of the members (default 127.0.1.)")
-    cluster_at.add_argument("--s3-port", type=int, default=9000, help="moto's port; its TLS endpoint is the next one")
-    cluster_at.add_argument("--netns", action="store_true",
-                            help="each member in a network namespace of its own on a bridge (--addresses 10.X.Y.; "
-                                 "needed by the partition drill)")
+    image = sub.add_parser("image", help="the Debian 13 node image the local members boot (built on first use)")
+    image.add_argument("action", choices=("build", "status"))
+    image.add_argument("--force", action="store_true", help="build again even if the recipe's image exists")
+    image.set_defaults(func=_image)
 
-    local = sub.add_parser("local", parents=[cluster_at], help="the stack's cluster on 127.0.1.1-3 with the real daemons")
-    local.add_argument("action", choices=("up", "status", "down"))
+    # Which local cluster a command acts on: `local`, `drill`, backup, restore and branch.
+    cluster_at = argparse.ArgumentParser(add_help=False)
+    cluster_at.add_argument("--root", type=Path, default=Path("/srv/pgha-local"),
+                            help="where the members' machines, volumes and keys live")
+    cluster_at.add_argument("--addresses", default="10.213.0.",
+                            help="the members' /24, 10.X.Y. (default 10.213.0.: members .1-.6, the host .254)")
+    cluster_at.add_argument("--s3-port", type=int, default=9000,
+                            help="moto's port on the host; its TLS endpoint is the next one")
+
+    local = sub.add_parser("local", parents=[cluster_at],
+                           help="the stack's members as booted machines of the node image, with the user-data EC2 gets")
+    local.add_argument("action", choices=("up", "status", "down", "destroy"),
+                       help="down powers the members off and keeps their volumes; destroy removes everything")
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")
-    local.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
+    local.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)
 
     where = argparse.ArgumentParser(add_help=False, parents=[cluster_at])

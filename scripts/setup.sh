@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Set up a Debian 12 machine for pgha: the daemons the loopback cluster runs (Debian's
-# packages, the same versions EC2 nodes pin) and ./venv with pgha and its test tools.
-# Safe to re-run. Needs root or sudo for the packages.
+# Set up a Debian machine for pgha: what boots the local members (systemd-nspawn, debootstrap for
+# the Debian 13 node image, built on first use by `pgha local up` or `pgha image build`), the
+# host-side stand-ins (HAProxy as moto's TLS terminator), and ./venv with pgha and its test tools.
+# The node agent's own tests still run a throwaway PostgreSQL, PgBouncer and pgBackRest from this
+# machine's packages. Safe to re-run. Needs root or sudo for the packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-PACKAGES=(postgresql-15 etcd-server etcd-client pgbouncer haproxy pgbackrest prometheus-node-exporter
-          prometheus-postgres-exporter python3-venv iproute2 procps openssl curl
-          xfsprogs e2fsprogs util-linux systemd systemd-container debootstrap)
+PACKAGES=(systemd-container debootstrap haproxy iproute2 util-linux procps openssl curl xfsprogs e2fsprogs
+          python3-venv
+          # the node agent's tests (a throwaway database stack; the etcd and postgres OS users)
+          postgresql-15 pgbouncer pgbackrest etcd-server)
 
 # Debian's postgresql-common would otherwise create and start a default cluster on 5432.
 $SUDO mkdir -p /etc/postgresql-common
@@ -24,10 +27,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO apt-get update -q
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# On a systemd machine the packages start their own services with default configs; pgha runs its own.
+# On a systemd machine the packages start their own services with default configs; pgha needs none.
 if [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now etcd pgbouncer haproxy prometheus-node-exporter \
-        prometheus-postgres-exporter postgresql >/dev/null 2>&1 || true
+    $SUDO systemctl disable --now etcd pgbouncer haproxy postgresql >/dev/null 2>&1 || true
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -2,7 +2,7 @@
 
 import contextlib
 import os
-import shutil
+import subprocess
 import signal
 import sys
 import time
@@ -16,20 +16,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def wipe_test_root(root: Path, **cluster_args) -> None:
     """Start a test cluster from nothing: the machine may hold a previous run's root and, if
-    that run was cut off, its processes. moto keeps S3 in memory, so old data directories would
-    not match the new bucket. First an orderly `down` through the old pid files, then any
-    process still naming a path under the root, a member address or the S3 port (the
-    exporters and moto name no path). A `pgha local up` cluster on the same addresses goes too:
-    the two could not run side by side anyway."""
+    that run was cut off, its machines, helpers, loop devices and mounts. moto keeps its state in
+    memory, so old volumes would not match a new bucket. First an orderly destroy through the
+    old pid files, then anything still naming a path under the root."""
     from pgha.local.cluster import LocalCluster
 
     if (root / "pki" / "pki.json").exists():
         with contextlib.suppress(Exception):
-            LocalCluster(project_dir=REPO, root=root, **cluster_args).down(log=lambda _: None)
-    marks = [str(root).rstrip("/") + "/"]
-    prefix = cluster_args.get("address_prefix", "127.0.1.")
-    marks += [f"{prefix}{index}:" for index in range(1, 7)]
-    marks += [f"-p {cluster_args[key]}" for key in ("s3_http_port",) if key in cluster_args]
+            LocalCluster(project_dir=REPO, root=root, **cluster_args).destroy(log=lambda _: None)
+    mark = str(root).rstrip("/") + "/"
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -37,55 +32,49 @@ def wipe_test_root(root: Path, **cluster_args) -> None:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(mark in cmdline for mark in marks):
+        if mark in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
-    # Killed processes may still be writing for a moment.
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(mark)]
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+    loops = subprocess.run(["losetup", "-n", "-O", "NAME,BACK-FILE", "-l"], capture_output=True, text=True).stdout
+    for line in loops.splitlines():
+        name, _, back = line.partition(" ")
+        if back.strip().startswith(mark):
+            subprocess.run(["losetup", "-d", name], check=False)
     for _ in range(20):
-        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
         if not root.exists():
             break
         time.sleep(0.25)
 
 
+def cluster_args(name: str = "", prefix_default: str = "10.213.0.", port_offset: int = 0) -> dict:
+    """Where a test cluster lives: PGHA_TEST_ROOT (default /srv/pgha-test) plus ``name``, its /24
+    PGHA_TEST_ADDRESSES (default 10.213.0.) or the one given, moto on PGHA_TEST_S3_PORT (default
+    19000) plus ``port_offset`` (TLS on the next port)."""
+    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + (f"-{name}" if name else ""))
+    prefix = os.environ.get(f"PGHA_TEST_{name.upper()}_ADDRESSES" if name else "PGHA_TEST_ADDRESSES", prefix_default)
+    return {"root": root, "address_prefix": prefix,
+            "s3_http_port": int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + port_offset}
+
+
+def log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
 def local_cluster():
-    """The dev stack's cluster on 127.0.1.1-3, up for the whole session, stopped afterwards.
-
-    PGHA_TEST_ROOT chooses where its files live (default /srv/pgha-test, apart from a
-    cluster a developer runs with `pgha local up`); PGHA_TEST_ADDRESSES the address prefix
-    (default 127.0.1.: stop a `pgha local up` cluster first, or pick e.g. 127.0.5.) and
-    PGHA_TEST_S3_PORT the moto port (TLS on the next one).
-    """
+    """The dev stack booted as machines of the Debian 13 node image on 10.213.0.1-3, from
+    nothing, up for the whole session, destroyed afterwards (machines, volumes, keys).
+    Elsewhere: PGHA_TEST_ROOT, PGHA_TEST_ADDRESSES, PGHA_TEST_S3_PORT (see cluster_args)."""
     from pgha.local.cluster import LocalCluster
 
-    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000"))
-    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test"))
-    args = {"stack": "dev", "s3_http_port": s3_port, "s3_tls_port": s3_port + 1,
-            "address_prefix": os.environ.get("PGHA_TEST_ADDRESSES", "127.0.1.")}
-    wipe_test_root(root, **args)
-    cluster = LocalCluster(project_dir=REPO, root=root, **args)
-    cluster.up(timeout=240, log=lambda line: print(line, file=sys.stderr))
+    args = cluster_args()
+    wipe_test_root(args["root"], address_prefix=args["address_prefix"], s3_http_port=args["s3_http_port"])
+    cluster = LocalCluster(project_dir=REPO, stack="dev", log=log_to_stderr, **args)
+    cluster.up(timeout=300, log=log_to_stderr)
     yield cluster
-    cluster.down(log=lambda line: print(line, file=sys.stderr))
-
-
-@pytest.fixture(scope="session")
-def rehearsal():
-    """The dev stack booted as machines of the Debian 13 node image (pgha.local.rehearsal), from
-    nothing, for the whole session; destroyed afterwards (machines, volumes, keys).
-
-    PGHA_TEST_REHEARSAL_ROOT chooses its files (default /srv/pgha-test-rehearsal),
-    PGHA_TEST_REHEARSAL_ADDRESSES its /24 (default 10.214.0.), PGHA_TEST_REHEARSAL_S3_PORT moto's
-    port (TLS on the next one)."""
-    from pgha.local.rehearsal import Rehearsal
-
-    args = {"root": Path(os.environ.get("PGHA_TEST_REHEARSAL_ROOT", "/srv/pgha-test-rehearsal")),
-            "address_prefix": os.environ.get("PGHA_TEST_REHEARSAL_ADDRESSES", "10.214.0."),
-            "s3_http_port": int(os.environ.get("PGHA_TEST_REHEARSAL_S3_PORT", "19400")), "stack": "dev"}
-    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    Rehearsal(project_dir=REPO, log=log, **args).destroy(log=log)
-    cluster = Rehearsal(project_dir=REPO, log=log, **args)
-    cluster.up(timeout=300, log=log)
-    yield cluster
-    cluster.destroy(log=log)
+    cluster.destroy(log=log_to_stderr)

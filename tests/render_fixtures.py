@@ -3,7 +3,7 @@
 import functools
 
 from pgha.local.tls import CertKey, issue, make_ca
-from pgha.render import EC2_LAYOUT, Layout, NodeContext
+from pgha.render import EC2_LAYOUT, NodeContext
 from pgha.spec import ClusterSpec, build_spec, member_ip
 
 AZS = ["us-east-1a", "us-east-1b", "us-east-1c"]
@@ -37,12 +37,14 @@ def ec2_context(spec: ClusterSpec) -> NodeContext:
     )
 
 
-def loopback_context(spec: ClusterSpec, root: str, prefix: str = "127.0.9.") -> NodeContext:
-    """A loopback rendering on addresses no running cluster uses."""
-    return NodeContext(
-        member_ips={m.name: f"{prefix}{m.index}" for m in spec.members}, bucket="pgha-test",
-        s3_endpoint="localhost:9443", s3_region="us-east-1", secret_id="", secret_source="file",
-        secret_file=f"{root}/secrets.json", s3_key_type="shared", s3_uri_style="path", s3_ca_file=f"{root}/ca.crt",
-        layout=Layout(root=f"{root}/node", venv="/opt/pgha-test-venv"), ca_cert_pem=_ca().cert_pem,
-        postgres_version_override=15,
-    )
+def local_context(spec: ClusterSpec, prefix: str = "10.219.9.") -> NodeContext:
+    """What the local cluster hands the renderer (EC2's layout, its addresses, its AWS stand-in),
+    with keys under a throwaway root."""
+    import tempfile
+    from pathlib import Path
+
+    from pgha.local.cluster import LocalCluster
+
+    root = Path(tempfile.mkdtemp(prefix="pgha-ctx-"))
+    return LocalCluster(project_dir=Path(__file__).resolve().parents[1], root=root, address_prefix=prefix,
+                        spec=spec).context()

@@ -13,7 +13,7 @@ import yaml
 from pgha.render import render_node, timer_names, unit_names
 from pgha.spec import SpecError
 from pgha.spec.schedule import CronError, cron_to_oncalendar
-from render_fixtures import ec2_context, loopback_context, make_spec
+from render_fixtures import ec2_context, local_context, make_spec
 
 SCRIPT = Path(__file__).resolve().parent.parent / "config-templates" / "bin" / "pgha-node"
 
@@ -110,15 +110,12 @@ def test_replicas_are_created_from_the_repository_first():
     assert "method" not in patroni["bootstrap"]
 
 
-def test_peers_carry_each_members_paths_on_the_loopback(tmp_path):
+def test_peers_carry_each_members_address_and_paths():
     spec = make_spec({})
-    ctx = loopback_context(spec, str(tmp_path))
-    from dataclasses import replace
-    ctx = replace(ctx, member_roots={m.name: f"{tmp_path}/{m.name}" for m in spec.members})
-    facts = json.loads(files_of(spec, ctx)[f"{tmp_path}/node/etc/pgha/node.json"])
+    facts = json.loads(files_of(spec, local_context(spec))["/etc/pgha/node.json"])
     second = spec.members[1].name
-    assert facts["peers"][second]["pgdata"] == f"{tmp_path}/{second}/var/lib/pgha/pg/data"
-    assert facts["peers"][second]["ip"] == "127.0.9.2" and facts["restore"] is None
+    assert facts["peers"][second]["pgdata"] == "/var/lib/pgha/pg/data"
+    assert facts["peers"][second]["ip"] == "10.219.9.2" and facts["restore"] is None
 
 
 CLUSTER = {"members": [

@@ -3,18 +3,16 @@
 A one-member source cluster of its own (stack ``enc`` in a temporary project, encryption on,
 its own moto S3 over TLS and addresses), a full backup, rows after it that only the archived
 WAL holds, then ``pgha branch create``: the branch restores with the source's cipher pass (from
-the source's secret file, handed to pgBackRest in the environment) while encrypting its own
-repository with its own pass, and the source's pass shows up nowhere but the branch's 0600
-secret file. Knobs: PGHA_TEST_ENC_ROOT (default PGHA_TEST_ROOT + "-enc"), PGHA_TEST_ENC_ADDRESSES
-(default 127.0.9.), PGHA_TEST_ENC_S3_PORT (default 19300; TLS on the next one).
+the source's cipher secret in Secrets Manager, handed to pgBackRest in the environment) while
+encrypting its own repository with its own pass, and the source's pass shows up nowhere but
+the branch's 0600 secret file. Its own root (PGHA_TEST_ROOT + "-enc"), addresses
+(PGHA_TEST_ENC_ADDRESSES, default 10.218.0.) and moto port (PGHA_TEST_S3_PORT + 300).
 """
 
 import json
 import os
-import pwd
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,10 +21,10 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import REPO, wipe_test_root
+from conftest import REPO, cluster_args, wipe_test_root
 from pgha.local import backups
 from pgha.local import branch as branches
-from pgha.local.cluster import LocalCluster
+from pgha.local.cluster import LocalCluster, _ids_of
 
 pytestmark = pytest.mark.cluster
 
@@ -58,15 +56,11 @@ def encrypted_source(tmp_path_factory: pytest.TempPathFactory):
     project = tmp_path_factory.mktemp("enc-project")
     shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
     (project / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump({"config": SOURCE_CONFIG}))
-    root = Path(os.environ.get("PGHA_TEST_ENC_ROOT")
-                or os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test").rstrip("/") + "-enc")
-    s3_port = int(os.environ.get("PGHA_TEST_ENC_S3_PORT", "19300"))
-    args = {"stack": STACK, "s3_http_port": s3_port, "s3_tls_port": s3_port + 1,
-            "address_prefix": os.environ.get("PGHA_TEST_ENC_ADDRESSES", "127.0.9.")}
-    wipe_test_root(root, **args)
-    source = LocalCluster(project_dir=project, root=root, **args)
+    args = cluster_args("enc", "10.218.0.", port_offset=300)
+    wipe_test_root(args["root"], stack=STACK, address_prefix=args["address_prefix"], s3_http_port=args["s3_http_port"])
+    source = LocalCluster(project_dir=project, stack=STACK, log=log, **args)
     try:
-        source.up(timeout=240, log=log)
+        source.up(timeout=300, log=log)
         with superuser(source) as conn:
             conn.execute("CREATE TABLE enc_marks (id int PRIMARY KEY)")
             conn.execute("INSERT INTO enc_marks VALUES (1), (2)")
@@ -77,7 +71,11 @@ def encrypted_source(tmp_path_factory: pytest.TempPathFactory):
         switch_and_wait_archived(source)
         yield source
     finally:
-        source.down(log=log)
+        source.destroy(log=log)
+
+
+def facts_of(node) -> dict:
+    return json.loads((Path(node.layout.etc) / "node.json").read_text())
 
 
 def superuser(cluster: LocalCluster) -> psycopg.Connection:
@@ -112,6 +110,8 @@ def files_holding(root: Path, text: str, skip: tuple[str, ...]) -> list[Path]:
     found = []
     needle = text.encode()
     for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
         if any(part in skip for part in path.parts) or not path.is_file() or path.is_symlink():
             continue
         try:
@@ -137,12 +137,12 @@ def process_lists_holding(text: str) -> list[int]:
 
 
 def source_info(node, options: list[str], env: dict[str, str]) -> dict:
-    """``pgbackrest info`` of the source repository with the branch node's own config, as postgres."""
-    argv = ["/usr/bin/pgbackrest", f"--config={node.layout.etc}/pgbackrest/pgbackrest.conf",
-            f"--config-include-path={node.layout.secrets}/pgbackrest", *options]
-    # errors="replace": a wrong pass makes pgBackRest echo undecryptable bytes.
-    proc = subprocess.run(argv, capture_output=True, encoding="utf-8", errors="replace", env=env, user="postgres",
-                          group="postgres", extra_groups=[], cwd="/tmp", timeout=120)
+    """``pgbackrest info`` of the source repository with the branch node's own config, as postgres,
+    inside the branch's member."""
+    argv = ["/usr/bin/pgbackrest", "--config=/etc/pgha/pgbackrest/pgbackrest.conf",
+            "--config-include-path=/etc/pgha/secrets/pgbackrest", *options]
+    # A wrong pass makes pgBackRest echo undecryptable bytes: run() decodes with errors="replace".
+    proc = node.machine.run(argv, user="postgres", env=env, timeout=120)
     try:
         return json.loads(proc.stdout)[0]
     except (ValueError, IndexError):  # an error before any JSON: report it as a failed status
@@ -165,6 +165,7 @@ def test_a_branch_of_an_encrypted_source_holds_its_rows_and_encrypts_with_its_ow
         branch = branches.open_branch(source, BRANCH, entry)
         node = branch.nodes[0]
         assert node.ip == source.address_prefix + "11"
+        assert facts_of(node)["aws"]["endpoint_url"] == source.s3.url
         with psycopg.connect(backups.superuser_dsn(branch, node), autocommit=True, connect_timeout=5) as conn:
             # Row 3 is in no backup: it came from the source's encrypted WAL (archive-get-source).
             assert conn.execute("SELECT id FROM enc_marks ORDER BY id").fetchall() == [(1,), (2,), (3,)]
@@ -189,14 +190,18 @@ def test_a_branch_of_an_encrypted_source_holds_its_rows_and_encrypts_with_its_ow
         # disk (configs, node facts, logs, postgresql.auto.conf) and in no process's command line.
         secret_file = Path(node.layout.secrets) / "source-cipher-pass"
         st = secret_file.stat()
-        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == pwd.getpwnam("postgres").pw_uid
-        holders = files_holding(Path(entry["root"]), source_pass, skip=("venv",))
-        assert holders == [secret_file]
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == _ids_of(node.machine, "postgres")[0]
+        # What the instance wrote (its overlay's upper layer) and what its data volume holds.
+        upper = node.machine.home / "upper"
+        holders = files_holding(upper, source_pass, skip=()) + files_holding(
+            Path(node.layout.data), source_pass, skip=())
+        assert holders == [upper / "etc/pgha/secrets/source-cipher-pass"]
         assert source_pass not in (Path(node.layout.pgdata) / "postgresql.auto.conf").read_text()
         assert process_lists_holding(source_pass) == []
         facts = json.loads((Path(node.layout.etc) / "node.json").read_text())
         assert facts["restore"]["cipher"] == "aes-256-cbc"
-        assert facts["restore"]["cipher_secret"] == {"source": "file", "file": str(source.secrets_file)}
+        assert facts["restore"]["cipher_secret"] == {"source": "aws", "id": source.cipher_secret_name,
+                                                     "region": source.s3.region}
         # Recovery fetched WAL through restore_command (archive-get-source, the only one it had).
         postgres_log = "".join(p.read_text(errors="replace") for p in Path(node.layout.log, "postgresql").glob("*.log"))
         assert 'restored log file "' in postgres_log
@@ -205,9 +210,8 @@ def test_a_branch_of_an_encrypted_source_holds_its_rows_and_encrypts_with_its_ow
         # source; the same command with the source's pass in the environment can (2.45: env > config).
         source_repo = ["--stanza=pg-enc", f"--repo1-s3-bucket={source.bucket}", "--repo1-path=/pg-enc/pgbackrest",
                        "--repo1-cipher-type=aes-256-cbc", "--output=json", "info"]
-        plain = {k: v for k, v in os.environ.items() if k != "PGBACKREST_REPO1_CIPHER_PASS"}
-        assert source_info(node, source_repo, plain)["status"]["code"] != 0
-        with_pass = source_info(node, source_repo, {**plain, "PGBACKREST_REPO1_CIPHER_PASS": source_pass})
+        assert source_info(node, source_repo, {})["status"]["code"] != 0
+        with_pass = source_info(node, source_repo, {"PGBACKREST_REPO1_CIPHER_PASS": source_pass})
         assert with_pass["status"]["code"] == 0 and with_pass["cipher"] == "aes-256-cbc"
     finally:
         branches.delete(source, BRANCH, log=log)

@@ -1,4 +1,4 @@
-"""The dev stack's rendered files running for real on 127.0.1.1-3 (etcd, Patroni, PostgreSQL,
+"""The dev stack booted as machines of the node image on 10.213.0.1-3 (etcd, Patroni, PostgreSQL,
 PgBouncer, HAProxy, pgBackRest to a moto S3 over TLS, exporters)."""
 
 import re
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.cluster
 
 
 def connect(cluster, ip, port, **kw):
-    # prepare_threshold=None: PgBouncer 1.18 in transaction mode cannot keep prepared statements.
-    return psycopg.connect(cluster.dsn(ip, port), connect_timeout=5, prepare_threshold=None, autocommit=True, **kw)
+    return psycopg.connect(cluster.dsn(ip, port), connect_timeout=5, autocommit=True, **kw)
 
 
 def one(cluster, ip, port, sql, params=None):
@@ -160,7 +159,7 @@ def test_status_json_gives_a_working_dsn_per_service(local_cluster):
     assert {m["role"] for m in status["members"]} == {"leader", "replica", "sync_standby"}
     for name, service in status["services"].items():
         assert "password" not in service["multi_host_dsn"]
-        with psycopg.connect(service["multi_host_dsn"], prepare_threshold=None) as conn:
+        with psycopg.connect(service["multi_host_dsn"]) as conn:
             expected = name.endswith(("replica", "offline"))
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is expected
 
@@ -198,3 +197,19 @@ def test_etcd_raft_leadership_settles_on_the_asynchronous_replicas_node(local_cl
     # and it stays there: the asynchronous replica's agent has nowhere cheaper to send it
     time.sleep(6)
     assert etcd_leader_node(local_cluster) is asynchronous
+
+
+def test_prepared_statements_survive_transaction_pooling(local_cluster):
+    """PgBouncer 1.24's max_prepared_statements: psycopg's default (prepare after 5 executions)
+    works through the pooled port, across pooled server connections, with no client setting."""
+    ip = leader_ip(local_cluster)
+    clients = [psycopg.connect(local_cluster.dsn(ip, PORTS["primary"]), connect_timeout=5, autocommit=True)
+               for _ in range(3)]
+    try:
+        for round_ in range(10):
+            for n, conn in enumerate(clients):
+                assert conn.execute("SELECT %s::int + 1", (round_ * 10 + n,)).fetchone()[0] == round_ * 10 + n + 1
+        assert all(conn.prepare_threshold == 5 for conn in clients)
+    finally:
+        for conn in clients:
+            conn.close()

@@ -1,5 +1,7 @@
-"""Failover drills against the loopback cluster (the session `local_cluster`, rpo 0, rto fast):
-every scenario once, with the properties the cluster promises asserted on what a client saw.
+"""Failover drills against the session's `local_cluster` (booted machines of the node image, rpo
+0, rto fast): every scenario once, with the properties the cluster promises asserted on what a
+client saw. A lost node is its machine killed, a frozen node its processes stopped, a partition
+blackhole routes in the members' namespaces.
 
 Bounds are generous (2 shared cores); docs/failover.md has the measured figures."""
 
@@ -11,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import wipe_test_root
-from pgha.local.cluster import LocalCluster
+from conftest import cluster_args, log_to_stderr, wipe_test_root
 from pgha.local import netns
-from pgha.local.drills import NEEDS_NETNS, SCENARIOS, DrillError, run_drill, summary_line
+from pgha.local.cluster import LocalCluster
+from pgha.local.drills import SCENARIOS, run_drill, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,6 @@ BOUNDS = {
     "replicas": (None, None, 90),
     "partition": (35, 35, 90),
 }
-# NEEDS_NETNS scenarios run on `netns_cluster` below.
 
 
 def check(result, scenario):
@@ -54,7 +55,7 @@ def check(result, scenario):
         assert result["max_write_gap_s"] <= gap, result
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in NEEDS_NETNS])
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "partition"])
 def test_drill(local_cluster, scenario):
     result = run_drill(local_cluster, scenario, log=print)
     check(result, scenario)
@@ -78,16 +79,12 @@ def async_cluster(tmp_path_factory):
     stack = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
     stack["config"]["pgha:rpo"] = 1048576
     (project / "Pulumi.async.yaml").write_text(yaml.safe_dump(stack))
-    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 20
-    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-async")
-    # The old root's processes are stopped through its pid files (the dev stack's spec will do).
-    args = {"address_prefix": os.environ.get("PGHA_TEST_ASYNC_ADDRESSES", "127.0.6."),
-            "s3_http_port": s3_port, "s3_tls_port": s3_port + 1}
-    wipe_test_root(root, stack="dev", **args)
-    cluster = LocalCluster(project_dir=project, stack="async", root=root, **args)
-    cluster.up(timeout=240, log=print)
+    args = cluster_args("async", "10.216.0.", port_offset=20)
+    wipe_test_root(args["root"], stack="dev", address_prefix=args["address_prefix"], s3_http_port=args["s3_http_port"])
+    cluster = LocalCluster(project_dir=project, stack="async", log=log_to_stderr, **args)
+    cluster.up(timeout=300, log=log_to_stderr)
     yield cluster
-    cluster.down(log=print)
+    cluster.destroy(log=log_to_stderr)
 
 
 def test_replicas_lost_with_rpo_above_zero_writes_continue(async_cluster):
@@ -100,32 +97,9 @@ def test_replicas_lost_with_rpo_above_zero_writes_continue(async_cluster):
     assert result["rpo_rows"] == 0 and result["split_brain"] is False and result["rejoined"]
 
 
-@pytest.fixture(scope="module")
-def netns_cluster():
-    """The dev stack with each member in a network namespace of its own (10.213.0.1-3 on a bridge)."""
-    s3_port = int(os.environ.get("PGHA_TEST_S3_PORT", "19000")) + 40
-    root = Path(os.environ.get("PGHA_TEST_ROOT", "/srv/pgha-test") + "-netns")
-    prefix = os.environ.get("PGHA_TEST_NETNS_ADDRESSES", "10.213.0.")
-    args = {"address_prefix": prefix, "s3_http_port": s3_port, "s3_tls_port": s3_port + 1}
-    wipe_test_root(root, stack="dev", netns=True, **args)
-    netns.teardown(prefix, 3)  # fresh namespaces: no route left from a run that was cut off
-    cluster = LocalCluster(project_dir=REPO, stack="dev", root=root, netns=True, **args)
-    cluster.up(timeout=240, log=print)
-    yield cluster
-    cluster.down(log=print)
-    # down removes the namespaces and the bridge it made
-    assert not any(os.path.exists(f"{netns.NETNS_DIR}/{netns.namespace(prefix, i)}") for i in (1, 2, 3))
-    assert not netns._exists(netns.bridge(prefix))
-
-
-def test_partition_needs_network_namespaces(local_cluster):
-    with pytest.raises(DrillError, match="network namespaces"):
-        run_drill(local_cluster, "partition", log=print)
-
-
-def test_partition_the_isolated_primary_steps_down_and_a_replica_takes_over(netns_cluster):
-    prefix = netns_cluster.address_prefix
-    result = run_drill(netns_cluster, "partition", log=print)
+def test_partition_the_isolated_primary_steps_down_and_a_replica_takes_over(local_cluster):
+    prefix = local_cluster.address_prefix
+    result = run_drill(local_cluster, "partition", log=print)
     check(result, "partition")
     assert result["new_primary"] != result["old_primary"]
     # The cut-off primary stopped taking writes well before the majority's leader key expired.
@@ -134,10 +108,15 @@ def test_partition_the_isolated_primary_steps_down_and_a_replica_takes_over(netn
 
 
 def test_stopping_the_cluster_does_not_hang_on_the_synchronous_standby(local_cluster):
+    prefix = local_cluster.address_prefix
     began = time.monotonic()
     local_cluster.down(log=print)
     took = time.monotonic() - began
     try:
         assert took < 30, f"down took {took:.1f}s"
+        assert not any(node.machine.running() for node in local_cluster.nodes)
+        # down removes the namespaces and the bridge it made
+        assert not any(os.path.exists(f"{netns.NETNS_DIR}/{netns.namespace(prefix, i)}") for i in (1, 2, 3))
+        assert not netns._exists(netns.bridge(prefix))
     finally:
-        local_cluster.up(timeout=240, log=print)  # the session fixture stops it again at the end
+        local_cluster.up(timeout=300, log=print)  # the same instances boot again on their volumes

@@ -1,4 +1,4 @@
-"""The loopback orchestrator's own logic, without starting daemons."""
+"""The local cluster's own logic (contexts, keys, secrets, DSNs), without booting a machine."""
 
 import json
 import stat
@@ -16,34 +16,40 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def offline(tmp_path):
-    return LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "root", address_prefix="127.0.8.")
+    return LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "root", address_prefix="10.219.0.")
 
 
 def test_missing_prerequisites_name_the_package_to_install(monkeypatch):
-    monkeypatch.setattr(local, "REQUIRED_COMMANDS", {"/nonexistent/bin/etcd": "etcd-server"})
-    monkeypatch.setattr(local, "OS_ACCOUNTS", ("postgres", "no-such-account-pgha"))
+    monkeypatch.setenv("PATH", "/nonexistent")
     missing = local.missing_prerequisites()
-    assert "/nonexistent/bin/etcd (apt-get install etcd-server)" in missing
-    assert any("no-such-account-pgha" in m for m in missing)
+    assert "systemd-nspawn (apt-get install systemd-container)" in missing
+    assert "debootstrap (apt-get install debootstrap)" in missing
 
 
-def test_members_get_the_address_prefix_and_the_dev_stack_spec(offline):
-    assert [n.ip for n in offline.nodes] == ["127.0.8.1", "127.0.8.2", "127.0.8.3"]
+def test_members_get_the_address_prefix_and_the_dev_stack_spec_with_ec2_s_layout(offline):
+    assert [n.ip for n in offline.nodes] == ["10.219.0.1", "10.219.0.2", "10.219.0.3"]
     assert offline.spec.cluster_name == "pg-dev" and offline.spec.instance_type == "t4g.medium"
     files = {f.path: f for f in offline.rendered(offline.nodes[1])}
-    root = str(offline.root / "pg-dev-2")
-    patroni = yaml.safe_load(files[root + "/etc/pgha/patroni.yml"].content)
-    assert patroni["postgresql"]["listen"] == "127.0.8.2:5432"
-    assert patroni["postgresql"]["data_dir"] == root + "/var/lib/pgha/pg/data"
-    node = json.loads(files[root + "/etc/pgha/node.json"].content)
-    assert node["secret"] == {"source": "file", "id": "", "region": "us-east-1", "file": str(offline.secrets_file)}
+    patroni = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)
+    assert patroni["postgresql"]["listen"] == "10.219.0.2:5432"
+    assert patroni["postgresql"]["data_dir"] == "/var/lib/pgha/pg/data"
+    node = json.loads(files["/etc/pgha/node.json"].content)
+    # Secrets Manager through the AWS stand-in, trusted by the cluster CA that user-data carries.
+    assert node["secret"] == {"source": "aws", "id": "pg-dev-secret", "region": "us-east-1"}
+    assert node["aws"] == {"region": "us-east-1", "endpoint_url": offline.s3.url, "ca_bundle": "/etc/pgha/tls/ca.crt",
+                           "s3_addressing": "path"}
+    # Each member's data volume under the name EC2's NVMe driver gives an EBS volume.
+    volume = offline.nodes[1].machine.volumes[0]
+    assert volume.persistent and volume.by_id == "nvme-Amazon_Elastic_Block_Store_" + local.volume_id(
+        "pg-dev", "pg-dev-2").replace("-", "")
+    assert local.volume_id("pg-dev", "pg-dev-2") in files["/opt/pgha/bin/pgha-host"].content
 
 
 def test_secrets_are_private_and_random(offline, tmp_path):
     first = offline._ensure_secrets()
     assert stat.S_IMODE(offline.secrets_file.stat().st_mode) == 0o600
     assert offline._ensure_secrets() == first  # made once, kept
-    other = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "other", address_prefix="127.0.8.")
+    other = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "other", address_prefix="10.219.0.")
     assert other._ensure_secrets()["superuser_password"] != first["superuser_password"]
     assert set(first["tls_keys"]) == {"pg-dev-1", "pg-dev-2", "pg-dev-3"}
 
@@ -54,7 +60,7 @@ def test_member_certificates_cover_every_member_address_and_service_name(offline
         cert = x509.load_pem_x509_certificate(cert_key.cert_pem.encode())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-        assert ips == {"127.0.8.1", "127.0.8.2", "127.0.8.3", "127.0.0.1"}
+        assert ips == {"10.219.0.1", "10.219.0.2", "10.219.0.3", "127.0.0.1"}
         assert {"pg-dev-primary", "pg-dev-replica", name} <= set(san.get_values_for_type(x509.DNSName))
 
 
@@ -62,7 +68,7 @@ def test_status_dsns_carry_no_password(offline):
     values = offline._ensure_secrets()
     offline._write_passfile(values)
     dsn = offline.multi_host_dsn(5433)
-    assert dsn.startswith("postgresql://dbuser_app@127.0.8.1:5433,127.0.8.2:5433,127.0.8.3:5433/app?")
+    assert dsn.startswith("postgresql://dbuser_app@10.219.0.1:5433,10.219.0.2:5433,10.219.0.3:5433/app?")
     assert all(v not in dsn for v in values.values() if isinstance(v, str))
     assert values["app_password"] in offline.passfile.read_text()
     assert stat.S_IMODE(offline.passfile.stat().st_mode) == 0o600
@@ -73,7 +79,7 @@ def encrypted(cluster: LocalCluster, root: Path) -> LocalCluster:
     from dataclasses import replace
 
     spec = replace(cluster.spec, backup=replace(cluster.spec.backup, encryption=True))
-    return LocalCluster(project_dir=REPO, stack="dev", root=root, address_prefix="127.0.8.", spec=spec)
+    return LocalCluster(project_dir=REPO, stack="dev", root=root, address_prefix="10.219.0.", spec=spec)
 
 
 def test_backup_encryption_adds_a_cipher_pass_to_the_local_secret(offline, tmp_path):
@@ -87,21 +93,26 @@ def test_backup_encryption_adds_a_cipher_pass_to_the_local_secret(offline, tmp_p
     assert "pgbackrest_cipher_pass" in json.loads(offline.secrets_file.read_text())
 
 
-def test_a_branch_of_an_encrypted_source_reads_the_pass_from_the_source_secret_file(offline, tmp_path):
+def test_a_branch_of_an_encrypted_source_reads_the_pass_from_the_source_cipher_secret(offline, tmp_path):
     from pgha.local import branch as branches
 
-    def restore_facts(source: LocalCluster) -> dict:
-        entry = {"slot": 1, "prefix": "127.0.8.1", "root": str(source.root / "branches" / "br-x"),
+    def branch_of(source: LocalCluster) -> LocalCluster:
+        entry = {"slot": 1, "root": str(source.root / "branches" / "br-x"),
                  "values": branches.branch_values(source, "br-x", "latest")}
-        branch = branches.open_branch(source, "br-x", entry)
+        return branches.open_branch(source, "br-x", entry)
+
+    def restore_facts(source: LocalCluster) -> dict:
+        branch = branch_of(source)
         node = next(f for f in branch.rendered(branch.nodes[0]) if f.path.endswith("/etc/pgha/node.json"))
         return json.loads(node.content)["restore"]
 
     source = encrypted(offline, tmp_path / "enc")
     facts = restore_facts(source)
     assert facts["cipher"] == "aes-256-cbc" and facts["stanza"] == "pg-dev"
-    # A reference to the source's own secret file, never the pass itself.
-    assert facts["cipher_secret"] == {"source": "file", "file": str(source.secrets_file)}
+    # A reference to the source's cipher secret (its own, as on EC2), never the pass itself.
+    assert facts["cipher_secret"] == {"source": "aws", "id": "pg-dev-backup-cipher", "region": "us-east-1"}
+    # The branch's member shares the source's network: its own address and namespace on the same /24.
+    assert branch_of(source).nodes[0].ip == "10.219.0.11" and branch_of(source).nodes[0].machine.netns == "pgha-219-0-11"
     assert restore_facts(offline) == {"stanza": "pg-dev", "bucket": "pgha-pg-dev", "path": "/pg-dev/pgbackrest",
                                       "target": "latest", "type": "default", "cipher": "none"}
 
@@ -109,18 +120,18 @@ def test_a_branch_of_an_encrypted_source_reads_the_pass_from_the_source_secret_f
 def test_a_grown_cluster_gets_new_certificates_under_the_same_ca(offline, tmp_path):
     from dataclasses import replace
 
-    single = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "grow", address_prefix="127.0.8.",
+    single = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "grow", address_prefix="10.219.0.",
                           spec=replace(offline.spec, replicas=0))
     ca, before = single._pki()
     keys = single._ensure_secrets()["tls_keys"]
-    assert set(before) == {"pg-dev-1"} and local._cert_ips(before["pg-dev-1"]) == {"127.0.8.1", "127.0.0.1"}
-    grown = LocalCluster(project_dir=REPO, stack="dev", root=single.root, address_prefix="127.0.8.",
+    assert set(before) == {"pg-dev-1"} and local._cert_ips(before["pg-dev-1"]) == {"10.219.0.1", "127.0.0.1"}
+    grown = LocalCluster(project_dir=REPO, stack="dev", root=single.root, address_prefix="10.219.0.",
                          spec=offline.spec)
     ca_after, after = grown._pki()
     assert ca_after == ca  # clients keep trusting the same CA file
     assert set(after) == {"pg-dev-1", "pg-dev-2", "pg-dev-3"}
     for cert in after.values():
-        assert local._cert_ips(cert) == {"127.0.8.1", "127.0.8.2", "127.0.8.3", "127.0.0.1"}
+        assert local._cert_ips(cert) == {"10.219.0.1", "10.219.0.2", "10.219.0.3", "127.0.0.1"}
     assert after["pg-dev-1"] != before["pg-dev-1"]
     # The secret the nodes read their keys from follows, so no member pairs a new certificate with an old key.
     assert grown._ensure_secrets()["tls_keys"] == {name: ck.key_pem for name, ck in after.items()}

@@ -42,11 +42,11 @@ def _reach(ip: str, port: int, ns: str | None = None) -> bool:
 
 @pytest.fixture
 def two_hosts():
-    netns.teardown(PREFIX, 2)
-    netns.setup(PREFIX, 2)
-    netns.setup(PREFIX, 2)  # idempotent
+    netns.teardown(PREFIX, [1, 2])
+    netns.setup(PREFIX, [1, 2])
+    netns.setup(PREFIX, [1, 2])  # idempotent
     yield
-    netns.teardown(PREFIX, 2)
+    netns.teardown(PREFIX, [1, 2])
 
 
 def test_members_reach_each_other_until_partitioned_and_clients_reach_both(two_hosts):
@@ -64,7 +64,7 @@ def test_members_reach_each_other_until_partitioned_and_clients_reach_both(two_h
         assert netns.blackholes(PREFIX, 1) == [f"{PREFIX}2"] and netns.blackholes(PREFIX, 2) == [f"{PREFIX}1"]
         assert not _reach(f"{PREFIX}2", 7002, ns=one) and not _reach(f"{PREFIX}1", 7001, ns=two)
         assert _reach(f"{PREFIX}1", 7001) and _reach(f"{PREFIX}2", 7002)  # clients still reach both sides
-        netns.heal(PREFIX, 2)
+        netns.heal(PREFIX, [1, 2])
         assert netns.blackholes(PREFIX, 1) == [] and _reach(f"{PREFIX}2", 7002, ns=one)
     finally:
         for server in servers:
@@ -101,13 +101,13 @@ def test_setup_right_after_teardown_finds_no_dying_links():
     # it, or the next setup sees the dying link, skips creating it and fails.
     try:
         for _ in range(5):
-            netns.setup(PREFIX, 2)
-            netns.teardown(PREFIX, 2)
+            netns.setup(PREFIX, [1, 2])
+            netns.teardown(PREFIX, [1, 2])
             assert not any(netns._exists(link) for link in (netns.host_link(PREFIX, 1), netns.host_link(PREFIX, 2),
                                                             netns.bridge(PREFIX)))
-        netns.setup(PREFIX, 2)
+        netns.setup(PREFIX, [1, 2])
         for i in (1, 2):
             out = netns._ip("-4", "addr", "show", "dev", "eth0", netns=netns.namespace(PREFIX, i)).stdout
             assert f"{PREFIX}{i}/24" in out
     finally:
-        netns.teardown(PREFIX, 2)
+        netns.teardown(PREFIX, [1, 2])

@@ -5,9 +5,7 @@ once a replica streams (the agent's dcs-sync), and member 1 restarts last on fil
 every member."""
 
 import json
-import os
 import shutil
-import subprocess
 import time
 
 import psycopg
@@ -22,12 +20,9 @@ pytestmark = pytest.mark.cluster
 
 
 def etcd_members(cluster, node):
-    """`etcdctl member list` through ``node``'s etcd, with its client certificate."""
-    tls = node.layout.tls
-    proc = subprocess.run(
-        ["etcdctl", f"--endpoints=https://{node.ip}:{PORTS['etcd_client']}", f"--cacert={tls}/ca.crt",
-         f"--cert={tls}/node.crt", f"--key={tls}/etcd.key", "member", "list", "-w", "json"],
-        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
+    """`etcdctl member list` through ``node``'s etcd, with a member's client certificate."""
+    proc = cluster.etcdctl("member", "list", "-w", "json", endpoints=[node])
+    assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["members"]
 
 
@@ -39,8 +34,7 @@ def started(members):
 def test_a_member_whose_etcd_data_is_gone_rejoins_by_itself(local_cluster):
     lost = local_cluster.nodes[2]
     before = {m["name"]: m["ID"] for m in etcd_members(local_cluster, local_cluster.nodes[0])}
-    for unit in reversed(lost.units):
-        lost.supervisor.stop(unit)
+    lost.machine.systemctl("stop", *reversed(lost.units), check=True)
     shutil.rmtree(lost.layout.etcd_data)  # a replaced node whose volume is new
     local_cluster.up(timeout=240, log=lambda _: None)
     after = {m["name"]: m["ID"] for m in etcd_members(local_cluster, local_cluster.nodes[0])}
@@ -66,7 +60,8 @@ def test_a_branch_grows_to_three_members_with_synchronous_commits(local_cluster)
 
         grown_entry = branches.promote(local_cluster, "br-grow", 2, log=lambda _: None, timeout=300)
         branch = branches.open_branch(local_cluster, "br-grow", grown_entry)
-        assert [n.ip for n in branch.nodes] == [entry["prefix"] + str(i) for i in (1, 2, 3)]
+        assert [n.ip for n in branch.nodes] == [f"{local_cluster.address_prefix}{entry['slot'] * 10 + i}"
+                                                for i in (1, 2, 3)]
         assert started(etcd_members(branch, branch.nodes[2])) == [n.member.name for n in branch.nodes]
         config = branch.patroni(branch.nodes[0], "/config")
         assert config["synchronous_mode"] is True and config["synchronous_mode_strict"] is True

@@ -1,5 +1,5 @@
 """The rehearsal of EC2: every member a booted machine of the Debian 13 node image, from the
-user-data EC2 gets (pgha.local.image, pgha.local.machine, pgha.local.rehearsal)."""
+user-data EC2 gets (pgha.local.image, pgha.local.machine, pgha.local.cluster)."""
 
 import gzip
 import json
@@ -19,23 +19,23 @@ from pgha.spec import PORTS, image
 pytestmark = pytest.mark.cluster
 
 
-def machines(rehearsal):
-    return [rehearsal.machine_of(node) for node in rehearsal.nodes]
+def machines(local_cluster):
+    return [node.machine for node in local_cluster.nodes]
 
 
-def test_every_member_runs_debian_13_with_systemd_as_pid_1(rehearsal):
-    for machine in machines(rehearsal):
+def test_every_member_runs_debian_13_with_systemd_as_pid_1(local_cluster):
+    for machine in machines(local_cluster):
         leader = machine.leader()
         assert Path(f"/proc/{leader}/comm").read_text().strip() == "systemd"
         assert (machine.fs / "etc/debian_version").read_text().startswith(f"{image.DEBIAN_MAJOR}.")
         # A machine of its own: PID 1 in its own PID namespace, the member's address in its own network.
         assert os.readlink(f"/proc/{leader}/ns/pid") != os.readlink("/proc/self/ns/pid")
         addresses = machine.run(["ip", "-4", "-o", "addr", "show", "eth0"], check=True).stdout
-        assert rehearsal.member_ip(rehearsal.nodes[machines(rehearsal).index(machine)].member) + "/" in addresses
+        assert local_cluster.member_ip(local_cluster.nodes[machines(local_cluster).index(machine)].member) + "/" in addresses
 
 
-def test_cloud_init_finished_the_user_data_without_errors(rehearsal):
-    for machine in machines(rehearsal):
+def test_cloud_init_finished_the_user_data_without_errors(local_cluster):
+    for machine in machines(local_cluster):
         status = json.loads(machine.run(["cloud-init", "status", "--format", "json"], check=True).stdout)
         assert status["status"] == "done" and status["datasource"] == "nocloud"
         assert status["errors"] == [] and status["recoverable_errors"] == {}
@@ -43,26 +43,26 @@ def test_cloud_init_finished_the_user_data_without_errors(rehearsal):
         assert "pgha-bootstrap: done" in log
 
 
-def test_each_member_booted_exactly_the_user_data_render_gives_ec2(rehearsal):
-    ctx = rehearsal.node_context()
+def test_each_member_booted_exactly_the_user_data_render_gives_ec2(local_cluster):
+    ctx = local_cluster.context()
     assert ctx.layout == EC2_LAYOUT
-    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
+    for node, machine in zip(local_cluster.nodes, machines(local_cluster)):
         booted = (machine.fs / f"var/lib/cloud/instances/{machine.instance['instance_id']}/user-data.txt").read_bytes()
-        assert booted == rehearsal.user_data(node.member)
+        assert booted == local_cluster.user_data(node.member)
         assert gzip.decompress(booted).startswith(b"#cloud-config\n")
         # The unit files systemd runs are the ones rendered for EC2, byte for byte.
-        rendered = {f.path: f.content for f in render_node(rehearsal.spec, node.member, ctx)
+        rendered = {f.path: f.content for f in render_node(local_cluster.spec, node.member, ctx)
                     if f.path.startswith("/etc/systemd/system/")}
         assert len(rendered) >= len(node.units)
         for path, content in rendered.items():
             assert (machine.fs / path.lstrip("/")).read_text() == content, path
 
 
-def test_every_unit_ec2_runs_is_active_under_systemd(rehearsal):
-    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
+def test_every_unit_ec2_runs_is_active_under_systemd(local_cluster):
+    for node, machine in zip(local_cluster.nodes, machines(local_cluster)):
         assert "pgha-host.service" in node.units and "pgha-patroni.service" in node.units
         for unit in node.units:
-            assert node.supervisor.is_active(unit), f"{node.member.name}: {unit}"
+            assert node.systemd.is_active(unit), f"{node.member.name}: {unit}"
         failed = machine.systemctl("list-units", "--failed", "--plain", "--no-legend").stdout
         assert "pgha-" not in failed, failed
         # The data directory is on the member's own volume, formatted by the boot storage script.
@@ -70,9 +70,9 @@ def test_every_unit_ec2_runs_is_active_under_systemd(rehearsal):
         assert mount[1] == "xfs" and mount[0].startswith("/dev/loop")
 
 
-def test_postgresql_17_runs_inside_the_member_under_patroni(rehearsal):
-    for node, machine in zip(rehearsal.nodes, machines(rehearsal)):
-        with psycopg.connect(rehearsal.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
+def test_postgresql_17_runs_inside_the_member_under_patroni(local_cluster):
+    for node, machine in zip(local_cluster.nodes, machines(local_cluster)):
+        with psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
                              connect_timeout=5) as conn:
             assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("17")
         inside = int((machine.fs / EC2_LAYOUT.pgdata.lstrip("/") / "postmaster.pid").read_text().split()[0])
@@ -82,39 +82,39 @@ def test_postgresql_17_runs_inside_the_member_under_patroni(rehearsal):
         assert "/usr/lib/postgresql/17/bin" in Path(f"/proc/{host_pid}/cmdline").read_text()
 
 
-def test_the_image_holds_the_pinned_versions_ec2_installs(rehearsal):
-    versions = rehearsal.image.versions
+def test_the_image_holds_the_pinned_versions_ec2_installs(local_cluster):
+    versions = local_cluster.image.versions
     for package, pin in image.DAEMON_PACKAGES.items():
         assert versions[package].startswith(pin), package
-    machine = machines(rehearsal)[0]
+    machine = machines(local_cluster)[0]
     assert machine.run(["pgbackrest", "version"], check=True).stdout.strip().startswith("pgBackRest 2.55")
-    assert (machine.fs / "etc/apt/preferences.d/pgha").read_text() == (rehearsal.image.root
+    assert (machine.fs / "etc/apt/preferences.d/pgha").read_text() == (local_cluster.image.root
                                                                        / "etc/apt/preferences.d/pgha").read_text()
 
 
-def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(rehearsal):
-    archiver = backups.archiver(rehearsal)
+def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(local_cluster):
+    archiver = backups.archiver(local_cluster)
     assert archiver["archived_count"] > 0 and archiver["failed_count"] == 0
-    backup = backups.run_backup(rehearsal, "full", log=lambda _: None)
+    backup = backups.run_backup(local_cluster, "full", log=lambda _: None)
     assert backup["type"] == "full"
-    keys = [o["Key"] for o in rehearsal.s3.client().list_objects_v2(
-        Bucket=rehearsal.bucket, Prefix=f"{rehearsal.spec.cluster_name}/pgbackrest/archive/")["Contents"]]
+    keys = [o["Key"] for o in local_cluster.s3.client().list_objects_v2(
+        Bucket=local_cluster.bucket, Prefix=f"{local_cluster.spec.cluster_name}/pgbackrest/archive/")["Contents"]]
     assert any("/17-1/" in key for key in keys)
     # The credentials came from the member's IMDS (instance role), not from a key in any file.
-    assert "s3-key=" not in (machines(rehearsal)[0].fs / "etc/pgha/pgbackrest/pgbackrest.conf").read_text()
+    assert "s3-key=" not in (machines(local_cluster)[0].fs / "etc/pgha/pgbackrest/pgbackrest.conf").read_text()
 
 
-def test_a_member_that_does_not_boot_names_itself_and_cloud_init_s_error(rehearsal, tmp_path):
+def test_a_member_that_does_not_boot_names_itself_and_cloud_init_s_error(local_cluster, tmp_path):
     from pgha.local import netns
 
-    ns = netns.namespace(rehearsal.address_prefix, 9)
+    ns = netns.namespace(local_cluster.address_prefix, 99)
     subprocess.run(["ip", "netns", "add", ns], check=False)
-    machine = Machine("pg-broken-9", tmp_path / "m", image_root=rehearsal.image.root, netns=ns,
+    machine = Machine("pg-broken-9", tmp_path / "m", image_root=local_cluster.image.root, netns=ns,
                       log=lambda _: None)
     broken = gzip.compress(b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo no such thing >&2; exit 7']\n")
     try:
         machine.boot(user_data=broken, instance_id="i-0broken", hostname="pg-broken-9",
-                     imds_facts=rehearsal.imds_facts(rehearsal.spec.members[0]))
+                     imds_facts=local_cluster.imds_facts(local_cluster.spec.members[0]))
         with pytest.raises(MachineError) as info:
             machine.wait_booted(timeout=120)
         assert "pg-broken-9" in str(info.value) and "runcmd" in str(info.value)
@@ -130,11 +130,11 @@ def test_missing_host_tools_are_named_with_their_packages(monkeypatch):
     assert "systemd-nspawn (apt-get install systemd-container)" in missing
 
 
-def test_an_image_build_that_fails_names_the_package_and_apt_s_words(rehearsal, tmp_path):
+def test_an_image_build_that_fails_names_the_package_and_apt_s_words(local_cluster, tmp_path):
     # apt inside a throwaway overlay of the image: the cached image itself stays untouched.
     for part in ("upper", "work", "root"):
         (tmp_path / part).mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={rehearsal.image.root},"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={local_cluster.image.root},"
                     f"upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}", str(tmp_path / "root")], check=True)
     try:
         with pytest.raises(image_mod.ImageError) as info:

@@ -12,7 +12,7 @@ import yaml
 from pgha.render import (EC2_USER_DATA_LIMIT, bucket_files, cloud_config, render_cluster, render_node,
                          sized_parameters, user_data, user_data_bytes)
 from pgha.spec import RTO_PLANS
-from render_fixtures import COMBINATIONS, ec2_context, loopback_context, make_spec
+from render_fixtures import COMBINATIONS, ec2_context, local_context, make_spec
 
 
 def files_of(spec, ctx, member_index=0):
@@ -180,22 +180,34 @@ def test_metal_and_ebs_prepare_their_own_storage():
     assert "mdadm --create" in host and "-ne 4 ]" in host
 
 
-def test_loopback_rendering_differs_only_in_addresses_and_paths(tmp_path):
+def test_the_local_rendering_differs_from_ec2_s_only_in_the_context_s_values():
+    """No template knows where it runs: put EC2's values in place of the local cluster's in every
+    local file and it is EC2's file, byte for byte."""
     spec = make_spec({"instanceType": "t4g.medium", "profile": "tiny"})
     ec2 = ec2_context(spec)
-    local = loopback_context(spec, str(tmp_path))
-    local = replace(local, ca_cert_pem=ec2.ca_cert_pem, postgres_version_override=None)
-    ec2_files = files_of(spec, ec2)
-    local_files = files_of(spec, local)
-    root = str(tmp_path / "node")
-    # The EC2-only steps (packages, storage) are the only files the loopback cluster lacks.
-    missing = {p for p in ec2_files if root + p not in local_files}
-    assert missing == {"/opt/pgha/bin/pgha-host", "/opt/pgha/bin/pgha-bootstrap", "/etc/apt/preferences.d/pgha",
-                       "/etc/systemd/system/pgha-host.service"}
-    ec2_pg = yaml.safe_load(ec2_files["/etc/pgha/patroni.yml"].content)
-    local_pg = yaml.safe_load(local_files[root + "/etc/pgha/patroni.yml"].content)
-    assert ec2_pg["bootstrap"]["dcs"] == local_pg["bootstrap"]["dcs"]
-    assert local_pg["postgresql"]["listen"] == "127.0.9.1:5432"
+    local = replace(local_context(spec), ca_cert_pem=ec2.ca_cert_pem, node_cert_pems=ec2.node_cert_pems)
+    ec2_files = {path: f.content for path, f in files_of(spec, ec2).items()}
+    local_files = {path: f.content for path, f in files_of(spec, local).items()}
+    assert set(local_files) == set(ec2_files)
+    swaps = [(local.member_ips[m.name], ec2.member_ips[m.name]) for m in spec.members]
+    swaps += [(local.data_volume_ids[m.name], ec2.data_volume_ids[m.name]) for m in spec.members]
+    swaps += [(local.data_volume_ids[m.name].replace("-", ""), ec2.data_volume_ids[m.name].replace("-", ""))
+              for m in spec.members]
+    swaps += [(local.bucket, ec2.bucket), (local.secret_id, ec2.secret_id), (local.s3_endpoint, ec2.s3_endpoint)]
+    differing = []
+    for path, text in local_files.items():
+        for old, new in swaps:
+            text = text.replace(old, new)
+        if text != ec2_files[path]:
+            differing.append(path)
+    # Beyond the swapped values, only how boto3 and pgBackRest reach the AWS stand-in (its
+    # endpoint URL, its CA, path-style addressing) differs: node facts and pgBackRest's config.
+    assert sorted(differing) == ["/etc/pgha/node.json", "/etc/pgha/pgbackrest/pgbackrest.conf"]
+    facts = {k: json.loads(v) for k, v in (("ec2", ec2_files["/etc/pgha/node.json"]),
+                                           ("local", local_files["/etc/pgha/node.json"]))}
+    assert facts["ec2"]["aws"] == {"region": "us-east-1", "endpoint_url": "", "ca_bundle": "",
+                                   "s3_addressing": "virtual"}
+    assert facts["local"]["aws"]["endpoint_url"].startswith("https://localhost:")
 
 
 def test_cluster_wide_parameters_go_to_the_dcs_and_the_rest_stay_local():

@@ -1,143 +1,124 @@
-"""Rendered files accepted by each daemon's own checker (the Debian packages .ci/run installs)."""
+"""Rendered files accepted by each daemon's own checker, inside the node image (Debian 13's
+haproxy, patroni, pgbouncer, pgbackrest, etcd and systemd: the versions EC2 members run)."""
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import json
+import re
+import shlex
 
 import pytest
 
-from pgha.local.supervisor import parse_unit
+from node_image import image_with, run_in
+from pgha.local import netns
 from pgha.local.tls import issue
 from pgha.render import render_node
-from render_fixtures import COMBINATIONS, _ca, ec2_context, loopback_context, make_spec
+from render_fixtures import COMBINATIONS, _ca, ec2_context, local_context, make_spec
 
-# The test extras install the nodes' Patroni pin next to this interpreter.
-PATRONI = Path(sys.executable).parent / "patroni"
+pytestmark = pytest.mark.image
+
+PREFIX = "10.219.9."
+# What the member's boot does before its daemons start (/run is new in every container run).
+PREPARE = ("/opt/pgha/bin/pgha-prepare-dirs && chown postgres /etc/pgha/tls/node.key "
+           "/etc/pgha/secrets/pgbouncer-userlist.txt && chown etcd /etc/pgha/tls/etcd.key && ")
 
 
 @pytest.fixture(scope="module")
-def loopback_node():
-    """One member's loopback files written to disk, its directories made by its own script."""
-    root = Path(tempfile.mkdtemp(prefix="pgha-check-", dir="/tmp"))
-    os.chmod(root, 0o755)
+def member_root():
+    """One member's files (the local cluster's rendering, EC2's layout) in an overlay of the image,
+    its directories made by its own script, the keys its boot writes, in a namespace with its address."""
     spec = make_spec({"instanceType": "t4g.medium", "profile": "tiny"}, stack="chk")
-    ctx = loopback_context(spec, str(root))
+    ctx = local_context(spec, PREFIX)
     member = spec.members[0]
-    for f in render_node(spec, member, ctx):
-        path = Path(f.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f.content)
-        path.chmod(f.mode)
-    subprocess.run([ctx.layout.bin + "/pgha-prepare-dirs"], check=True)
-    # What `pgha-node secrets` writes at boot: the member's key, for PostgreSQL/PgBouncer and etcd.
     cert = issue(_ca(), common_name=member.name, ips=[ctx.member_ips[member.name]])
-    tls = Path(ctx.layout.tls)
-    (tls / "node.crt").write_text(cert.cert_pem)
-    for name, owner in (("node.key", "postgres"), ("etcd.key", "etcd")):
-        (tls / name).write_text(cert.key_pem)
-        shutil.chown(tls / name, owner, owner)
-        os.chmod(tls / name, 0o600)
-    yield spec, ctx, member, root
-    shutil.rmtree(root, ignore_errors=True)
+    files: dict = {f.path: (f.content, f.mode) for f in render_node(spec, member, ctx)}
+    files["/etc/pgha/tls/node.crt"] = cert.cert_pem
+    files["/etc/pgha/tls/node.key"] = (cert.key_pem, 0o600)
+    files["/etc/pgha/tls/etcd.key"] = (cert.key_pem, 0o600)
+    files["/etc/pgha/secrets/pgbouncer-userlist.txt"] = ('"pgbouncer_auth" "not-a-real-password"\n', 0o600)
+    netns.setup(PREFIX, [1])
+    ns = netns.namespace(PREFIX, 1)
+    try:
+        with image_with(files) as root:
+            prepared = run_in(root, PREPARE + "echo PREPARED")
+            assert "PREPARED" in prepared.stdout, prepared.stdout + prepared.stderr
+            yield spec, ctx, member, root, ns
+    finally:
+        netns.teardown(PREFIX, [1])
 
 
 @pytest.mark.parametrize("combo", sorted(COMBINATIONS))
-def test_haproxy_accepts_every_member_config(combo, tmp_path):
+def test_haproxy_accepts_every_member_config(combo):
     spec = make_spec({**COMBINATIONS[combo], "replicas": 3})
     ctx = ec2_context(spec)
-    for member in spec.members:
-        cfg = next(f for f in render_node(spec, member, ctx) if f.path.endswith("haproxy.cfg"))
-        (tmp_path / "haproxy.cfg").write_text(cfg.content)
-        result = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_patroni_validates_its_config(loopback_node):
-    spec, ctx, member, root = loopback_node
-    # Patroni's validator wants the etcd hosts reachable; stand-in listeners on their ports.
-    listeners = []
-    for ip in ctx.member_ips.values():
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((ip, 2379))
-        sock.listen()
-        listeners.append(sock)
-    try:
-        result = subprocess.run([str(PATRONI), "--validate-config", ctx.layout.etc + "/patroni.yml"],
-                                capture_output=True, text=True)
-    finally:
-        for sock in listeners:
-            sock.close()
+    files = {f"/check/{member.name}.cfg": next(f.content for f in render_node(spec, member, ctx)
+                                               if f.path.endswith("haproxy.cfg")) for member in spec.members}
+    with image_with(files) as root:
+        result = run_in(root, "for cfg in /check/*.cfg; do haproxy -c -q -f $cfg || exit 1; echo VALID $cfg; done")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("VALID /check/") == len(spec.members)
 
 
-def test_pgbouncer_starts_with_its_config(loopback_node):
-    spec, ctx, member, root = loopback_node
-    secrets = Path(ctx.layout.secrets)
-    (secrets / "pgbouncer-userlist.txt").write_text('"pgbouncer_auth" "not-a-real-password"\n')
-    shutil.chown(secrets / "pgbouncer-userlist.txt", "postgres", "postgres")
-    ini = ctx.layout.etc + "/pgbouncer/pgbouncer.ini"
-    proc = subprocess.Popen(["/usr/sbin/pgbouncer", ini], user="postgres", stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        listening = False
-        while time.monotonic() < deadline and proc.poll() is None and not listening:
-            try:
-                socket.create_connection((ctx.member_ips[member.name], 6432), timeout=0.5).close()
-                listening = True
-            except OSError:
-                time.sleep(0.2)
-        log = Path(ctx.layout.log + "/pgbouncer/pgbouncer.log")
-        assert listening, (proc.stdout.read() if proc.poll() is not None else "") + (
-            log.read_text() if log.exists() else "")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def test_patroni_validates_its_config(member_root):
+    spec, ctx, member, root, ns = member_root
+    # Patroni's validator wants every etcd host reachable: the others' addresses on this
+    # namespace's loopback, with a listener on each etcd client port.
+    for ip in ctx.member_ips.values():
+        netns.add_address(ns, f"{ip}/32", "lo")
+    listen = "".join(f"python3 -c 'import socket,time; s=socket.create_server((\"{ip}\", 2379)); time.sleep(30)' & "
+                     for ip in ctx.member_ips.values())
+    result = run_in(root, PREPARE + listen + "sleep 1; patroni --validate-config /etc/pgha/patroni.yml; echo EXIT=$?",
+                    netns=ns)
+    assert result.stdout.rstrip().endswith("EXIT=0"), result.stdout + result.stderr
 
 
-def test_pgbackrest_accepts_every_option(loopback_node):
-    spec, ctx, member, root = loopback_node
-    include = Path(ctx.layout.secrets) / "pgbackrest"
-    (include / "secrets.conf").write_text("[global]\nrepo1-s3-key=k\nrepo1-s3-key-secret=s\n")
-    conf = ctx.layout.etc + "/pgbackrest/pgbackrest.conf"
-    base = ["pgbackrest", f"--config={conf}", f"--config-include-path={include}", f"--stanza={spec.cluster_name}",
-            "--io-timeout=1"]
-    # With nothing listening at the S3 endpoint the command fails, but on the network, never on an
-    # option: pgBackRest reports option errors with codes 31-39 before it connects anywhere.
-    result = subprocess.run([*base, "--repo1-storage-port=1", "info"], capture_output=True, text=True, timeout=120)
-    assert result.returncode not in range(31, 40), result.stderr
-    bogus = subprocess.run([*base, "--repo1-s3-bukket=x", "info"], capture_output=True, text=True, timeout=60)
-    assert bogus.returncode == 31 and "invalid option" in bogus.stderr
+def test_pgbouncer_starts_with_its_config(member_root):
+    spec, ctx, member, root, ns = member_root
+    ip = ctx.member_ips[member.name]
+    script = (PREPARE + "setpriv --reuid=postgres --regid=postgres --init-groups pgbouncer -d /etc/pgha/pgbouncer/pgbouncer.ini"
+              f" && for i in $(seq 50); do python3 -c 'import socket; socket.create_connection((\"{ip}\", 6432), 1)' "
+              "2>/dev/null && echo LISTENING && break; sleep 0.2; done; cat /var/log/pgha/pgbouncer/pgbouncer.log")
+    result = run_in(root, script, netns=ns)
+    assert "LISTENING" in result.stdout, result.stdout + result.stderr
+    assert "max_prepared_statements" not in result.stdout  # 1.24 knows every setting it is given
 
 
-def test_etcd_accepts_its_config(loopback_node):
-    spec, ctx, member, root = loopback_node
-    proc = subprocess.Popen(["/usr/bin/etcd", "--config-file", ctx.layout.etc + "/etcd/etcd.conf.yml"], user="etcd",
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        # A member of a three-member cluster waits for its peers; a bad config exits at once.
-        time.sleep(3)
-        alive = proc.poll() is None
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0]
-    assert alive, out
-    assert f"https://{ctx.member_ips[member.name]}:2379" in out
+def test_pgbackrest_accepts_every_option(member_root):
+    spec, ctx, member, root, ns = member_root
+    base = (f"{PREPARE}setpriv --reuid=postgres --regid=postgres --init-groups pgbackrest --config=/etc/pgha/pgbackrest/"
+            f"pgbackrest.conf --config-include-path=/etc/pgha/secrets/pgbackrest --stanza={spec.cluster_name} "
+            "--io-timeout=1")
+    # With nothing at the S3 endpoint the command fails, but on the network, never on an option:
+    # pgBackRest reports option errors with codes 31-39 before it connects anywhere.
+    result = run_in(root, f"{base} --repo1-storage-port=1 info; echo EXIT=$?", netns=ns, timeout=180)
+    code = int(result.stdout.rsplit("EXIT=", 1)[1])
+    assert code not in range(31, 40), result.stdout + result.stderr
+    bogus = run_in(root, f"{base} --repo1-s3-bukket=x info; echo EXIT=$?", netns=ns)
+    assert bogus.stdout.rstrip().endswith("EXIT=31") and "invalid option" in bogus.stdout + bogus.stderr
 
 
-def test_every_unit_runs_binaries_that_exist(loopback_node):
-    spec, ctx, member, root = loopback_node
-    unit_dir = Path(ctx.layout.units)
-    units = sorted(unit_dir.glob("*.service"))
-    assert len(units) >= 9
+def test_etcd_accepts_its_config(member_root):
+    spec, ctx, member, root, ns = member_root
+    # A member of a three-member cluster waits for its peers; a bad config exits at once.
+    script = (PREPARE + "setpriv --reuid=etcd --regid=etcd --init-groups etcd --config-file /etc/pgha/etcd/etcd.conf.yml "
+              "> /tmp/etcd.out 2>&1 & sleep 3; kill -0 $! && echo ALIVE; kill $!; cat /tmp/etcd.out")
+    result = run_in(root, script, netns=ns)
+    assert "ALIVE" in result.stdout, result.stdout
+    assert f"https://{ctx.member_ips[member.name]}:2379" in result.stdout
+
+
+def test_every_unit_is_valid_and_runs_binaries_that_exist(member_root):
+    spec, ctx, member, root, ns = member_root
+    units = [f.path for f in render_node(spec, member, ctx) if f.path.startswith("/etc/systemd/system/")]
+    assert len(units) >= 12
+    # systemd's own verdict, with the image's systemd: unknown directives, missing binaries.
+    result = run_in(root, "systemd-analyze verify " + " ".join(shlex.quote(u) for u in units) + "; echo EXIT=$?")
+    problems = [line for line in (result.stdout + result.stderr).splitlines()
+                if line.startswith("/etc/systemd/system/pgha") or "not executable" in line or "Unknown" in line]
+    assert problems == [], result.stdout + result.stderr
+    binaries = set()
     for path in units:
-        unit = parse_unit(path.read_text(), name=path.name)
-        for command in (*unit.exec_start_pre, *unit.exec_start):
-            binary = command.argv({})[0]
-            assert os.access(binary, os.X_OK) or binary.startswith(ctx.layout.venv), f"{path.name}: {binary}"
+        for line in (root / path.lstrip("/")).read_text().splitlines():
+            if re.match(r"^Exec(Start|StartPre|Stop|Reload)=", line):
+                binaries.add(line.split("=", 1)[1].lstrip("+-:!@").split()[0])
+    check = run_in(root, " ; ".join(f"test -x {b} || echo MISSING {b}" for b in sorted(binaries)))
+    assert "MISSING" not in check.stdout, check.stdout
+    assert json.loads((root / "etc/pgha/node.json").read_text())["paths"]["python"] == "/usr/bin/python3"

@@ -98,7 +98,7 @@ def run_backup(cluster: LocalCluster, kind: str = "full", *, log: Callable[[str]
     for node in nodes or cluster.nodes:
         log(f"{node.member.name}: starting {unit}")
         try:
-            node.supervisor.start(unit)
+            node.systemd.start(unit)
         except Exception as error:  # UnitStartError carries the log tail
             raise BackupError(f"{node.member.name}: {unit} failed: {error}") from None
     new = [b for b in info(cluster).get("backup", []) if b["label"] not in before]
@@ -217,12 +217,7 @@ def verify(cluster: LocalCluster, node: Node, label: str) -> None:
 
 def clear_dcs(cluster: LocalCluster) -> None:
     """Delete the cluster's keys (/pgha/<scope>/) in etcd, with a member's client certificate."""
-    node = next(n for n in cluster.nodes if "pgha-etcd.service" in n.units)
-    tls = node.layout.tls
-    proc = subprocess.run(
-        ["etcdctl", f"--endpoints=https://{node.ip}:{PORTS['etcd_client']}", f"--cacert={tls}/ca.crt",
-         f"--cert={tls}/node.crt", f"--key={tls}/etcd.key", "del", "--prefix", f"/pgha/{cluster.spec.cluster_name}/"],
-        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30)
+    proc = cluster.etcdctl("del", "--prefix", f"/pgha/{cluster.spec.cluster_name}/")
     if proc.returncode != 0:
         raise BackupError(f"cannot clear the DCS keys: {proc.stderr.strip()}")
 
@@ -288,7 +283,7 @@ def _wait_bootstrapped(cluster: LocalCluster, head: Node, timeout: float, marks:
         view = cluster.cluster_view() or {}
         if any(m.get("role") == "leader" and m.get("state") == "running" for m in view.get("members", [])):
             return
-        if head.supervisor.pid("pgha-patroni.service") is None:
+        if head.systemd.pid("pgha-patroni.service") is None:
             raise BackupError(f"{head.member.name} did not bootstrap from the backup:\n  "
                               + "\n  ".join(_failure_lines(head, marks) or [f"see {head.layout.log}/patroni"]))
         time.sleep(1)
@@ -395,8 +390,7 @@ def restore(cluster: LocalCluster, target: str, *, log: Callable[[str], None] = 
         _switch_and_wait_archived(cluster)
     spec = replace(cluster.spec, restore=RestoreSpec(source_stanza=cluster.spec.cluster_name,
                                                      source_bucket=cluster.bucket, target=target))
-    restored = LocalCluster(project_dir=cluster.project_dir, stack=cluster.stack, root=cluster.root,
-                            address_prefix=cluster.address_prefix, spec=spec, s3=cluster.s3, venv=cluster.venv)
+    restored = cluster.with_spec(spec)
     head, *others = restored.nodes
     set_aside: list[Node] = []  # members whose previous data is in data.pre-restore now
     failed_before = {node.member.name: _inode(_failed_copy(node)) for node in cluster.nodes}

@@ -2,13 +2,13 @@
 
 A branch is the ``branch`` stack kind run locally: the source stack's config with
 ``stackKind: branch``, its own cluster name (= its own pgBackRest stanza), no replicas and
-asynchronous replication. Its member lives on ``<prefix><slot>1`` (127.0.3.11, .21, ...), its
-files under ``<source root>/branches/<name>``, its archive in its own bucket ``pgha-<name>``
-on the source's S3 server. Patroni's custom bootstrap restores the source's repository (read
+asynchronous replication. Its members are machines on the source's network, at
+``<prefix><slot>1`` (10.213.0.11, .21, ...), its files under ``<source root>/branches/<name>``,
+its archive in its own bucket ``pgha-<name>`` on the source's AWS stand-in. Patroni's custom bootstrap restores the source's repository (read
 only: the source's bucket and stanza are options of the restore command alone) and promotes on
 a new timeline; from then on the branch archives into its own repository only. A source with
-``backup.encryption`` is restored with its own cipher pass, which the branch's agent reads from
-the source's secret file at boot (the Secrets Manager cipher secret on EC2), not the branch's.
+``backup.encryption`` is restored with its own cipher pass, which the branch's agent reads at
+boot from the source's cipher secret in Secrets Manager (as on EC2), not the branch's.
 """
 
 
@@ -55,13 +55,14 @@ def branch_values(source: LocalCluster, name: str, target: str) -> dict[str, Any
 
 def open_branch(source: LocalCluster, name: str, entry: dict[str, Any]) -> LocalCluster:
     """The branch's LocalCluster. Of an encrypted source, its agent reads the source's cipher pass
-    from the source's own secret file (never copied into the branch's files or config)."""
+    from the source's cipher secret (never copied into the branch's files or config)."""
     _, region = read_stack_config(source.project_dir, source.stack)
     spec = build_spec(entry["values"], stack=source.stack, region=region,
                       region_azs=[f"{region}a", f"{region}b", f"{region}c"])
     return LocalCluster(project_dir=source.project_dir, stack=source.stack, root=Path(entry["root"]),
-                        address_prefix=entry["prefix"], spec=spec, s3=source.s3, venv=source.venv,
-                        source_secrets_file=source.secrets_file if source.spec.backup.encryption else None)
+                        address_prefix=source.address_prefix, host_offset=entry["slot"] * 10, spec=spec, s3=source.s3,
+                        source_cipher_secret=source.cipher_secret_name if source.spec.backup.encryption else "",
+                        image_cache=source.image_cache)
 
 
 def create(source: LocalCluster, name: str, target: str = "latest", *, log: Callable[[str], None] = print,
@@ -81,7 +82,7 @@ def create(source: LocalCluster, name: str, target: str = "latest", *, log: Call
     slot = next((i for i in range(1, MAX_BRANCHES + 1) if i not in used), None)
     if slot is None:
         raise BackupError(f"at most {MAX_BRANCHES} branches at once")
-    entry = {"slot": slot, "prefix": f"{source.address_prefix}{slot}", "root": str(source.root / "branches" / name),
+    entry = {"slot": slot, "root": str(source.root / "branches" / name),
              "source": source.spec.cluster_name, "target": target, "backup": chosen["label"],
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "values": branch_values(source, name, target)}
@@ -120,6 +121,8 @@ def delete(source: LocalCluster, name: str, *, log: Callable[[str], None] = prin
     entry = registry[name]
     branch = open_branch(source, name, entry)
     branch.down(log=log)
+    for node in branch.nodes:
+        node.machine.destroy()
     client = source.s3.client()
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=branch.bucket)
@@ -162,16 +165,9 @@ def promote(source: LocalCluster, name: str, replicas: int = 2, *, log: Callable
     mode = "synchronous" if branch.spec.synchronous else f"asynchronous, rpo {branch.spec.rpo} bytes"
     log(f"branch {name}: {current} -> {replicas} replicas ({mode})")
     head = branch.nodes[0]
-    # A running member 1 keeps its files until its turn (a resumed promotion may find it stopped).
-    running = head.supervisor.is_active("pgha-patroni.service")
-    if not running:  # it boots on its new files: its preparation (secrets, the new key) runs again
-        for unit in reversed(head.units):
-            head.supervisor.stop(unit)
-    branch.up(timeout=timeout, log=log, hold=[head.member.name] if running else [])
-    log(f"{head.member.name}: restarting on its new files (on AWS: replaced last, data volume kept)")
-    for unit in reversed(head.units):
-        head.supervisor.stop(unit)
-    branch._install_files(head)
-    branch._start(head, log=log)
+    # A running member 1 keeps its instance until its turn (a resumed promotion may find it stopped).
+    branch.up(timeout=timeout, log=log, hold=[head.member.name])
+    log(f"{head.member.name}: replaced last, as on AWS: a new instance on the grown stack's user-data, same volume")
+    branch.replace(head, log=log, timeout=timeout)
     branch.wait_healthy(timeout=timeout)
     return grown

@@ -1,123 +1,172 @@
-"""The loopback cluster: a stack's rendered node files run for real on 127.0.1.1-3.
+"""The rehearsal of EC2 on this machine: a stack's members booted from the node image.
 
-Each member is a "host" of its own: its loopback address, its own file tree under
-``<root>/<member>`` (the EC2 paths with a prefix), and its own systemd units, run by
-:class:`~pgha.local.supervisor.Supervisor` because this machine has no systemd. A moto S3
-server behind a TLS terminator stands in for the backup bucket.
+Every member is a machine (``pgha.local.machine``) of the Debian 13 node image
+(``pgha.local.image``), in a network namespace of its own with the address it would have on
+EC2 (``pgha.local.netns``), booted by cloud-init from exactly the gzip'd user-data
+``pgha.render.user_data_bytes`` produces for it with EC2's layout. Real systemd runs the real
+units. Around the members, what AWS provides, stood in for the way AWS provides it:
+
+* S3 and Secrets Manager: one moto server behind a TLS terminator (``pgha.local.s3``), reached
+  from every namespace as ``https://localhost:<port>`` through a relay; the node agent's big
+  files are uploaded to the bucket and the cluster secret is created, as ``pulumi up`` does;
+* identity and instance-role credentials: IMDSv2 in each namespace (``pgha.local.imds``), so
+  boto3 and pgBackRest's ``repo1-s3-key-type=auto`` work as on EC2;
+* data volumes: loop-device files that outlive instances, under EBS's device names; metal's
+  instance stores are discarded with the instance.
+
+The rendered files differ from EC2's only in what the context carries (addresses, the bucket
+and secret names, the endpoint and its CA); no template knows where it runs. A change of the
+stack's files after boot (a restore, a promotion) is written into the running members and their
+units restarted, where EC2 replaces the instance with the new user-data.
 """
 
 import contextlib
-import glob
-import grp
+import hashlib
 import json
 import os
-import pwd
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
-from ..render import APP_DATABASE, USERS, Layout, NodeContext, NodeFile, render_node, unit_names
+from ..render import APP_DATABASE, EC2_LAYOUT, USERS, Layout, NodeContext, NodeFile, bucket_files, render_node
+from ..render import unit_names, user_data_bytes
 from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
+from . import image as image_mod
 from . import netns as netns_mod
+from .machine import EBS_BY_ID, INSTANCE_STORE_BY_ID, Machine, MachineError, Volume
 from .s3 import LocalS3
-from .supervisor import Supervisor
 from .tls import CertKey, issue, make_ca
 
 DEFAULT_ROOT = Path("/srv/pgha-local")
-LOOPBACK_NET = "127.0.1."
-# Debian packages that provide what the nodes run; `pgha local up` names the missing ones.
-REQUIRED_COMMANDS: dict[str, str] = {
-    "/usr/bin/etcd": "etcd-server",
-    "/usr/sbin/haproxy": "haproxy",
-    "/usr/sbin/pgbouncer": "pgbouncer",
-    "/usr/bin/pgbackrest": "pgbackrest",
-    "/usr/bin/prometheus-node-exporter": "prometheus-node-exporter",
-    "/usr/bin/prometheus-postgres-exporter": "prometheus-postgres-exporter",
-    "/usr/bin/python3": "python3-venv",
-}
-OS_ACCOUNTS = ("postgres", "etcd", "haproxy", "prometheus")
+# Members on <prefix><n> in namespaces of their own, the host on <prefix>254 (the bridge).
+DEFAULT_PREFIX = "10.213.0."
 SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
                "monitor_password", "app_password")
 CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
+# The node's view of AWS: the CA of the moto terminator is the cluster CA, which user-data carries.
+NODE_CA_FILE = EC2_LAYOUT.tls + "/ca.crt"
+ACCOUNT_ID = "123456789012"
+# Per-member data volume (a sparse file: only what is written takes space on the host).
+VOLUME_GIB = 8
 
 
 class LocalClusterError(RuntimeError):
-    """Something the loopback cluster needs is missing or did not come up."""
-
-
-def installed_postgres_major() -> int | None:
-    """The newest PostgreSQL major whose server binaries Debian installed."""
-    majors = [int(Path(p).parts[-3]) for p in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
-    return max(majors) if majors else None
+    """Something the local cluster needs is missing or did not come up."""
 
 
 def missing_prerequisites() -> list[str]:
-    """What this machine lacks for the loopback cluster, each with how to get it."""
-    problems = [f"{path} (apt-get install {package})" for path, package in REQUIRED_COMMANDS.items()
-                if not os.path.exists(path)]
-    if installed_postgres_major() is None:
-        problems.append("a PostgreSQL server (apt-get install postgresql-15)")
-    if not shutil.which("moto_server", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")):
-        problems.append("moto_server (pip install 'moto[server]', see README)")
-    for account in OS_ACCOUNTS:
-        try:
-            pwd.getpwnam(account)
-        except KeyError:
-            problems.append(f"OS user {account} (created by its Debian package)")
+    """What this machine lacks for the local cluster, each with how to get it."""
+    problems = image_mod.missing_host_tools()
+    for tool, package in (("haproxy", "haproxy"), ("ip", "iproute2"), ("nsenter", "util-linux")):
+        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)
+                   + ["/usr/sbin", "/sbin"]):
+            problems.append(f"{tool} (apt-get install {package})")
     if os.geteuid() != 0:
-        problems.append("root: the daemons run as their own OS users, which needs root to arrange")
+        problems.append("root: machines, network namespaces and loop devices need it")
     return problems
+
+
+def volume_id(cluster: str, member: str) -> str:
+    """A stable EBS-style volume id for a member's data volume (vol- and 17 hex digits)."""
+    return "vol-" + hashlib.sha256(f"{cluster}/{member}".encode()).hexdigest()[:17]
+
+
+@dataclass(frozen=True)
+class Units:
+    """A machine's systemd units, as drills, backups and ``up`` drive them."""
+
+    machine: Machine
+
+    def is_active(self, unit: str) -> bool:
+        return self.machine.running() and self.machine.systemctl("is-active", "--quiet", unit).returncode == 0
+
+    def start(self, unit: str) -> None:
+        proc = self.machine.systemctl("start", unit, timeout=1800)
+        if proc.returncode != 0:
+            journal = self.machine.run(["journalctl", "-u", unit, "-n", "25", "--no-pager", "-o", "cat"]).stdout
+            raise LocalClusterError(f"{self.machine.name}: {unit} failed: {proc.stderr.strip()}\n"
+                                    f"--- its journal ---\n{journal}")
+
+    def stop(self, unit: str) -> None:
+        if self.machine.running():
+            self.machine.systemctl("stop", unit)
+
+    def pid(self, unit: str) -> int | None:
+        """Host PID of the unit's main process (None when it is not running)."""
+        if not self.machine.running():
+            return None
+        out = self.machine.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
+        return self.machine.host_pid(int(out)) if out.isdigit() and int(out) > 0 else None
+
+    def kill(self, unit: str, sig: int = signal.SIGKILL, group: bool = True) -> None:
+        """Signal the unit's processes (every one, or its main process) as systemd does."""
+        self.machine.systemctl("kill", f"--signal={int(sig)}", f"--kill-whom={'all' if group else 'main'}", unit)
+
+    def restart_sec(self, unit: str) -> float:
+        out = self.machine.systemctl("show", "-p", "RestartUSec", "--value", unit).stdout.strip()
+        return _time_span(out)
+
+
+def _time_span(text: str) -> float:
+    """systemd's time span as shown (``5s``, ``500ms``, ``1min 30s``) in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+    total = 0.0
+    for word in text.split():
+        number = word.rstrip("abcdefghijklmnopqrstuvwxyz")
+        total += float(number or 0) * units.get(word[len(number):] or "s", 1.0)
+    return total
 
 
 @dataclass(frozen=True)
 class Node:
-    """One loopback member: its spec member, address, layout and supervisor."""
+    """One member: its spec member, address, machine and units; ``layout`` is the host's view
+    of its files (its root, mounts included, while it runs)."""
 
     member: Member
     ip: str
     layout: Layout
-    supervisor: Supervisor
+    machine: Machine
     units: list[str]
+
+    @property
+    def systemd(self) -> Units:
+        return Units(self.machine)
 
 
 class LocalCluster:
-    """Render, start, inspect and stop a stack's cluster on loopback addresses."""
+    """Render, boot, inspect and stop a stack's cluster as machines on this host."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, s3_tls_port: int | None = None, address_prefix: str = LOOPBACK_NET,
-                 spec: ClusterSpec | None = None, s3: LocalS3 | None = None, venv: Path | None = None,
-                 source_secrets_file: Path | None = None, netns: bool = False):
+                 s3_http_port: int = 9000, address_prefix: str = DEFAULT_PREFIX, host_offset: int = 0,
+                 spec: ClusterSpec | None = None, s3: LocalS3 | None = None, source_cipher_secret: str = "",
+                 image_cache: Path = image_mod.DEFAULT_CACHE, log: Callable[[str], None] = print):
         self.project_dir = Path(project_dir)
-        self._pki_state: tuple[CertKey, dict[str, CertKey]] | None = None
-        # Each member in a network namespace of its own (pgha.local.netns): partitions become possible.
-        self.netns = netns
-        if netns:
-            netns_mod.check_prefix(address_prefix)
         self.stack = stack
         self.root = Path(root)
-        # Members live on <prefix>1, <prefix>2, ...: another prefix runs a second cluster side by side.
+        self._pki_state: tuple[CertKey, dict[str, CertKey]] | None = None
+        netns_mod.check_prefix(address_prefix)
+        # Members live on <prefix><offset + index>: a branch shares its source's /24 and bridge.
         self.address_prefix = address_prefix
-        # A branch or a restore passes its own spec; a branch also shares its source's S3 and venv.
+        self.host_offset = host_offset
+        # A branch or a restore passes its own spec; a branch also shares its source's S3.
         self.spec = spec or self._load_spec()
-        self._venv = venv
         self.owns_s3 = s3 is None
         self.s3 = s3 or LocalS3(state_dir=self.root / "s3", ca=self.ca, http_port=s3_http_port,
-                                tls_port=s3_tls_port or s3_http_port + 1,  # as the CLI: TLS on the next port
-                                relay_namespaces=[netns_mod.namespace(address_prefix, m.index)
-                                                  for m in self.spec.members] if netns else ())
+                                tls_port=s3_http_port + 1)
         self.bucket = f"pgha-{self.spec.cluster_name}"
-        # A branch of an encrypted source: the source's secret file, where the branch's agent
-        # reads the source's cipher pass (as it reads a Secrets Manager secret on EC2).
-        self.source_secrets_file = source_secrets_file
+        # A branch of an encrypted source: the source's cipher secret, as on EC2.
+        self.source_cipher_secret = source_cipher_secret
+        self.image_cache = Path(image_cache)
+        self._log = log
+        self._image: image_mod.Image | None = image_mod.cached(self.image_cache)
         self.nodes = [self._node(m) for m in self.spec.members]
 
     # -- spec and context ---------------------------------------------------------------------
@@ -129,11 +178,8 @@ class LocalCluster:
         return build_spec(values, stack=self.stack, region=region, region_azs=list(azs))
 
     @property
-    def venv(self) -> Path:
-        return self._venv or self.root / "venv"
-
-    @property
     def secrets_file(self) -> Path:
+        """The cluster secret's values, kept 0600 for the host's tools (the nodes read Secrets Manager)."""
         return self.root / "cluster-secrets.json"
 
     @property
@@ -177,42 +223,79 @@ class LocalCluster:
         self._pki_state = (ca, members)
         return self._pki_state
 
+    def host_number(self, member: Member) -> int:
+        return self.host_offset + member.index
+
     def member_ip(self, member: Member) -> str:
-        return f"{self.address_prefix}{member.index}"
+        return f"{self.address_prefix}{self.host_number(member)}"
+
+    # -- the members ---------------------------------------------------------------------------
+    @property
+    def image(self) -> image_mod.Image:
+        """The node image, built on first use (a few minutes, with progress)."""
+        if self._image is None:
+            self._image = image_mod.build(self.image_cache, log=self._log)
+        return self._image
+
+    def machine(self, member: Member) -> Machine:
+        ns = netns_mod.namespace(self.address_prefix, self.host_number(member))
+        if self.spec.storage.kind == "ebs":
+            volumes = [Volume(self.root / "volumes" / f"{member.name}.img", VOLUME_GIB,
+                              EBS_BY_ID + volume_id(self.spec.cluster_name, member.name).replace("-", ""))]
+        else:
+            volumes = [Volume(self.root / "volumes" / f"{member.name}-nvme{i}.img", VOLUME_GIB,
+                              f"{INSTANCE_STORE_BY_ID}{volume_id(self.spec.cluster_name, member.name)[4:]}{i}",
+                              persistent=False)
+                       for i in range(self.spec.instance.nvme_count)]
+        image_root = self._image.root if self._image else self.image_cache / "unbuilt"
+        return Machine(member.name, self.root / "machines" / member.name, image_root=image_root, netns=ns,
+                       volumes=volumes, relay_ports=[self.s3.port], log=self._log)
 
     def _node(self, member: Member) -> Node:
-        layout = Layout(root=str(self.root / member.name), venv=str(self.venv), systemd_dir="/etc/systemd/system")
-        supervisor = Supervisor(unit_dir=Path(layout.units), state_dir=self.root / member.name / "state",
-                                run_root=Path(layout.run),
-                                netns=netns_mod.namespace(self.address_prefix, member.index) if self.netns else None)
-        ctx = self.context(layout)
-        return Node(member, self.member_ip(member), layout, supervisor, unit_names(self.spec, member, ctx))
+        machine = self.machine(member)
+        return Node(member, self.member_ip(member), Layout(root=str(machine.fs)), machine,
+                    unit_names(self.spec, member, self.context()))
 
-    def context(self, layout: Layout) -> NodeContext:
-        """The same NodeContext EC2 gets, with loopback addresses and local S3."""
+    def context(self) -> NodeContext:
+        """The context EC2 gets (its layout, Secrets Manager, role credentials), with this
+        cluster's addresses and the rehearsal's AWS endpoint."""
         ca, members = self._pki()
+        endpoint = f"{self.s3.host}:{self.s3.port}"
         return NodeContext(
             member_ips={m.name: self.member_ip(m) for m in self.spec.members},
-            bucket=self.bucket,
-            s3_endpoint=f"{self.s3.host}:{self.s3.port}",
-            s3_region=self.s3.region,
-            secret_id="",
-            secret_source="file",
-            secret_file=str(self.secrets_file),
-            s3_ca_file=str(self.s3.ca_file),
-            s3_key_type="shared",
-            s3_uri_style="path",
-            layout=layout,
-            ca_cert_pem=ca.cert_pem,
-            node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
-            postgres_version_override=installed_postgres_major(),
-            member_roots={m.name: str(self.root / m.name) for m in self.spec.members},
-            restore_cipher_secret=({"source": "file", "file": str(self.source_secrets_file)}
-                                   if self.source_secrets_file else {}),
-        )
+            bucket=self.bucket, s3_endpoint=endpoint, s3_region=self.s3.region,
+            secret_id=self.secret_name, s3_ca_file=NODE_CA_FILE, s3_uri_style="path",
+            aws_endpoint_url=f"https://{endpoint}", aws_ca_file=NODE_CA_FILE, layout=EC2_LAYOUT,
+            ca_cert_pem=ca.cert_pem, node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
+            data_volume_ids={m.name: volume_id(self.spec.cluster_name, m.name) for m in self.spec.members},
+            restore_cipher_secret=({"source": "aws", "id": self.source_cipher_secret, "region": self.s3.region}
+                                   if self.source_cipher_secret else {}))
+
+    def with_spec(self, spec: ClusterSpec) -> "LocalCluster":
+        """The same members, volumes and AWS under another spec (a restore's, a promotion's)."""
+        return LocalCluster(project_dir=self.project_dir, stack=self.stack, root=self.root,
+                            address_prefix=self.address_prefix, host_offset=self.host_offset, spec=spec,
+                            s3=self.s3, source_cipher_secret=self.source_cipher_secret,
+                            image_cache=self.image_cache, log=self._log)
+
+    @property
+    def secret_name(self) -> str:
+        """How nodes name the cluster secret. EC2 gets its ARN from Pulumi; here it is the name,
+        which Secrets Manager accepts as well and which, unlike moto's ARN (a random suffix per
+        creation), survives a restart of the in-memory moto."""
+        return f"{self.spec.cluster_name}-secret"
+
+    @property
+    def cipher_secret_name(self) -> str:
+        """With backup.encryption: the secret holding the cipher pass alone (branches read it)."""
+        return f"{self.spec.cluster_name}-backup-cipher"
 
     def rendered(self, node: Node) -> list[NodeFile]:
-        return render_node(self.spec, node.member, self.context(node.layout))
+        return render_node(self.spec, node.member, self.context())
+
+    def user_data(self, member: Member) -> bytes:
+        """The gzip'd user-data of ``member``: what EC2 receives for it."""
+        return user_data_bytes(self.spec, member, self.context())
 
     # -- secrets ----------------------------------------------------------------------------------
     def _ensure_secrets(self) -> dict[str, Any]:
@@ -234,8 +317,6 @@ class LocalCluster:
             # backup.encryption: the repository cipher pass, only in this file (as in the secret on EC2).
             values[CIPHER_PASS_KEY] = secrets.token_urlsafe(30)
         values["tls_keys"] = {name: ck.key_pem for name, ck in members.items()}
-        values["s3_key"] = self.s3.access_key
-        values["s3_key_secret"] = self.s3.secret_key
         _write_private(self.secrets_file, json.dumps(values, indent=1))
         return values
 
@@ -245,9 +326,38 @@ class LocalCluster:
                  for user, key in (("superuser", "superuser"), ("monitor", "monitor"), ("app", "app"))]
         _write_private(self.passfile, "\n".join(lines) + "\n")
 
+    # -- what AWS holds ------------------------------------------------------------------------
+    def aws_client(self, service: str) -> Any:
+        """A boto3 client of the rehearsal's AWS (moto), as the deployer (pulumi) uses it."""
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.s3.url, region_name=self.s3.region,
+                            aws_access_key_id=self.s3.access_key, aws_secret_access_key=self.s3.secret_key,
+                            verify=str(self.s3.ca_file))
+
+    def _put_secret(self, name: str, values: dict[str, Any]) -> None:
+        client = self.aws_client("secretsmanager")
+        try:
+            client.put_secret_value(SecretId=name, SecretString=json.dumps(values))
+        except client.exceptions.ResourceNotFoundException:
+            client.create_secret(Name=name, SecretString=json.dumps(values))
+
+    def _publish(self, values: dict[str, Any]) -> None:
+        """pulumi up's part: the bucket, the cluster secret (and the cipher secret), the node files."""
+        self.s3.create_bucket(self.bucket)
+        self._put_secret(self.secret_name, values)
+        if CIPHER_PASS_KEY in values:
+            self._put_secret(self.cipher_secret_name, {CIPHER_PASS_KEY: values[CIPHER_PASS_KEY]})
+        s3 = self.s3.client()
+        for member in self.spec.members:
+            for f in bucket_files(self.spec, member, self.context()):
+                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content.encode())
+
     # -- lifecycle --------------------------------------------------------------------------------
-    def up(self, *, timeout: float = 180.0, log: Any = print, hold: Collection[str] = ()) -> float:
-        """Bring the cluster up, starting only what is not already running; returns seconds.
+    def up(self, *, timeout: float = 300.0, log: Any = print, hold: Collection[str] = ()) -> float:
+        """Bring the cluster up; returns seconds. A member that never ran boots as a new instance
+        of the image, a stopped one boots again on its volume; a running one gets the stack's
+        current files and whatever unit is not running.
 
         ``hold`` names running members whose files stay as they are, like an EC2 node that a
         rolling change has not reached yet."""
@@ -255,40 +365,54 @@ class LocalCluster:
         missing = missing_prerequisites()
         if missing:
             raise LocalClusterError("missing on this machine:\n  - " + "\n  - ".join(missing))
+        built = self.image
+        self.nodes = [self._node(m) for m in self.spec.members]  # on the image just built
+        log(f"image {built.key}: {built.manifest['release']}, PostgreSQL {built.versions['postgresql-17']}")
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         values = self._ensure_secrets()
         self._write_passfile(values)
-        self._ensure_venv(log)
-        if self.netns:
-            netns_mod.setup(self.address_prefix, len(self.nodes))
-            log(f"members in network namespaces {netns_mod.namespace(self.address_prefix, 1)}.. "
-                f"on bridge {netns_mod.bridge(self.address_prefix)}")
-        log(f"S3 over TLS at https://{self.s3.host}:{self.s3.port} (moto)")
+        netns_mod.setup(self.address_prefix, [self.host_number(n.member) for n in self.nodes])
+        log(f"AWS (moto: S3, Secrets Manager) over TLS at {self.s3.url}")
         self.s3.start()
-        self.s3.create_bucket(self.bucket)
+        self._publish(values)
+        booting = []
         for node in self.nodes:
-            if node.member.name not in hold:
-                self._install_files(node)
-        # etcd everywhere first (quorum). A new cluster: the first member's Patroni alone, so it
-        # bootstraps and is the initial primary (as on EC2), then the rest. An existing one: every
-        # Patroni at once, since the last leader (the only one allowed to lead in strict
-        # synchronous mode, with its sync standby) may be any member.
-        for node in self.nodes:
-            self._start(node, until="pgha-patroni.service", log=log)
-        existing = any((Path(node.layout.pgdata) / "PG_VERSION").exists() for node in self.nodes)
-        first, *others = self.nodes
-        self._start(first, only=["pgha-patroni.service"], log=log)
-        if not existing:
-            leader = self.wait_for_leader(timeout=timeout)
-            log(f"{leader} bootstrapped the cluster after {time.monotonic() - began:.1f}s")
-        for node in others:
-            self._start(node, only=["pgha-patroni.service"], log=log)
-        for node in self.nodes:
-            self._start(node, log=log)
+            if node.machine.running():
+                if node.member.name not in hold:
+                    self._install_files(node)
+                    self._start(node, log=log)
+                continue
+            instance_id = node.machine.instance.get("instance_id") or self.new_instance_id(node.member)
+            log(f"{node.member.name}: booting {instance_id} at {node.ip}")
+            self.boot(node, instance_id)
+            booting.append(node.machine)
+        if booting:
+            with ThreadPoolExecutor(max_workers=len(booting)) as pool:
+                for machine, status in zip(booting, pool.map(lambda m: m.wait_booted(timeout), booting)):
+                    log(f"{machine.name}: cloud-init {status['status']}")
         self.wait_healthy(timeout=timeout)
         log(f"healthy after {time.monotonic() - began:.1f}s")
         return time.monotonic() - began
+
+    def boot(self, node: Node, instance_id: str) -> None:
+        """Start the member's machine as ``instance_id`` (its own again: a reboot; new: a new instance)."""
+        try:
+            node.machine.boot(user_data=self.user_data(node.member), instance_id=instance_id,
+                              hostname=node.member.name, imds_facts=self.imds_facts(node.member))
+        except MachineError as error:
+            raise LocalClusterError(str(error)) from None
+
+    def new_instance_id(self, member: Member) -> str:
+        return "i-" + hashlib.sha256(f"{member.name}/{time.time_ns()}".encode()).hexdigest()[:17]
+
+    def imds_facts(self, member: Member) -> dict[str, Any]:
+        """What the member's IMDS answers: its identity and its instance role's credentials."""
+        return {"role": f"{self.spec.cluster_name}-node", "access_key_id": self.s3.access_key,
+                "secret_access_key": self.s3.secret_key, "session_token": "pgha-local-session",
+                "region": self.s3.region, "availability_zone": self.spec.availability_zones[member.az_index],
+                "local_ipv4": self.member_ip(member), "instance_type": self.spec.instance_type,
+                "account_id": ACCOUNT_ID, "architecture": self.spec.arch, "image_id": f"pgha-image-{self.image.key}"}
 
     def _start(self, node: Node, *, until: str | None = None, only: list[str] | None = None,
                log: Any = print) -> None:
@@ -298,92 +422,97 @@ class LocalCluster:
         if only is not None:
             names = [n for n in names if n in only]
         for name in names:
-            if not node.supervisor.is_active(name):
+            if not node.systemd.is_active(name):
                 log(f"{node.member.name}: starting {name}")
-                node.supervisor.start(name)
+                node.systemd.start(name)
 
     def _install_files(self, node: Node) -> None:
+        """Write the stack's current files into the running member (what a replacement's
+        user-data would carry) and let systemd see changed units."""
         for f in self.rendered(node):
-            path = Path(f.path)
+            path = node.machine.fs / f.path.lstrip("/")
+            if path.exists() and path.read_text() == f.content:
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(f.content)
             os.chmod(tmp, f.mode)
-            os.chown(tmp, pwd.getpwnam(f.owner).pw_uid, grp.getgrnam(f.owner).gr_gid)
+            os.chown(tmp, *_ids_of(node.machine, f.owner))
             os.replace(tmp, path)
-        # Make the per-node root traversable for the daemons' OS users.
-        os.chmod(self.root / node.member.name, 0o755)
-
-    def _ensure_venv(self, log: Any) -> None:
-        """The nodes' Python environment from Debian's python3, as on EC2, pinned the same."""
-        requirements = next(f for f in self.rendered(self.nodes[0]) if f.path.endswith("requirements-node.txt"))
-        marker = self.venv / ".pgha-requirements"
-        if marker.exists() and marker.read_text() == requirements.content:
-            return
-        log(f"creating the nodes' Python environment in {self.venv}")
-        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(self.venv)], check=True)
-        req = self.root / "requirements-node.txt"
-        req.write_text(requirements.content)
-        subprocess.run([str(self.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-r",
-                        str(req)], check=True)
-        marker.write_text(requirements.content)
+        node.machine.systemctl("daemon-reload", check=True)
 
     def stop_database(self, *, log: Any = print) -> None:
         """Stop every unit but etcd's, every Patroni at once (stopping replicas first makes the
         synchronous standby wait); the DCS stays up."""
-        for node in self.nodes:
-            for name in reversed(node.units):
-                if name in ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service"):
-                    continue
-                node.supervisor.stop(name)
-        for node in self.nodes:
-            pid = node.supervisor.pid("pgha-patroni.service")
-            if pid:
-                os.kill(pid, signal.SIGTERM)
-        for node in self.nodes:
-            node.supervisor.stop("pgha-patroni.service")
-            log(f"{node.member.name}: stopped")
+        keep = ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service", "pgha-host.service")
+        running = [n for n in self.nodes if n.machine.running()]
+        for node in running:
+            node.machine.systemctl("stop", *[u for u in node.units if u not in keep], *self._timers(node))
+        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+            list(pool.map(lambda n: n.systemd.stop("pgha-patroni.service"), running))
+        for node in running:
+            log(f"{node.member.name}: database stopped")
+
+    def _timers(self, node: Node) -> list[str]:
+        return [f.path.rsplit("/", 1)[1] for f in self.rendered(node) if f.path.endswith(".timer")]
 
     def down(self, *, log: Any = print) -> None:
-        """Stop everything `up` started, the members' network namespaces included; remove no data."""
-        self.stop_database(log=log)
-        for node in self.nodes:
-            if "pgha-etcd.service" in node.units:
-                node.supervisor.stop("pgha-etcd.service")
-            node.supervisor.stop("pgha-prepare.service")
-        if self.owns_s3:
+        """Power every member off (systemd stops each unit in order) and stop the AWS stand-in;
+        the volumes keep the data, and ``up`` boots the same instances again."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
+            list(pool.map(lambda n: n.machine.poweroff(), [n for n in self.nodes if n.machine.running()]))
+        log(f"{self.spec.cluster_name}: members powered off")
+        if self.owns_s3 and self.s3.haproxy_cfg.exists():
             self.s3.stop()
-        if self.netns:
-            netns_mod.teardown(self.address_prefix, len(self.nodes))
-            log(f"removed the network namespaces {netns_mod.namespace(self.address_prefix, 1)}.. "
-                f"and bridge {netns_mod.bridge(self.address_prefix)}")
+        netns_mod.teardown(self.address_prefix, [self.host_number(n.member) for n in self.nodes],
+                           keep_bridge=not self.owns_s3)  # a branch: its source's bridge and S3 stay
+
+    def destroy(self, *, log: Any = print) -> None:
+        """Everything gone: machines, volumes, keys (``pulumi destroy`` of a test stack)."""
+        self.down(log=log)
+        for node in self.nodes:
+            node.machine.destroy()
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=False)
+
+    def replace(self, node: Node, *, log: Any = print, timeout: float = 300.0) -> str:
+        """Terminate the member's instance and boot a new one from the stack's current
+        user-data, on the same volume (EBS) or on blank instance stores (metal), as a
+        replacement by ``pulumi up`` does; returns the new instance's id."""
+        if node.machine.running():
+            node.machine.poweroff()
+        instance_id = self.new_instance_id(node.member)
+        self.boot(node, instance_id)
+        node.machine.wait_booted(timeout)
+        log(f"{node.member.name}: replaced by {instance_id}")
+        return instance_id
 
     def node_paths(self, node: Node) -> tuple[str, str]:
         """The node's config and secrets directories as commands run by :meth:`run_on` see them."""
-        return node.layout.etc, node.layout.secrets
+        return EC2_LAYOUT.etc, EC2_LAYOUT.secrets
 
     def run_on(self, node: Node, argv: list[str], *, user: str | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run a command as the node would, as ``user`` (the host-run nodes share this machine)."""
-        switch = None
-        if user is not None:
-            account = pwd.getpwnam(user)
+        """Run a command inside the member, as ``user``."""
+        return node.machine.run(argv, user=user, timeout=timeout)
 
-            def switch() -> None:
-                os.setgid(account.pw_gid)
-                os.initgroups(user, account.pw_gid)
-                os.setuid(account.pw_uid)
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=switch, cwd="/tmp",
-                              stdin=subprocess.DEVNULL)
+    def etcdctl(self, *args: str, endpoints: list[Node] | None = None) -> subprocess.CompletedProcess:
+        """etcdctl from a member whose etcd runs, with its client certificate, against
+        ``endpoints`` (default: every etcd member)."""
+        node = next((n for n in self.nodes if n.member.runs_etcd and n.systemd.is_active("pgha-etcd.service")), None)
+        if node is None:
+            raise LocalClusterError("no member's etcd is running")
+        tls = EC2_LAYOUT.tls
+        urls = ",".join(f"https://{n.ip}:{PORTS['etcd_client']}" for n in endpoints or self.nodes if n.member.runs_etcd)
+        return node.machine.run(["etcdctl", f"--endpoints={urls}", f"--cacert={tls}/ca.crt", f"--cert={tls}/node.crt",
+                                 f"--key={tls}/etcd.key", "--command-timeout=3s", *args], timeout=15)
 
     def postmaster_pid(self, node: Node) -> int | None:
-        """The member's PostgreSQL postmaster, from its postmaster.pid (None when not running)."""
+        """Host PID of the member's postmaster, from its postmaster.pid (None when not running)."""
         try:
-            pid = int((Path(node.layout.pgdata) / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, 0)
-            return pid
+            inside = int((Path(node.layout.pgdata) / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        return node.machine.host_pid(inside)
 
     def signal_postgres(self, node: Node, sig: int) -> int:
         """Signal the member's postmaster and every child of it (each PostgreSQL child calls
@@ -434,7 +563,7 @@ class LocalCluster:
                 if m.get("role") == "leader" and m.get("state") == "running":
                     return m["name"]
             time.sleep(0.5)
-        raise LocalClusterError(f"no leader after {timeout:.0f}s; see {self.root}/<member>/state/*.log")
+        raise LocalClusterError(f"no leader after {timeout:.0f}s; see each member's /var/log/pgha/patroni")
 
     def wait_healthy(self, *, timeout: float) -> None:
         """A leader, every replica streaming, a synchronous standby when rpo is 0, every port up."""
@@ -486,7 +615,9 @@ class LocalCluster:
                 "state": m.get("state", "down"),
                 "timeline": m.get("timeline"),
                 "lag_bytes": m.get("lag", 0) if m.get("role") != "leader" else 0,
-                "units": {name: node.supervisor.is_active(name) for name in node.units},
+                "instance": node.machine.instance.get("instance_id"),
+                "running": node.machine.running(),
+                "units": _active_units(node) if node.machine.running() else dict.fromkeys(node.units, False),
             })
         services = {
             self.spec.service_name(s): {
@@ -504,7 +635,8 @@ class LocalCluster:
             "services": services,
             "ca_file": str(self.ca_file),
             "passfile": str(self.passfile),
-            "s3": {"endpoint": f"https://{self.s3.host}:{self.s3.port}", "bucket": self.bucket},
+            "s3": {"endpoint": self.s3.url, "bucket": self.bucket},
+            "image": {"key": self.image.key, "release": self.image.manifest["release"]} if self._image else None,
             "health": self.health_problems() if view.get("members") else ["cluster is down"],
         }
 
@@ -513,6 +645,21 @@ class LocalCluster:
         hosts = ",".join(f"{n.ip}:{port}" for n in self.nodes)
         return (f"postgresql://{USERS['app']}@{hosts}/{APP_DATABASE}?sslmode=verify-full"
                 f"&sslrootcert={self.ca_file}&passfile={self.passfile}&connect_timeout=3")
+
+
+def _active_units(node: Node) -> dict[str, bool]:
+    """Each unit of the node: active or not (one systemctl call)."""
+    states = node.machine.systemctl("is-active", *node.units).stdout.split()
+    return {unit: state == "active" for unit, state in zip(node.units, states)}
+
+
+def _ids_of(machine: Machine, user: str) -> tuple[int, int]:
+    """uid and gid of ``user`` inside the machine (its own /etc/passwd, not the host's)."""
+    for line in (machine.fs / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise LocalClusterError(f"{machine.name}: no user {user}")
 
 
 def _children(pid: int) -> list[int]:

@@ -1,9 +1,10 @@
-"""Failover drills on the loopback cluster: inject a fault under load, measure what a client saw.
+"""Failover drills on the local cluster: inject a fault under load, measure what a client saw.
 
 A drill runs a writer and a reader the way an application would (one multi-host DSN over every
-node's HAProxy, retrying on errors, psycopg with ``prepare_threshold=None`` for PgBouncer's
-transaction pooling), plus a monitor that samples every member directly. It injects one fault,
-waits for the cluster to recover (reviving what died the way systemd would on EC2), and reports:
+node's HAProxy, retrying on errors; psycopg with ``prepare_threshold=None``, the workload every
+figure in docs/failover.md was measured with), plus a monitor that samples every member
+directly. It injects one fault, waits for the cluster to recover (booting a killed machine again
+as EC2 restarts an instance; systemd restarts what dies inside), and reports:
 
 * ``rto_s``: fault -> first acknowledged write *sent after* the fault (a reply already in
   flight when the fault hit does not count, field note 15);
@@ -266,68 +267,39 @@ def sync_standby(cluster: LocalCluster) -> Node | None:
 
 
 def node_pids(node: Node) -> list[int]:
-    """Every process of the node: its units' process groups, PostgreSQL's tree (each child
-    calls setsid), and anything else whose command line names the node's files."""
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, pgid)
-    cmdlines: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdlines[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        stats[int(entry)] = (int(fields[1]), int(fields[2]))
-    root = str(Path(node.layout.root)) + "/"
-    seeds = {pid for pid, cmd in cmdlines.items() if root in cmd and pid in stats}
-    for name in node.units:
-        main = node.supervisor.pid(name)
-        if main:
-            seeds |= {pid for pid, (_, pgid) in stats.items() if pgid == main}
-    pgdata = Path(node.layout.pgdata) / "postmaster.pid"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        seeds.add(int(pgdata.read_text().split()[0]))
-    found, queue = set(), list(seeds)
-    while queue:  # and every descendant
-        pid = queue.pop()
-        if pid in found or pid not in stats:
-            continue
-        found.add(pid)
-        queue += [c for c, (ppid, _) in stats.items() if ppid == pid]
-    found.discard(os.getpid())
-    return sorted(found)
+    """Every process of the node's machine (its PID 1 and all below it), as the host knows them."""
+    return node.machine.pids()
 
 
 def signal_node(node: Node, sig: int, ctx: "Context | None" = None) -> list[int]:
-    """Signal every process of the node; the fault time is taken just before the first signal."""
+    """Signal every process of the node's machine; the fault time is taken just before. SIGKILL
+    is the instance lost at once (every process in one pass, then the machine is gone)."""
     pids = node_pids(node)
     if ctx is not None:
         ctx.extra["fault_at"] = ctx.now()
+    if sig == signal.SIGKILL:
+        node.machine.kill()
+        return pids
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-    if sig == signal.SIGKILL:  # a second pass for anything forked meanwhile
-        for pid in node_pids(node):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
     return pids
 
 
 def start_missing(cluster: LocalCluster, node: Node | None = None, log: Callable[[str], None] = print) -> list[str]:
-    """What systemd does on EC2 (and `pgha local up` here): start every unit that is not
-    running, in order; running units are left alone."""
+    """What EC2 and systemd do: a machine that is down boots again (the same instance, its
+    volume), and in a running one every unit that is not running starts, in order."""
     started = []
     for n in [node] if node else cluster.nodes:
-        cluster._install_files(n)  # as `up` does: the node's rendered files, then its missing units
+        if not n.machine.running():
+            log(f"{n.member.name}: booting again")
+            cluster.boot(n, n.machine.instance["instance_id"])
+            n.machine.wait_booted()
+            started.append(f"{n.member.name}/boot")
         for name in n.units:
-            if not n.supervisor.is_active(name):
+            if not n.systemd.is_active(name):
                 log(f"{n.member.name}: starting {name}")
-                n.supervisor.start(name)
+                n.systemd.start(name)
                 started.append(f"{n.member.name}/{name}")
     return started
 
@@ -363,14 +335,7 @@ def patch_config(cluster: LocalCluster, changes: dict[str, Any]) -> dict[str, An
 
 
 def etcdctl(cluster: LocalCluster, *args: str, endpoints: list[Node] | None = None) -> subprocess.CompletedProcess:
-    node = next(n for n in cluster.nodes if n.member.runs_etcd and n.supervisor.is_active("pgha-etcd.service"))
-    tls = Path(node.layout.tls)
-    targets = endpoints or [n for n in cluster.nodes if n.member.runs_etcd]
-    urls = ",".join(f"https://{n.ip}:{PORTS['etcd_client']}" for n in targets)
-    return subprocess.run(
-        ["etcdctl", f"--endpoints={urls}", f"--cacert={tls}/ca.crt", f"--cert={tls}/node.crt",
-         f"--key={tls}/etcd.key", "--command-timeout=3s", *args],
-        capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=15)
+    return cluster.etcdctl(*args, endpoints=endpoints)
 
 
 def etcd_member_ids(cluster: LocalCluster) -> tuple[dict[str, int], int | None]:
@@ -485,11 +450,11 @@ def s_postgres_crash(ctx: Context) -> None:
 
 
 def s_patroni_crash(ctx: Context) -> None:
-    unit = ctx.primary.supervisor.unit("pgha-patroni.service")
+    restart = ctx.primary.systemd.restart_sec("pgha-patroni.service")
     ctx.extra["fault_at"] = ctx.now()
-    ctx.primary.supervisor.kill("pgha-patroni.service", signal.SIGKILL, group=False)
+    ctx.primary.systemd.kill("pgha-patroni.service", signal.SIGKILL, group=False)
     ctx.failed = [ctx.primary]
-    time.sleep(unit.restart_sec)  # Restart=on-failure, RestartSec=
+    time.sleep(restart)  # Restart=on-failure, RestartSec=: systemd restarts it
     ctx.revive(ctx.primary)
 
 
@@ -509,9 +474,9 @@ def s_primary_hang(ctx: Context) -> None:
 
 
 def _restart_after(ctx: Context, node: Node, unit: str) -> None:
-    restart = node.supervisor.unit(unit).restart_sec
+    restart = node.systemd.restart_sec(unit)
     ctx.extra["fault_at"] = ctx.now()
-    node.supervisor.kill(unit, signal.SIGKILL)
+    node.systemd.kill(unit, signal.SIGKILL)
     ctx.failed = [node]
     time.sleep(restart)  # Restart=always, RestartSec=
     ctx.revive(node)
@@ -556,8 +521,8 @@ def s_partition(ctx: Context) -> None:
     must demote itself (it loses etcd's quorum; failsafe mode cannot reach the other members)
     before the majority side's leader key expires and a replica promotes."""
     cluster = ctx.cluster
-    isolated = ctx.primary.member.index
-    others = [n.member.index for n in cluster.nodes if n is not ctx.primary]
+    isolated = cluster.host_number(ctx.primary.member)
+    others = [cluster.host_number(n.member) for n in cluster.nodes if n is not ctx.primary]
     fault = ctx.now()
     ctx.extra["fault_at"] = fault
     netns.partition(cluster.address_prefix, isolated, others)
@@ -569,7 +534,7 @@ def s_partition(ctx: Context) -> None:
         _wait(lambda: ctx.writer is not None and any(a.acked and a.sent > fault for a in ctx.writer.attempts), 30)
         time.sleep(3)
     finally:
-        netns.heal(cluster.address_prefix, len(cluster.nodes))
+        netns.heal(cluster.address_prefix, [cluster.host_number(n.member) for n in cluster.nodes])
     ctx.revived_at = ctx.now()
 
 
@@ -600,7 +565,9 @@ def s_replicas(ctx: Context) -> None:
             ctx.cluster.signal_postgres(node, signal.SIGKILL)
         for unit in REPLICA_UNITS:
             with contextlib.suppress(Exception):
-                node.supervisor.kill(unit, signal.SIGKILL)
+                node.systemd.kill(unit, signal.SIGKILL)
+    for node in victims:  # and they stay down: systemd would restart them after RestartSec
+        node.machine.systemctl("stop", *REPLICA_UNITS)
     ctx.failed = victims
     outage = 15.0
     time.sleep(outage)
@@ -614,25 +581,24 @@ def s_replicas(ctx: Context) -> None:
     ctx.revive()
 
 
-# Loopback cannot separate members (every unbound connection comes from 127.0.0.1).
-NEEDS_NETNS = frozenset({"partition"})
 # Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
 ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
 
 SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
-    "primary-node": (s_primary_node, "kill -9 every process of the primary's node (etcd member included); "
-                     "revive it past ttl as systemd would"),
+    "primary-node": (s_primary_node, "kill the primary's machine (every process at once, etcd member included); "
+                     "boot it again past ttl"),
     "postgres-crash": (s_postgres_crash, "kill -9 the primary's postmaster and its children"),
     "patroni-crash": (s_patroni_crash, "kill -9 Patroni on the primary; restart it after RestartSec"),
-    "primary-hang": (s_primary_hang, "SIGSTOP every process of the primary's node past ttl, then SIGCONT"),
+    "primary-hang": (s_primary_hang, "SIGSTOP every process of the primary's machine past ttl, then SIGCONT"),
     "pgbouncer-crash": (s_pgbouncer_crash, "kill -9 the primary's PgBouncer; restart after RestartSec"),
     "haproxy-crash": (s_haproxy_crash, "kill -9 the HAProxy the writer is connected through"),
-    "replica-node": (s_replica_node, "kill -9 every process of the synchronous standby's node; revive after 10s"),
+    "replica-node": (s_replica_node, "kill the synchronous standby's machine; boot it again after 10s"),
     "etcd-member": (s_etcd_member, "kill -9 a non-leader etcd member; restart after RestartSec"),
     "partition": (s_partition, "cut the primary off from both replicas, both ways (network namespaces); "
                   "clients still reach every node; heal past ttl"),
     "switchover": (s_switchover, "planned switchover through Patroni's REST API"),
-    "replicas": (s_replicas, "both replica databases die; writes stop (rpo 0, strict) or continue (rpo > 0)"),
+    "replicas": (s_replicas, "both replica databases die and stay down 15 s; writes stop (rpo 0, strict) or "
+                 "continue (rpo > 0)"),
 }
 
 
@@ -660,9 +626,6 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
     if scenario not in SCENARIOS:
         raise DrillError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     inject, description = SCENARIOS[scenario]
-    if scenario in NEEDS_NETNS and not cluster.netns:
-        raise DrillError(f"{scenario} needs the members in network namespaces: pgha local up --netns "
-                         "--addresses 10.X.Y. (and pgha drill --netns --addresses 10.X.Y.)")
     start_missing(cluster, log=log)
     cluster.wait_healthy(timeout=recover_timeout)
     _wait(lambda: not any(e["stale"] for e in pgbouncer_roles(cluster).values()), 15)
@@ -919,5 +882,5 @@ def as_json(result: dict[str, Any]) -> str:
     return json.dumps(result, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o))
 
 
-__all__ = ["SCENARIOS", "NEEDS_NETNS", "DrillError", "run_drill", "summary_line", "aggregate", "patch_config", "dynamic_config",
+__all__ = ["SCENARIOS", "DrillError", "run_drill", "summary_line", "aggregate", "patch_config", "dynamic_config",
            "start_missing", "leader", "_children"]

@@ -149,7 +149,8 @@ def _failure_lines(lines: list[str], tail: int = 12) -> list[str]:
 def _in_root(root: Path, *argv: str) -> list[str]:
     """A command inside the image being built, in a container of its own (its /proc, /dev), on the
     host's network."""
-    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(root),
+    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", f"--machine=pgha-image-{os.getpid()}",
+            "-D", str(root),
             "--setenv=DEBIAN_FRONTEND=noninteractive", "--setenv=LC_ALL=C.UTF-8", *argv]
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from . import netns as netns_mod
 from .imds import ADDRESS as IMDS_ADDRESS
+from .process import Daemon, start_time
 
 EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"
 INSTANCE_STORE_BY_ID = "nvme-Amazon_EC2_NVMe_Instance_Storage_"
@@ -36,6 +37,16 @@ SEED_DIR = "var/lib/cloud/seed/nocloud"
 # The platform's cloud-init settings (EC2's AMIs carry theirs): the NoCloud seed, nothing probed;
 # no SSH host keys, since the image has no SSH server (pgha nodes are reached through SSM).
 PLATFORM_CLOUD_CFG = "datasource_list: [NoCloud, None]\nssh_genkeytypes: []\nssh_deletekeys: false\n"
+
+
+def cgroup2_root() -> Path:
+    """Where the host mounts the cgroup2 hierarchy (/sys/fs/cgroup, or /sys/fs/cgroup/unified
+    on a host with cgroup v1 controllers)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2":
+            return Path(fields[1])
+    raise MachineError("no cgroup2 hierarchy is mounted on this host (systemd-nspawn needs one)")
 
 
 class MachineError(RuntimeError):
@@ -65,11 +76,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read_pid(path: Path) -> int | None:
+    """The pid in ``path`` while that process (same start time) lives."""
     try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        pid, started = (int(word) for word in path.read_text().split()[:2])
+    except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if start_time(pid) == started else None
 
 
 def _children(pid: int) -> list[int]:
@@ -91,13 +103,20 @@ class Machine:
     """Boot, reach and stop one member's container."""
 
     def __init__(self, name: str, home: Path, *, image_root: Path, netns: str, volumes: Sequence[Volume] = (),
-                 log: Callable[[str], None] = print):
+                 relay_ports: Sequence[int] = (), log: Callable[[str], None] = print):
         self.name = name
         self.home = Path(home)
         self.image_root = Path(image_root)
         self.netns = netns
         self.volumes = list(volumes)
         self.log = log
+        # Outside the machine, in its namespace: IMDS, and a relay per host port it must reach as
+        # localhost:<port> (the AWS endpoint: pgBackRest checks its TLS name, localhost).
+        # IMDS binds inside the namespace, so the whole process lives there (ip netns exec execs it).
+        self.helpers = [Daemon("imds", ["ip", "netns", "exec", netns, sys.executable, "-m", "pgha.local.imds",
+                                        "--facts", str(self.home / "imds.json")], self.home)]
+        self.helpers += [Daemon(f"relay-{port}", [sys.executable, "-m", "pgha.local.netns", "relay", "--netns", netns,
+                                                  "--port", str(port)], self.home) for port in relay_ports]
 
     # -- where things are ------------------------------------------------------------------------
     @property
@@ -167,7 +186,7 @@ class Machine:
         (self.home / "instance.json").write_text(json.dumps({"instance_id": instance_id, "hostname": hostname}))
         (self.home / "imds.json").write_text(json.dumps({**imds_facts, "instance_id": instance_id,
                                                          "hostname": hostname}, indent=1))
-        self._start_imds()
+        self._start_helpers()
         binds = []
         for volume in self.volumes:
             device = self._attach(volume)
@@ -176,10 +195,15 @@ class Machine:
         argv = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", f"--machine={self.name}",
                 f"--hostname={hostname}", "-D", str(self.root), f"--network-namespace-path={netns_mod.NETNS_DIR}/"
                 f"{self.netns}", "--console=read-only", "--kill-signal=SIGRTMIN+3", *binds]
+        cgroup = self._new_cgroup()
         with open(self.console_log, "ab") as console:
+            # systemd inside gets a cgroup2 tree of its own (nspawn: the payload under ours), as on
+            # EC2; on a host with cgroup v1 it would otherwise never hear that a unit's cgroup
+            # emptied, and wait out TimeoutStopSec whenever a stop left a process for a moment.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self._pidfile("nspawn").write_text(f"{proc.pid}\n")
+                                    start_new_session=True, env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
+                                    preexec_fn=lambda: (cgroup / "cgroup.procs").write_text("0\n"))
+        self._pidfile("nspawn").write_text(f"{proc.pid} {start_time(proc.pid)}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leader = self.leader()
@@ -193,6 +217,26 @@ class Machine:
                                    + self._console_tail())
             time.sleep(0.1)
         raise MachineError(f"{self.name}: no systemd inside after {timeout:.0f}s:\n" + self._console_tail())
+
+    @property
+    def cgroup(self) -> Path:
+        """The machine's cgroup2 directory on the host (its processes, and cgroup.kill)."""
+        return cgroup2_root() / "pgha" / self.name
+
+    def _new_cgroup(self) -> Path:
+        self._remove_cgroup()
+        self.cgroup.mkdir(parents=True, exist_ok=True)
+        return self.cgroup
+
+    def _remove_cgroup(self) -> None:
+        """rmdir the machine's cgroup tree, deepest first (a cgroup holding processes stays)."""
+        if not self.cgroup.is_dir():
+            return
+        for path in sorted((p for p in self.cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        with contextlib.suppress(OSError):
+            self.cgroup.rmdir()
 
     def _console_tail(self, lines: int = 15) -> str:
         try:
@@ -247,23 +291,14 @@ class Machine:
         for device in found:
             subprocess.run(["losetup", "-d", device], capture_output=True)
 
-    def _start_imds(self) -> None:
-        if _read_pid(self._pidfile("imds")) is not None:
-            return
+    def _start_helpers(self) -> None:
         netns_mod.add_address(self.netns, f"{IMDS_ADDRESS}/32", "lo")
-        with open(self.home / "imds.log", "ab") as out:
-            proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m", "pgha.local.imds",
-                                     "--facts", str(self.home / "imds.json")],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self._pidfile("imds").write_text(f"{proc.pid}\n")
+        for daemon in self.helpers:
+            daemon.start()
 
-    def _stop_imds(self) -> None:
-        pid = _read_pid(self._pidfile("imds"))
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        self._pidfile("imds").unlink(missing_ok=True)
+    def _stop_helpers(self) -> None:
+        for daemon in self.helpers:
+            daemon.stop()
 
     def poweroff(self, timeout: float = 90.0) -> None:
         """An orderly shutdown (systemd stops every unit), as `aws ec2 stop-instances` does."""
@@ -276,18 +311,22 @@ class Machine:
         self._after_stop()
 
     def kill(self) -> None:
-        """The instance lost at once: PID 1 killed, and with it every process of the machine."""
-        leader = self.leader()
-        if leader is not None:
+        """The instance lost at once: every process of the machine killed by the kernel in one
+        stroke (cgroup.kill), as when EC2 loses the host."""
+        payload = self.cgroup / "payload" / "cgroup.kill"  # nspawn's container, not nspawn itself
+        if payload.exists():
+            payload.write_text("1\n")
+        for pid in self.pids():  # a kernel before 5.14 has no cgroup.kill
             with contextlib.suppress(ProcessLookupError):
-                os.kill(leader, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         nspawn = self.nspawn_pid()
         if nspawn is not None:
             self._wait_gone(nspawn, 30)
         self._after_stop()
 
     def _after_stop(self) -> None:
-        self._stop_imds()
+        self._stop_helpers()
+        self._remove_cgroup()
         self._pidfile("nspawn").unlink(missing_ok=True)
         if self.fs.is_symlink():
             self.fs.unlink()
@@ -306,7 +345,7 @@ class Machine:
         """Terminate the instance and delete it, the volumes included (``pulumi destroy``)."""
         if self.running():
             self.kill()
-        self._stop_imds()
+        self._stop_helpers()
         self._umount_overlay()
         for volume in self.volumes:
             self._detach(volume)
@@ -315,15 +354,19 @@ class Machine:
 
     # -- inside ----------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, user: str | None = None, timeout: float = 120.0, check: bool = False,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        """Run a command inside the running machine (its namespaces, its root), as ``user``."""
+            input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a command inside the running machine (its namespaces, its root), as ``user``, with
+        a clean environment plus ``env`` (never the host's)."""
         leader = self.leader()
         if leader is None:
             raise MachineError(f"{self.name} is not running")
         prefix = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", "--"]
         if user is not None:
-            prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", "--"]
-        proc = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout, input=input)
+            prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+        clean = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                 "HOME": "/var/lib/postgresql" if user == "postgres" else "/root", **(env or {})}
+        proc = subprocess.run([*prefix, *argv], capture_output=True, text=True, errors="replace", timeout=timeout,
+                              input=input, env=clean, cwd="/")
         if check and proc.returncode != 0:
             raise MachineError(f"{self.name}: {' '.join(argv)} exited with {proc.returncode}: "
                                f"{(proc.stderr or proc.stdout).strip()[-2000:]}")

@@ -75,15 +75,15 @@ def _exists(link: str, netns: str | None = None) -> bool:
     return _ip("link", "show", link, netns=netns, check=False).returncode == 0
 
 
-def setup(prefix: str, count: int) -> None:
-    """Make the bridge and one namespace per member (idempotent)."""
+def setup(prefix: str, hosts: Sequence[int]) -> None:
+    """Make the bridge and a namespace for each host number (idempotent)."""
     br, gateway = bridge(prefix), bridge_ip(prefix)
     if not _exists(br):
         _ip("link", "add", br, "type", "bridge")
     if gateway not in _ip("-4", "addr", "show", "dev", br).stdout:
         _ip("addr", "add", f"{gateway}/24", "dev", br)
     _ip("link", "set", br, "up")
-    for i in range(1, count + 1):
+    for i in hosts:
         ns, veth = namespace(prefix, i), host_link(prefix, i)
         if not os.path.exists(os.path.join(NETNS_DIR, ns)):
             _ip("netns", "add", ns)
@@ -102,22 +102,25 @@ def add_address(netns: str, cidr: str, device: str) -> None:
         _ip("addr", "add", cidr, "dev", device, netns=netns)
 
 
-def teardown(prefix: str, count: int, timeout: float = 10.0) -> None:
-    """Remove the veth pairs, the namespaces and the bridge, and wait until the links are gone.
+def teardown(prefix: str, hosts: Sequence[int], timeout: float = 10.0, keep_bridge: bool = False) -> None:
+    """Remove the veth pairs, the namespaces and (unless another cluster still uses it, as a
+    branch its source's) the bridge, and wait until the links are gone.
 
     The veth pairs are deleted first, by name: a namespace's links otherwise go away
     asynchronously after ``ip netns del``, and a ``setup`` right after could find a dying link,
     skip creating it, then fail on ``Cannot find device``."""
-    links = [host_link(prefix, i) for i in range(1, count + 1)]
-    for i, veth in enumerate(links, start=1):
+    links = [host_link(prefix, i) for i in hosts]
+    for i, veth in zip(hosts, links):
         if _exists(veth):
             _ip("link", "del", veth, check=False)
         if os.path.exists(os.path.join(NETNS_DIR, namespace(prefix, i))):
             _ip("netns", "del", namespace(prefix, i), check=False)
-    if _exists(bridge(prefix)):
-        _ip("link", "del", bridge(prefix), check=False)
+    if not keep_bridge:
+        links.append(bridge(prefix))
+        if _exists(bridge(prefix)):
+            _ip("link", "del", bridge(prefix), check=False)
     deadline = time.monotonic() + timeout
-    while remaining := [link for link in [*links, bridge(prefix)] if _exists(link)]:
+    while remaining := [link for link in links if _exists(link)]:
         if time.monotonic() > deadline:
             raise NetnsError(f"links still present {timeout:.0f} s after teardown: {', '.join(remaining)}")
         time.sleep(0.05)
@@ -130,9 +133,9 @@ def partition(prefix: str, isolated: int, others: Sequence[int]) -> None:
         _ip("route", "replace", "blackhole", f"{prefix}{isolated}/32", netns=namespace(prefix, other))
 
 
-def heal(prefix: str, count: int) -> None:
+def heal(prefix: str, hosts: Sequence[int]) -> None:
     """Remove every blackhole route the partition added."""
-    for i in range(1, count + 1):
+    for i in hosts:
         ns = namespace(prefix, i)
         for line in _ip("route", "show", "type", "blackhole", netns=ns).stdout.splitlines():
             _ip("route", "del", "blackhole", line.split()[1], netns=ns, check=False)

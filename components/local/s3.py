@@ -1,25 +1,24 @@
-"""A real S3 API over real TLS on loopback, for pgBackRest in the loopback cluster.
+"""The rehearsal's AWS: moto's S3 and Secrets Manager APIs over real TLS, on the host's loopback.
 
-pgBackRest 2.45 speaks only HTTPS to S3, checks the certificate's hostname (an IP SAN
-for 127.0.0.1 is not accepted) and fails against ``moto_server``'s own TLS with
-``unexpected eof while reading``. So ``moto_server`` runs as plain HTTP on 127.0.0.1
-and an ``haproxy`` process terminates TLS in front of it with a certificate for
-``DNS:localhost`` issued by the cluster CA; pgBackRest is given ``localhost``, the TLS
-port and the CA file.
+pgBackRest checks the certificate's hostname (an IP SAN for 127.0.0.1 is not accepted) and
+fails against ``moto_server``'s own TLS with ``unexpected eof while reading``. So
+``moto_server`` runs as plain HTTP on 127.0.0.1 and an ``haproxy`` process terminates TLS in
+front of it with a certificate for ``DNS:localhost`` issued by the cluster CA. Members reach
+it as ``https://localhost:<tls port>`` through a relay inside their namespace
+(``pgha.local.machine``); every AWS client (boto3, pgBackRest) is given that endpoint and the CA.
 
-Both processes run as units under :class:`pgha.local.supervisor.Supervisor` (unit
-files written to ``<state_dir>/units``), which gives pid files that survive pid reuse,
-logs in ``<state_dir>/<unit>.log`` and stop escalation.
+Both run as :class:`pgha.local.process.Daemon` processes (pid files that survive pid reuse,
+logs in ``<state_dir>/<name>.log``).
 
-``moto_server`` keeps all state in memory: stopping it (or it dying) loses every bucket
-and object. That is fine for the loopback cluster, whose ``up`` recreates the bucket
-and stanza; do not treat it as durable storage.
+``moto_server`` keeps all state in memory: stopping it (or it dying) loses every bucket,
+object and secret. The rehearsal's ``up`` recreates the bucket, the node files and the
+secret; do not treat it as durable storage.
 """
 
 import contextlib
 import http.client
 import re
-import shlex
+import signal
 import shutil
 import socket
 import ssl
@@ -28,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
-from pgha.local.supervisor import Supervisor
+from pgha.local.process import Daemon
 from pgha.local.tls import CertKey, issue
 
 __all__ = ["LocalS3", "LocalS3Error", "PortInUseError"]
@@ -95,19 +94,18 @@ class LocalS3:
         moto_server: Path | None = None,
         haproxy: Path | None = None,
         start_timeout: float = 20.0,
-        relay_namespaces: Sequence[str] = (),
     ) -> None:
         self.state_dir = Path(state_dir)
-        # Members in network namespaces reach the endpoint through a relay listening on
-        # 127.0.0.1:<tls port> inside each (pgha.local.netns): the TLS name stays localhost.
-        self.relay_namespaces = tuple(relay_namespaces)
         self.ca = ca
         self.http_port = http_port
         self.tls_port = tls_port
         self.moto_server = moto_server or Path(sys.executable).parent / "moto_server"
         self.haproxy = haproxy or Path(shutil.which("haproxy") or "/usr/sbin/haproxy")
         self.start_timeout = start_timeout
-        self.supervisor = Supervisor(unit_dir=self.state_dir / "units", state_dir=self.state_dir)
+        self.moto = Daemon(MOTO_UNIT, [str(self.moto_server), "-H", "127.0.0.1", "-p", str(self.http_port)],
+                           self.state_dir)
+        # -db: HAProxy in the foreground, so the pid file is its own.
+        self.terminator = Daemon(HAPROXY_UNIT, [str(self.haproxy), "-db", "-f", str(self.haproxy_cfg)], self.state_dir)
 
     # -- where clients connect -----------------------------------------------------
 
@@ -190,47 +188,9 @@ class LocalS3:
             f"    server moto 127.0.0.1:{self.http_port}\n"
         )
 
-    def _units(self) -> dict[str, str]:
-        q = shlex.quote
-        cfg = q(str(self.haproxy_cfg))
-        moto = (
-            "[Unit]\n"
-            "Description=moto S3 API, plain HTTP on loopback (state in memory)\n"
-            "\n[Service]\n"
-            "Type=simple\n"
-            f"ExecStart={q(str(self.moto_server))} -H 127.0.0.1 -p {self.http_port}\n"
-            "TimeoutStopSec=10\n"
-        )
-        haproxy = (
-            "[Unit]\n"
-            "Description=HAProxy TLS terminator for the local S3 API\n"
-            f"After={MOTO_UNIT}.service\n"
-            f"Requires={MOTO_UNIT}.service\n"
-            "\n[Service]\n"
-            "Type=simple\n"
-            f"ExecStartPre={q(str(self.haproxy))} -c -q -f {cfg}\n"
-            # -db: stay in the foreground so the supervisor owns the pid.
-            f"ExecStart={q(str(self.haproxy))} -db -f {cfg}\n"
-            "KillSignal=SIGUSR1\n"  # HAProxy's soft stop: finish open requests
-            "TimeoutStopSec=10\n"
-        )
-        units = {MOTO_UNIT: moto, HAPROXY_UNIT: haproxy}
-        for ns in self.relay_namespaces:
-            units[f"s3-relay-{ns}"] = (
-                "[Unit]\n"
-                f"Description=the S3 TLS endpoint on 127.0.0.1:{self.tls_port} inside network namespace {ns}\n"
-                f"After={HAPROXY_UNIT}.service\n"
-                "\n[Service]\n"
-                "Type=simple\n"
-                f"ExecStart={q(sys.executable)} -m pgha.local.netns relay --netns {q(ns)} --port {self.tls_port}\n"
-                "TimeoutStopSec=5\n"
-            )
-        return units
-
     def _write_files(self) -> set[str]:
         """Write CA, certificate, config and units; return units whose inputs changed."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "units").mkdir(exist_ok=True)
         changed: set[str] = set()
         ca_changed = self._write_if_changed(self.ca_file, self.ca.cert_pem)
         if ca_changed or not self.server_pem.exists():
@@ -239,58 +199,54 @@ class LocalS3:
             changed.add(HAPROXY_UNIT)
         if self._write_if_changed(self.haproxy_cfg, self._haproxy_config()):
             changed.add(HAPROXY_UNIT)
-        for name, text in self._units().items():
-            if self._write_if_changed(self.state_dir / "units" / f"{name}.service", text):
-                changed.add(name)
         return changed
 
     def is_running(self) -> bool:
         """Both processes we started are alive and the endpoint answers over TLS."""
-        return (
-            self.supervisor.is_active(MOTO_UNIT)
-            and self.supervisor.is_active(HAPROXY_UNIT)
-            and self._probe() is None
-        )
+        return self.moto.running() and self.terminator.running() and self._probe() is None
 
     def start(self) -> None:
         """Start moto and HAProxy (only what is not already running) and wait until
         the endpoint answers over TLS, or raise :class:`LocalS3Error` with log tails."""
         changed = self._write_files()
-        for name in (HAPROXY_UNIT, MOTO_UNIT):
-            if name in changed and self.supervisor.is_active(name):
-                # New certificate/config/port: restart; a new moto loses its buckets.
-                self.supervisor.stop(name)
-        ports = {MOTO_UNIT: (self.http_port, "moto_server (plain HTTP)"),
-                 HAPROXY_UNIT: (self.tls_port, "the HAProxy TLS endpoint")}
-        for name, (port, what) in ports.items():
-            if not self.supervisor.is_active(name):
-                _check_port_free(port, what)
-        try:
-            self.supervisor.start_all()
-        except Exception as exc:
-            raise LocalS3Error(f"local S3 failed to start: {exc}") from exc
+        if HAPROXY_UNIT in changed:
+            self.terminator.stop(signal.SIGUSR1)  # new certificate or config; SIGUSR1: HAProxy's soft stop
+        wanted = [(d, port, what) for d, port, what in ((self.moto, self.http_port, "moto_server (plain HTTP)"),
+                                                         (self.terminator, self.tls_port, "the HAProxy TLS endpoint"))
+                  if not d.running()]
+        for _, port, what in wanted:  # every port checked before anything starts: nothing half-started
+            _check_port_free(port, what)
+        if any(d is self.terminator for d, _, _ in wanted):
+            check = subprocess.run([str(self.haproxy), "-c", "-q", "-f", str(self.haproxy_cfg)],
+                                   capture_output=True, text=True)
+            if check.returncode != 0:
+                raise LocalS3Error(f"haproxy refuses {self.haproxy_cfg}: {check.stderr.strip()}")
+        started = [(d, d.start()) for d, _, _ in wanted]
         deadline = time.monotonic() + self.start_timeout
         error = self._probe()
         while error is not None and time.monotonic() < deadline:
+            for daemon, proc in started:
+                if proc is not None and proc.poll() is not None:
+                    self.stop()
+                    raise LocalS3Error(f"{daemon.name} exited with status {proc.returncode}:\n{self._log_tails()}")
             time.sleep(0.2)
             error = self._probe()
         if error is not None:
+            tails = self._log_tails()
+            self.stop()
             raise LocalS3Error(
                 f"{self.url} did not answer over TLS within {self.start_timeout:.0f}s "
-                f"(last error: {error})\n{self._log_tails()}"
+                f"(last error: {error})\n{tails}"
             )
 
     def stop(self) -> None:
-        """Stop the relays, HAProxy then moto if we started them; moto's buckets are lost."""
-        for name in self.supervisor.units():
-            if name.startswith("s3-relay-"):
-                self.supervisor.stop(name)
-        self.supervisor.stop(HAPROXY_UNIT)
-        self.supervisor.stop(MOTO_UNIT)
+        """Stop HAProxy then moto if we started them; moto's buckets and secrets are lost."""
+        self.terminator.stop(signal.SIGUSR1)
+        self.moto.stop()
 
     def pids(self) -> dict[str, int | None]:
         """Main pid of each process (None if not running)."""
-        return {name: self.supervisor.pid(name) for name in (MOTO_UNIT, HAPROXY_UNIT)}
+        return {MOTO_UNIT: self.moto.pid(), HAPROXY_UNIT: self.terminator.pid()}
 
     def __enter__(self) -> "LocalS3":
         self.start()
@@ -305,11 +261,7 @@ class LocalS3:
         self.stop()
 
     def _log_tails(self) -> str:
-        parts = []
-        for name in (MOTO_UNIT, HAPROXY_UNIT):
-            parts.append(f"--- {self.supervisor.log_path(name)} ---\n"
-                         f"{self.supervisor.log_tail(name)}")
-        return "\n".join(parts)
+        return "\n".join(f"--- {d.log_file} ---\n{d.log_tail()}" for d in (self.moto, self.terminator))
 
     def _probe(self) -> str | None:
         """None if an HTTPS request verified against the CA gets any HTTP answer."""

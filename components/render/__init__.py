@@ -1,13 +1,13 @@
 """Every file a node receives, rendered from ``config-templates/`` by pure functions."""
 
 from .context import EC2_LAYOUT, Layout, NodeContext, NodeFile
-from .files import APP_DATABASE, NODE_PACKAGES, OS_USERS, USERS, postgres_version, render_cluster, render_node, unit_names
+from .files import APP_DATABASE, OS_USERS, USERS, postgres_version, render_cluster, render_node, unit_names
 from .files import backup_schedules, timer_names
 from .pgparams import sized_parameters
 from .userdata import EC2_USER_DATA_LIMIT, BucketFile, bucket_files, cloud_config, user_data, user_data_bytes
 
 __all__ = [
-    "APP_DATABASE", "BucketFile", "EC2_LAYOUT", "EC2_USER_DATA_LIMIT", "bucket_files", "Layout", "NODE_PACKAGES", "NodeContext", "NodeFile", "OS_USERS", "USERS",
+    "APP_DATABASE", "BucketFile", "EC2_LAYOUT", "EC2_USER_DATA_LIMIT", "bucket_files", "Layout", "NodeContext", "NodeFile", "OS_USERS", "USERS",
     "cloud_config", "postgres_version", "render_cluster", "render_node", "sized_parameters",
     "backup_schedules", "timer_names", "unit_names", "user_data", "user_data_bytes",
 ]

@@ -1,6 +1,6 @@
 """What a node's files depend on besides the spec: addresses, paths and AWS names.
 
-EC2 and the loopback cluster differ only in these values; the templates are the same.
+EC2 and the local rehearsal differ only in these values; the templates are the same.
 """
 
 from dataclasses import dataclass, field, replace
@@ -14,11 +14,9 @@ class Layout:
     root: str = ""
     # Debian's PostgreSQL binaries of the major being run.
     pg_bin_template: str = "/usr/lib/postgresql/{version}/bin"
-    # A Python environment of pip packages (Patroni, psycopg, boto3, prometheus-client) for the
-    # host-run loopback cluster on Debian 12; empty on a node, which runs Debian 13's python3 and
-    # patroni packages (pgha.spec.image).
+    # A Python environment with Patroni, psycopg and boto3, for tools that run the agent outside a
+    # node (tests); empty on a node, which runs Debian 13's python3 and patroni (pgha.spec.image).
     venv: str = ""
-    # systemd's unit directory; on the loopback cluster the supervisor reads units from here.
     systemd_dir: str = "/etc/systemd/system"
 
     @property
@@ -74,11 +72,6 @@ class Layout:
     def units(self) -> str:
         return self.path(self.systemd_dir) if self.root else self.systemd_dir
 
-    @property
-    def on_host(self) -> bool:
-        """True on a real node (EC2): the paths are the host's own, not under a prefix."""
-        return not self.root
-
     def pg_bin(self, version: int) -> str:
         return self.pg_bin_template.format(version=version)
 
@@ -109,20 +102,13 @@ class NodeContext:
     # The CA certificate (public) and each member's certificate (public); keys are secrets.
     ca_cert_pem: str = ""
     node_cert_pems: Mapping[str, str] = field(default_factory=dict)
-    # Where the node's secrets come from at boot: "aws" (Secrets Manager) or "file" (loopback).
-    secret_source: str = "aws"
-    secret_file: str = ""
     # EBS data volume id of each member (the bootstrap finds its device by this id).
     data_volume_ids: Mapping[str, str] = field(default_factory=dict)
-    # Local only: the PostgreSQL major actually installed may differ from the spec's.
-    postgres_version_override: int | None = None
-    # Local only: each member's layout root (on EC2 every member has the same layout).
-    member_roots: Mapping[str, str] = field(default_factory=dict)
     # A branch whose source is a StackReference: the source's bucket and stanza, known at deploy time.
     restore_bucket: str = ""
     restore_stanza: str = ""
     # A branch of an encrypted source: where its nodes read the source's pgBackRest cipher pass
-    # ({"source": "aws", "id": ARN, "region": ...} or, loopback, {"source": "file", "file": ...}).
+    # ({"source": "aws", "id": ARN, "region": ...}).
     # Empty for an unencrypted source. A reference only: the pass itself never enters the files.
     restore_cipher_secret: Mapping[str, str] = field(default_factory=dict)
 

@@ -6,7 +6,7 @@ addresses and layout differ between the two.
 
 import functools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -30,14 +30,6 @@ USERS: dict[str, str] = {
 }
 APP_DATABASE = "app"
 OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
-# The host-run loopback cluster's pip packages (Debian 12 has no Patroni 4); nodes run Debian
-# 13's own (pgha.spec.image).
-NODE_PACKAGES: dict[str, str] = {
-    "patroni": "4.1.5",
-    "psycopg": "3.3.9",
-    "boto3": "1.43.11",
-    "prometheus_client": "0.26.0",
-}
 # Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
 DCS_ONLY_PARAMETERS = frozenset({
     "max_connections", "max_locks_per_transaction", "max_worker_processes", "max_prepared_transactions",
@@ -79,13 +71,12 @@ def _static(name: str) -> str:
 
 
 def postgres_version(spec: ClusterSpec, ctx: NodeContext) -> int:
-    return ctx.postgres_version_override or spec.postgres_version
+    return spec.postgres_version
 
 
 def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]:
     """The node's systemd units in start order."""
-    units = ["pgha-host.service"] if ctx.layout.on_host else []
-    units.append("pgha-prepare.service")
+    units = ["pgha-host.service", "pgha-prepare.service"]
     if member.runs_etcd:
         units.append("pgha-etcd.service")
     units += [
@@ -97,6 +88,7 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-pgbouncer-exporter.service",
         "pgha-pgbackrest-exporter.service",
         "pgha-pgbackrest-server.service",
+        "pgha-timeline-guard.service",
     ]
     if member.runs_etcd:
         units.append("pgha-etcd-leadership.service")
@@ -210,8 +202,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         # where AWS's own are not the ones (the rehearsal's moto).
         "aws": {"region": ctx.s3_region, "endpoint_url": ctx.aws_endpoint_url, "ca_bundle": ctx.aws_ca_file,
                 "s3_addressing": "path" if ctx.s3_uri_style == "path" else "virtual"},
-        "secret": {"source": ctx.secret_source, "id": ctx.secret_id, "region": ctx.s3_region,
-                   "file": ctx.secret_file},
+        "secret": {"source": "aws", "id": ctx.secret_id, "region": ctx.s3_region},
         "stanza": spec.cluster_name,
         "backup_encryption": spec.backup.encryption,
         "backup_types": list(backup_schedules(spec)),
@@ -274,10 +265,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
             ("patroni", PORTS["patroni"], "/metrics"),
             ("haproxy", PORTS["haproxy_stats"], "/metrics"),
         ],
-        "versions": NODE_PACKAGES,
         "image": {"packages": image.NODE_PACKAGES, "packaged_services": image.PACKAGED_SERVICES,
                   "postgres_packages": image.postgres_packages(postgres_version(spec, ctx))},
-        "ec2": ctx.layout.on_host,
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
         "backup_schedules": backup_schedules(spec),
@@ -322,15 +311,11 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
     ]
     if member.runs_etcd:
         files.append(NodeFile(paths["etc"] + "/etcd/etcd.conf.yml", render("etcd.conf.yml.j2")))
-    if lay.venv:
-        # The host-run loopback cluster's pip environment; nodes run Debian's packages.
-        files.append(NodeFile(paths["etc"] + "/requirements-node.txt", render("requirements-node.txt.j2")))
-    if lay.on_host:
-        files += [
-            NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755),
-            NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
-            NodeFile(APT_PREFERENCES_PATH, apt_preferences()),
-        ]
+    files += [
+        NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755),
+        NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
+        NodeFile(lay.path(APT_PREFERENCES_PATH), apt_preferences()),
+    ]
     for unit in view["units"]:
         files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2")))
     # A service per backup type (`pgha backup run` starts them too); a timer per scheduled type.
@@ -344,8 +329,7 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
 
 
 def _peer(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
-    root = ctx.member_roots.get(member.name)
-    lay = ctx.layout if root is None else replace(ctx.layout, root=root)
+    lay = ctx.layout
     return {"ip": ctx.member_ips[member.name], "pgdata": lay.pgdata, "socket": lay.run + "/postgres",
             "etcd": member.runs_etcd}
 
