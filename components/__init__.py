@@ -1,7 +1,7 @@
 """pgha: highly available PostgreSQL on AWS as code (installed as the ``pgha`` package).
 
 ``PostgresCluster`` is the Pulumi component; ``pgha.spec`` validates its input,
-``pgha.render`` renders every node file, ``pgha.local`` runs them on loopback.
+``pgha.render`` renders every node file, ``pgha.local`` boots them as machines of the node image.
 """
 
 from typing import Any

@@ -22,7 +22,8 @@ def _render(args: argparse.Namespace) -> int:
     ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
     # Offline: the AWS names `pulumi up` creates are shown as placeholders unless given.
     ctx = NodeContext(member_ips=ips, bucket=args.bucket, s3_endpoint=f"s3.{region}.amazonaws.com", s3_region=region,
-                      secret_id=args.secret_id, layout=EC2_LAYOUT)
+                      secret_id=args.secret_id, layout=EC2_LAYOUT,
+                      peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots))
     out = Path(args.out)
     for member in spec.members:
         for f in render_node(spec, member, ctx):
@@ -38,7 +39,7 @@ def _render(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from .local.cluster import LocalClusterError
 
-    cluster = _loopback(args)
+    cluster = _local_cluster(args)
     try:
         if args.action == "up":
             seconds = cluster.up(timeout=args.timeout)
@@ -65,7 +66,7 @@ def _drill(args: argparse.Namespace) -> int:
     from .local.cluster import LocalClusterError
     from .local.drills import DrillError, aggregate, as_json, run_drill, summary_line
 
-    cluster = _loopback(args)
+    cluster = _local_cluster(args)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     results = []
     try:
@@ -86,7 +87,7 @@ def _drill(args: argparse.Namespace) -> int:
     return 4 if bad else 0
 
 
-def _loopback(args: argparse.Namespace):
+def _local_cluster(args: argparse.Namespace):
     from .local.cluster import LocalCluster
     from .local.netns import NetnsError
 
@@ -118,7 +119,7 @@ def _image(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     from .local import backups
 
-    cluster = _loopback(args)
+    cluster = _local_cluster(args)
     try:
         if args.action == "run":
             made = backups.run_backup(cluster, args.type, log=lambda line: print(line, file=sys.stderr))
@@ -137,7 +138,7 @@ def _restore(args: argparse.Namespace) -> int:
     from .local import backups
 
     try:
-        done = backups.restore(_loopback(args), args.to, log=lambda line: print(line, file=sys.stderr),
+        done = backups.restore(_local_cluster(args), args.to, log=lambda line: print(line, file=sys.stderr),
                                timeout=args.timeout)
     except backups.LocalClusterError as error:
         print(f"pgha restore: {error}", file=sys.stderr)
@@ -151,7 +152,7 @@ def _branch(args: argparse.Namespace) -> int:
     from .local.backups import BackupError
     from .local.cluster import LocalClusterError
 
-    source = _loopback(args)
+    source = _local_cluster(args)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
         if args.action == "create":
@@ -159,7 +160,7 @@ def _branch(args: argparse.Namespace) -> int:
                 print("pgha branch create NAME --from CLUSTER [--to TIME|LSN]", file=sys.stderr)
                 return 2
             if args.source != source.spec.cluster_name:
-                print(f"pgha branch: --from {args.source}: the loopback cluster here is {source.spec.cluster_name}",
+                print(f"pgha branch: --from {args.source}: the local cluster here is {source.spec.cluster_name}",
                       file=sys.stderr)
                 return 2
             entry = branches.create(source, args.name, args.to, log=log, timeout=args.timeout)
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     where = argparse.ArgumentParser(add_help=False, parents=[cluster_at])
     where.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the cluster")
 
-    backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the loopback cluster")
+    backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the local cluster")
     backup.add_argument("action", choices=("run", "status"))
     backup.add_argument("--type", choices=("full", "diff", "incr"), default="full",
                         help="backup type for run (default full)")
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     backup.set_defaults(func=_backup)
 
     restore = sub.add_parser("restore", parents=[where],
-                             help="restore the loopback cluster (all members) to a time, an LSN or latest")
+                             help="restore the local cluster (all members) to a time, an LSN or latest")
     restore.add_argument("--to", required=True, metavar="TIME|latest|LSN",
                          help="ISO-8601 time with a zone (2025-01-31T12:00:00Z), latest, or an LSN (0/3000060)")
     restore.set_defaults(func=_restore)
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     from .local.drills import SCENARIOS
 
     drill = sub.add_parser("drill", parents=[cluster_at],
-                           help="inject a fault into the loopback cluster under load; measure RTO/RPO")
+                           help="inject a fault into the local cluster under load; measure RTO/RPO")
     drill.add_argument("scenario", choices=tuple(SCENARIOS))
     drill.add_argument("--trials", type=int, default=1, help="how many times (default 1)")
     drill.add_argument("--json", action="store_true", help="every trial as JSON (progress goes to stderr)")

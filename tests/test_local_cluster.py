@@ -36,8 +36,7 @@ def test_members_get_the_address_prefix_and_the_dev_stack_spec_with_ec2_s_layout
     node = json.loads(files["/etc/pgha/node.json"].content)
     # Secrets Manager through the AWS stand-in, trusted by the cluster CA that user-data carries.
     assert node["secret"] == {"source": "aws", "id": "pg-dev-secret", "region": "us-east-1"}
-    assert node["aws"] == {"region": "us-east-1", "endpoint_url": offline.s3.url, "ca_bundle": "/etc/pgha/tls/ca.crt",
-                           "s3_addressing": "path"}
+    assert node["aws"] == {"region": "us-east-1", "endpoint_url": offline.s3.url, "s3_addressing": "path"}
     # Each member's data volume under the name EC2's NVMe driver gives an EBS volume.
     volume = offline.nodes[1].machine.volumes[0]
     assert volume.persistent and volume.by_id == "nvme-Amazon_Elastic_Block_Store_" + local.volume_id(
@@ -137,3 +136,32 @@ def test_a_grown_cluster_gets_new_certificates_under_the_same_ca(offline, tmp_pa
     assert grown._ensure_secrets()["tls_keys"] == {name: ck.key_pem for name, ck in after.items()}
     assert grown._ensure_secrets()["tls_keys"]["pg-dev-1"] != keys["pg-dev-1"]
     assert grown._pki()[1] == after  # stable once it covers every member
+
+
+def test_a_new_instance_keeps_its_ebs_volume_and_loses_metal_s_instance_store(tmp_path):
+    """What EC2 does on replacement: an EBS volume outlives the instance, an instance store not."""
+    from pgha.local.machine import Machine, Volume
+
+    ebs, store = tmp_path / "ebs.img", tmp_path / "nvme0.img"
+    for path in (ebs, store):
+        path.write_bytes(b"data written by the last instance")
+    machine = Machine("pg-x-1", tmp_path / "m", image_root=tmp_path / "image", netns="unused", log=lambda _: None,
+                      volumes=[Volume(ebs, 1, "nvme-Amazon_Elastic_Block_Store_vol0"),
+                               Volume(store, 1, "nvme-Amazon_EC2_NVMe_Instance_Storage_0", persistent=False)])
+    (tmp_path / "m" / "upper" / "etc").mkdir(parents=True)
+    (tmp_path / "m" / "upper" / "etc" / "written-by-the-last-instance").write_text("x")
+    machine._new_instance("i-0new")
+    assert ebs.read_bytes() == b"data written by the last instance"
+    assert not store.exists()
+    assert not (tmp_path / "m" / "upper").exists()  # the next boot starts from the image alone
+
+
+def test_metal_members_get_instance_store_devices_under_ec2_s_names(tmp_path):
+    from dataclasses import replace
+
+    spec = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "a", address_prefix="10.219.0.").spec
+    metal = replace(spec, storage=replace(spec.storage, kind="metal"), instance_type="r7gd.large")
+    cluster = LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "b", address_prefix="10.219.0.", spec=metal)
+    volumes = cluster.nodes[0].machine.volumes
+    assert len(volumes) == metal.instance.nvme_count >= 1
+    assert all(not v.persistent and v.by_id.startswith("nvme-Amazon_EC2_NVMe_Instance_Storage_") for v in volumes)

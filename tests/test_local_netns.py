@@ -1,4 +1,4 @@
-"""Network namespaces for the loopback cluster, for real: ip netns, veth, a bridge, blackhole
+"""Network namespaces for the local members, for real: ip netns, veth, a bridge, blackhole
 routes, setns around fork, and the relay that carries the S3 port into a namespace."""
 
 import contextlib

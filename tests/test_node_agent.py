@@ -1228,3 +1228,31 @@ def test_timeline_guard_acts_only_on_a_replica_stuck_behind_the_leader_s_timelin
     assert agent.stuck_on_old_timeline({**stuck, "state": "starting"}, cluster) is None
     leaderless = {"members": [{**cluster["members"][0], "state": "stopped"}, cluster["members"][1]]}
     assert agent.stuck_on_old_timeline(stuck, leaderless) is None
+
+
+def test_stanza_create_waits_while_an_archive_push_holds_the_lock(monkeypatch):
+    """pgBackRest 2.55: stanza-create takes the archive lock, which the async archive-push of a
+    promotion's first WAL may hold; the agent retries on exit 50 (and only on it), then checks."""
+    monkeypatch.setattr(agent, "STANZA_LOCK_WAIT", 0.1)
+    base = mkbase("pgha-agent-stanza-")
+    try:
+        calls = base / "calls"
+        fake = base / "pgbackrest"
+        fake.write_text("#!/bin/sh\n"
+                        f'for a in "$@"; do case "$a" in stanza-create|check) echo "$a" >> {calls};; esac; done\n'
+                        f'case "$*" in *stanza-create*) [ "$(grep -c stanza-create {calls})" -ge 3 ] || exit 50;; esac\n'
+                        "exit 0\n")
+        fake.chmod(0o755)
+        node = make_node(base)
+        Path(node["paths"]["log"]).mkdir(parents=True, exist_ok=True)
+        assert agent.start_stanza_create(node, binary=str(fake)).wait(timeout=30) == 0
+        assert calls.read_text().split() == ["stanza-create"] * 3 + ["check"]
+        log = (Path(node["paths"]["log"]) / "pgbackrest" / "stanza-create.log").read_text()
+        assert log.count("archive lock held") == 2 and "finished rc=0" in log
+        # Any other failure is final: no retry, no check.
+        calls.unlink()
+        fake.write_text(f"#!/bin/sh\necho stanza-create >> {calls}\nexit 47\n")
+        assert agent.start_stanza_create(node, binary=str(fake)).wait(timeout=30) == 47
+        assert calls.read_text().split() == ["stanza-create"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

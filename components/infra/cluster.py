@@ -207,7 +207,8 @@ class PostgresCluster(pulumi.ComponentResource):
                                     key_arn=key.key_arn, parent=self)
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
-                           ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems)
+                           ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems,
+                           peer_ips=tuple(refs.ip_of(m) for m in spec.member_slots))
         restore_access = []
         if restore_source is not None:
             # A branch: read-only access to the source's repository, whose name the nodes need,

@@ -23,14 +23,14 @@ ROOT_VOLUME_GIB = 20
 
 def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pulumi.Input[str],
                  secret_arn: pulumi.Input[str], ca_cert_pem: pulumi.Input[str],
-                 cert_pems: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[NodeContext]:
+                 cert_pems: Mapping[str, pulumi.Input[str]], peer_ips: tuple[str, ...] = ()) -> pulumi.Output[NodeContext]:
     """The NodeContext of the cluster on EC2, once the bucket, secret and certificates exist."""
     return pulumi.Output.all(bucket=bucket, secret_arn=secret_arn, ca=ca_cert_pem,
                              certs=pulumi.Output.all(**dict(cert_pems))).apply(
         lambda v: NodeContext(
             member_ips=dict(member_ips), bucket=v["bucket"], s3_endpoint=f"s3.{spec.region}.{dns_suffix(spec.region)}",
             s3_region=spec.region, secret_id=v["secret_arn"], s3_key_type="auto", ca_cert_pem=v["ca"],
-            node_cert_pems=dict(v["certs"])))
+            node_cert_pems=dict(v["certs"]), peer_ips=peer_ips))
 
 
 def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext],

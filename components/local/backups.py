@@ -1,4 +1,4 @@
-"""Backups, restore and PITR of the loopback cluster, through the very units and agent the
+"""Backups, restore and PITR of the local cluster, through the very units and agent the
 nodes run (``pgha-backup-<type>.service``, ``pgha-node restore-bootstrap``).
 
 * :func:`run_backup` starts the backup service on every member, as the timers do on EC2: each
@@ -365,7 +365,7 @@ def _where_the_data_is(cluster: LocalCluster) -> str:
 
 def restore(cluster: LocalCluster, target: str, *, log: Callable[[str], None] = print,
             timeout: float = 600) -> dict[str, Any]:
-    """Restore the whole loopback cluster to ``target``; return the restored cluster's facts.
+    """Restore the whole local cluster to ``target``; return the restored cluster's facts.
 
     Nothing is touched until the repository has a verified backup that reaches the target.
     Until the restored leader is up with a full backup on its new timeline, any failure rolls

@@ -1,4 +1,4 @@
-"""Database branches of the loopback cluster: a single node restored from the cluster's backups.
+"""Database branches of the local cluster: a single node restored from the cluster's backups.
 
 A branch is the ``branch`` stack kind run locally: the source stack's config with
 ``stackKind: branch``, its own cluster name (= its own pgBackRest stanza), no replicas and

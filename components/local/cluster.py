@@ -51,8 +51,6 @@ DEFAULT_PREFIX = "10.213.0."
 SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
                "monitor_password", "app_password")
 CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
-# The node's view of AWS: the CA of the moto terminator is the cluster CA, which user-data carries.
-NODE_CA_FILE = EC2_LAYOUT.tls + "/ca.crt"
 ACCOUNT_ID = "123456789012"
 # Per-member data volume (a sparse file: only what is written takes space on the host).
 VOLUME_GIB = 8
@@ -209,7 +207,7 @@ class LocalCluster:
         else:
             pki.mkdir(parents=True, exist_ok=True)
             os.chmod(pki, 0o700)
-            ca, members = make_ca(f"{self.spec.cluster_name} loopback CA"), {}
+            ca, members = make_ca(f"{self.spec.cluster_name} local CA"), {}
         ips = {m.name: self.member_ip(m) for m in self.spec.members}
         stale = [m for m in self.spec.members
                  if m.name not in members or _cert_ips(members[m.name]) != set(certificate_ips(m, ips))]
@@ -264,8 +262,8 @@ class LocalCluster:
         return NodeContext(
             member_ips={m.name: self.member_ip(m) for m in self.spec.members},
             bucket=self.bucket, s3_endpoint=endpoint, s3_region=self.s3.region,
-            secret_id=self.secret_name, s3_ca_file=NODE_CA_FILE, s3_uri_style="path",
-            aws_endpoint_url=f"https://{endpoint}", aws_ca_file=NODE_CA_FILE, layout=EC2_LAYOUT,
+            secret_id=self.secret_name, s3_uri_style="path", aws_endpoint_url=f"https://{endpoint}",
+            layout=EC2_LAYOUT, peer_ips=tuple(self.member_ip(m) for m in self.spec.member_slots),
             ca_cert_pem=ca.cert_pem, node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
             data_volume_ids={m.name: volume_id(self.spec.cluster_name, m.name) for m in self.spec.members},
             restore_cipher_secret=({"source": "aws", "id": self.source_cipher_secret, "region": self.s3.region}
@@ -365,7 +363,10 @@ class LocalCluster:
         missing = missing_prerequisites()
         if missing:
             raise LocalClusterError("missing on this machine:\n  - " + "\n  - ".join(missing))
-        built = self.image
+        try:
+            built = self.image
+        except image_mod.ImageError as error:
+            raise LocalClusterError(f"the node image: {error}") from None
         self.nodes = [self._node(m) for m in self.spec.members]  # on the image just built
         log(f"image {built.key}: {built.manifest['release']}, PostgreSQL {built.versions['postgresql-17']}")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -389,8 +390,11 @@ class LocalCluster:
             booting.append(node.machine)
         if booting:
             with ThreadPoolExecutor(max_workers=len(booting)) as pool:
-                for machine, status in zip(booting, pool.map(lambda m: m.wait_booted(timeout), booting)):
-                    log(f"{machine.name}: cloud-init {status['status']}")
+                try:
+                    for machine, status in zip(booting, pool.map(lambda m: m.wait_booted(timeout), booting)):
+                        log(f"{machine.name}: cloud-init {status['status']}")
+                except MachineError as error:  # names the member, with cloud-init's and the bootstrap's words
+                    raise LocalClusterError(str(error)) from None
         self.wait_healthy(timeout=timeout)
         log(f"healthy after {time.monotonic() - began:.1f}s")
         return time.monotonic() - began
@@ -399,7 +403,8 @@ class LocalCluster:
         """Start the member's machine as ``instance_id`` (its own again: a reboot; new: a new instance)."""
         try:
             node.machine.boot(user_data=self.user_data(node.member), instance_id=instance_id,
-                              hostname=node.member.name, imds_facts=self.imds_facts(node.member))
+                              hostname=node.member.name, imds_facts=self.imds_facts(node.member),
+                              trusted_ca_pem=self.s3.ca.cert_pem)
         except MachineError as error:
             raise LocalClusterError(str(error)) from None
 

@@ -165,7 +165,7 @@ class Machine:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def boot(self, *, user_data: bytes, instance_id: str, hostname: str, imds_facts: dict[str, Any],
-             timeout: float = 60.0) -> None:
+             trusted_ca_pem: str = "", timeout: float = 60.0) -> None:
         """Start the machine: the instance's overlay, seed and volumes, its IMDS, then systemd.
 
         A new ``instance_id`` is a new instance: a fresh overlay upper layer (the image's state,
@@ -183,6 +183,8 @@ class Machine:
         cfg = self.root / "etc/cloud/cloud.cfg.d/90-pgha-platform.cfg"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(PLATFORM_CLOUD_CFG)
+        if trusted_ca_pem:
+            self._trust(trusted_ca_pem)
         (self.home / "instance.json").write_text(json.dumps({"instance_id": instance_id, "hostname": hostname}))
         (self.home / "imds.json").write_text(json.dumps({**imds_facts, "instance_id": instance_id,
                                                          "hostname": hostname}, indent=1))
@@ -237,6 +239,17 @@ class Machine:
                 path.rmdir()
         with contextlib.suppress(OSError):
             self.cgroup.rmdir()
+
+    def _trust(self, ca_pem: str) -> None:
+        """Put ``ca_pem`` in the machine's trust store, as an AMI carries the roots that sign AWS's
+        endpoints: the system bundle boto3 and pgBackRest read, and ca-certificates' local
+        directory, so a regenerated bundle keeps it."""
+        local = self.root / "usr/local/share/ca-certificates/pgha-aws.crt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(ca_pem)
+        bundle = self.root / "etc/ssl/certs/ca-certificates.crt"
+        system = (self.image_root / "etc/ssl/certs/ca-certificates.crt").read_text()
+        bundle.write_text(system + ca_pem)
 
     def _console_tail(self, lines: int = 15) -> str:
         try:

@@ -1,18 +1,17 @@
-"""Network namespaces: each loopback member a host of its own, so a network partition is possible.
+"""Network namespaces: each member's machine a host of its own, with the address it has on EC2.
 
-On loopback the kernel gives every connection whose daemon does not bind its own address the
-source 127.0.0.1, so no rule can tell one member's traffic from another's. In namespace mode
-each member runs in a network namespace with a veth pair to a bridge in the root namespace:
+Each member's machine joins a network namespace with a veth pair to a bridge in the root
+namespace:
 
-    root namespace: bridge pb<X>x<Y> with <prefix>254/24 (clients, drills, S3 over TLS)
-    member i:       namespace pgha-<X>-<Y>-<i>, eth0 = <prefix><i>/24, lo up
+    root namespace: bridge pb<X>x<Y> with <prefix>254/24 (clients, drills, the AWS stand-in)
+    member n:       namespace pgha-<X>-<Y>-<n>, eth0 = <prefix><n>/24, lo up
 
-The members' addresses are then as real as on EC2: every connection between two members
-comes from the sender's own address. A partition is a set of blackhole routes inside the
-namespaces (the member cut off cannot reach the others, nor they it; the root namespace still
-reaches everyone, as clients in other AZs would). Inside each namespace a relay listens on the
-S3 TLS port of 127.0.0.1 and forwards to the root namespace's, so pgBackRest's endpoint stays
-``localhost`` (2.45 checks the name, and cannot check an IP address).
+Every connection between two members comes from the sender's own address, as on EC2. A
+partition is a set of blackhole routes inside the namespaces (the member cut off cannot reach
+the others, nor they it; the root namespace still reaches everyone, as clients in other AZs
+would). Inside each namespace a relay listens on the AWS stand-in's TLS port of 127.0.0.1 and
+forwards to the root namespace's, so pgBackRest's endpoint is ``localhost`` (pgBackRest checks
+the name, and cannot check an IP address).
 
 Processes enter a member's namespace through :func:`entered`, around ``fork``: ``setns``
 switches only the calling thread, which the child inherits.

@@ -1,4 +1,4 @@
-"""A minimal certificate authority for the loopback cluster.
+"""A minimal certificate authority for the local cluster.
 
 The loopback cluster runs etcd peers, PostgreSQL and a TLS-fronted S3 on 127.0.0.1;
 all of them need certificates that chain to one CA the clients are told to trust.

@@ -94,10 +94,13 @@ class NodeContext:
     s3_ca_file: str | None = None
     s3_key_type: str = "auto"
     s3_uri_style: str = "host"
-    # Where the node's boto3 reaches AWS: empty on EC2 (AWS's own endpoints, the system CAs);
-    # the rehearsal's moto server and the CA of its TLS terminator otherwise.
+    # Where the node's boto3 reaches AWS: empty on EC2 (AWS's own endpoints); the rehearsal's
+    # moto server otherwise (whose CA the platform puts in the node's trust store, as the AMI
+    # carries AWS's).
     aws_endpoint_url: str = ""
-    aws_ca_file: str = ""
+    # The address of every member slot the cluster may grow to (ClusterSpec.member_slots): who may
+    # replicate and rewind from a member. Empty: the current members only.
+    peer_ips: tuple[str, ...] = ()
     layout: Layout = field(default_factory=Layout)
     # The CA certificate (public) and each member's certificate (public); keys are secrets.
     ca_cert_pem: str = ""

@@ -198,9 +198,9 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "users": USERS,
         "os_users": OS_USERS,
         "ports": dict(PORTS),
-        # How boto3 reaches AWS (Secrets Manager, S3): the region, and an endpoint and CA only
-        # where AWS's own are not the ones (the rehearsal's moto).
-        "aws": {"region": ctx.s3_region, "endpoint_url": ctx.aws_endpoint_url, "ca_bundle": ctx.aws_ca_file,
+        # How boto3 reaches AWS (Secrets Manager, S3): the region, and an endpoint only where
+        # AWS's own is not the one (the rehearsal's moto).
+        "aws": {"region": ctx.s3_region, "endpoint_url": ctx.aws_endpoint_url,
                 "s3_addressing": "path" if ctx.s3_uri_style == "path" else "virtual"},
         "secret": {"source": "aws", "id": ctx.secret_id, "region": ctx.s3_region},
         "stanza": spec.cluster_name,
@@ -219,6 +219,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "ip": ip,
         "members": members,
         "member_ips": [m["ip"] for m in members],
+        "peer_ips": list(ctx.peer_ips) or [m["ip"] for m in members],
         "paths": paths,
         "ports": PORTS,
         "users": USERS,

@@ -53,6 +53,10 @@ MEMBER_PORTS: tuple[int, ...] = (
 )
 
 
+# The largest cluster: a primary and five replicas over three AZs.
+MAX_MEMBERS = 6
+
+
 @dataclass(frozen=True)
 class StorageSpec:
     """Where PostgreSQL's data lives: instance-store NVMe (``metal``) or one EBS volume."""
@@ -176,7 +180,16 @@ class ClusterSpec:
 
     @property
     def members(self) -> tuple[Member, ...]:
-        count = 1 + self.replicas
+        return self._members(1 + self.replicas)
+
+    @property
+    def member_slots(self) -> tuple[Member, ...]:
+        """Every member the cluster may grow to (``replicas`` raised to the most allowed): the
+        addresses the members let replicate from them, so a member added later can clone from a
+        running one whose files predate it."""
+        return self._members(MAX_MEMBERS)
+
+    def _members(self, count: int) -> tuple[Member, ...]:
         # An even etcd cluster tolerates no more failures than the odd one below it.
         etcd_count = 3 if count >= 3 else 1
         return tuple(

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import image
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
-from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec
+from .model import MAX_MEMBERS, BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec
 from .presets import PROFILES, RTO_PLANS
 from .schedule import CronError, cron_to_oncalendar
 
@@ -24,7 +24,7 @@ SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = image.POSTGRES_MAJORS
 STACK_KINDS: tuple[str, ...] = ("regional", "branch")
 # A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
 BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
-MAX_REPLICAS = 5
+MAX_REPLICAS = MAX_MEMBERS - 1
 MAX_RPO_BYTES = 1 << 30
 CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
 # 24 leaves room for the suffixes AWS name limits allow (NLB and target group names: 32).
