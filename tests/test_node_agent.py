@@ -1231,16 +1231,17 @@ def test_timeline_guard_acts_only_on_a_replica_stuck_behind_the_leader_s_timelin
 
 
 def test_stanza_create_waits_while_an_archive_push_holds_the_lock(monkeypatch):
-    """pgBackRest 2.55: stanza-create takes the archive lock, which the async archive-push of a
-    promotion's first WAL may hold; the agent retries on exit 50 (and only on it), then checks."""
-    monkeypatch.setattr(agent, "STANZA_LOCK_WAIT", 0.1)
+    """Right after a promotion: the archive lock held by the async archive-push of its first WAL
+    (exit 50), PostgreSQL still in recovery (exit 56). The agent retries on those, then checks."""
+    monkeypatch.setattr(agent, "STANZA_WAIT", 0.1)
     base = mkbase("pgha-agent-stanza-")
     try:
         calls = base / "calls"
         fake = base / "pgbackrest"
         fake.write_text("#!/bin/sh\n"
                         f'for a in "$@"; do case "$a" in stanza-create|check) echo "$a" >> {calls};; esac; done\n'
-                        f'case "$*" in *stanza-create*) [ "$(grep -c stanza-create {calls})" -ge 3 ] || exit 50;; esac\n'
+                        f'case "$*" in *stanza-create*) n=$(grep -c stanza-create {calls}); '
+                        '[ "$n" -ge 3 ] || exit $((44 + 6 * n));; esac\n'
                         "exit 0\n")
         fake.chmod(0o755)
         node = make_node(base)
@@ -1248,7 +1249,7 @@ def test_stanza_create_waits_while_an_archive_push_holds_the_lock(monkeypatch):
         assert agent.start_stanza_create(node, binary=str(fake)).wait(timeout=30) == 0
         assert calls.read_text().split() == ["stanza-create"] * 3 + ["check"]
         log = (Path(node["paths"]["log"]) / "pgbackrest" / "stanza-create.log").read_text()
-        assert log.count("archive lock held") == 2 and "finished rc=0" in log
+        assert "not yet (exit 50" in log and "not yet (exit 56" in log and "finished rc=0" in log
         # Any other failure is final: no retry, no check.
         calls.unlink()
         fake.write_text(f"#!/bin/sh\necho stanza-create >> {calls}\nexit 47\n")

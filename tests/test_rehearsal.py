@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -93,8 +94,16 @@ def test_the_image_holds_the_pinned_versions_ec2_installs(local_cluster):
 
 
 def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(local_cluster):
+    with psycopg.connect(backups.superuser_dsn(local_cluster, backups.leader(local_cluster)), autocommit=True,
+                         connect_timeout=5) as conn:
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+    deadline = time.monotonic() + 60
+    while (backups.archiver(local_cluster)["last_archived_wal"] or "") < segment:
+        assert time.monotonic() < deadline, f"{segment} was not archived within 60 s"
+        time.sleep(0.5)
     archiver = backups.archiver(local_cluster)
-    assert archiver["archived_count"] > 0 and archiver["failed_count"] == 0
+    # Archiving works now (a failover or a restart of the AWS stand-in may have failed a push before).
+    assert archiver["last_failed_time"] is None or archiver["last_archived_time"] > archiver["last_failed_time"]
     backup = backups.run_backup(local_cluster, "full", log=lambda _: None)
     assert backup["type"] == "full"
     keys = [o["Key"] for o in local_cluster.s3.client().list_objects_v2(
