@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pgha.render import (EC2_USER_DATA_LIMIT, bucket_files, cloud_config, render_cluster, render_node,
-                         sized_parameters, user_data, user_data_bytes)
+                         sized_parameters, user_data)
 from pgha.spec import RTO_PLANS
 from render_fixtures import COMBINATIONS, ec2_context, local_context, make_spec
 

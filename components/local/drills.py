@@ -35,7 +35,6 @@ import urllib.error
 import urllib.request
 from base64 import b64encode
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import psycopg

@@ -5,7 +5,6 @@ addresses and layout differ between the two.
 """
 
 import functools
-import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any

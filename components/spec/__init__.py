@@ -10,5 +10,5 @@ from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spe
 __all__ = [
     "BackupSpec", "CLIENT_PORTS", "ClusterSpec", "InstanceType", "MEMBER_PORTS", "METRICS_PORTS", "Member",
     "NetworkSpec", "PORTS", "RestoreSpec", "PROFILES", "Problem", "RTO_PLANS", "RtoPlan", "SERVICES", "SUPPORTED_POSTGRES_VERSIONS",
-    "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "member_ip",
+    "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "image", "member_ip",
 ]
