@@ -14,18 +14,11 @@ class Layout:
     root: str = ""
     # Debian's PostgreSQL binaries of the major being run.
     pg_bin_template: str = "/usr/lib/postgresql/{version}/bin"
-    # A Python environment with Patroni, psycopg and boto3, for tools that run the agent outside a
-    # node (tests); empty on a node, which runs Debian 13's python3 and patroni (pgha.spec.image).
-    venv: str = ""
     systemd_dir: str = "/etc/systemd/system"
 
-    @property
-    def python(self) -> str:
-        return f"{self.venv}/bin/python" if self.venv else "/usr/bin/python3"
-
-    @property
-    def patroni(self) -> str:
-        return f"{self.venv}/bin/patroni" if self.venv else "/usr/bin/patroni"
+    # Debian 13's python3 (the node agent's) and patroni (pgha.spec.image): no virtualenv on a node.
+    python: str = "/usr/bin/python3"
+    patroni: str = "/usr/bin/patroni"
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
