@@ -77,4 +77,6 @@ def local_cluster():
     cluster = LocalCluster(project_dir=REPO, stack="dev", log=log_to_stderr, **args)
     cluster.up(timeout=300, log=log_to_stderr)
     yield cluster
+    if os.environ.get("PGHA_TEST_KEEP"):  # left running to look into; the next session wipes it
+        return
     cluster.destroy(log=log_to_stderr)
