@@ -29,7 +29,10 @@ def _render(args: argparse.Namespace) -> int:
         for f in render_node(spec, member, ctx):
             target = out / member.name / f.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
+            if isinstance(f.content, bytes):
+                target.write_bytes(f.content)
+            else:
+                target.write_text(f.content)
             target.chmod(f.mode)
         size = len(user_data_bytes(spec, member, ctx))
         print(f"{member.name}: {out / member.name} (user-data {size} bytes of 16384)")

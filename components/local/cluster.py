@@ -349,7 +349,7 @@ class LocalCluster:
         s3 = self.s3.client()
         for member in self.spec.members:
             for f in bucket_files(self.spec, member, self.context()):
-                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content.encode())
+                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def up(self, *, timeout: float = 300.0, log: Any = print, hold: Collection[str] = ()) -> float:
@@ -436,11 +436,12 @@ class LocalCluster:
         user-data would carry) and let systemd see changed units."""
         for f in self.rendered(node):
             path = node.machine.fs / f.path.lstrip("/")
-            if path.exists() and path.read_text() == f.content:
+            body = f.content.encode() if isinstance(f.content, str) else f.content
+            if path.exists() and path.read_bytes() == body:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f.content)
+            tmp.write_bytes(body)
             os.chmod(tmp, f.mode)
             os.chown(tmp, *_ids_of(node.machine, f.owner))
             os.replace(tmp, path)
