@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import contract
 from .spec import SpecError, build_spec, member_ip
 from .spec.stackfile import read_stack_config
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the local cluster")
     backup.add_argument("action", choices=("run", "status"))
-    backup.add_argument("--type", choices=("full", "diff", "incr"), default="full",
+    backup.add_argument("--type", choices=contract.BACKUP_TYPES, default="full",
                         help="backup type for run (default full)")
     backup.add_argument("--json", action="store_true", help="status as JSON")
     backup.set_defaults(func=_backup)
