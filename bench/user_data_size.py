@@ -25,7 +25,7 @@ def main() -> None:
         ctx = ec2_context(spec)
         sizes = [len(user_data_bytes(spec, m, ctx)) for m in spec.members]
         plain = max(len(cloud_config(spec, m, ctx).encode()) for m in spec.members)
-        bulk = sum(len(b.content.encode()) for b in bucket_files(spec, spec.members[0], ctx))
+        bulk = sum(len(b.content) for b in bucket_files(spec, spec.members[0], ctx))
         print(f"{name:<14} {spec.instance_type:<14} {len(sizes):>7} {plain:>13} {max(sizes):>10} "
               f"{max(sizes) / EC2_USER_DATA_LIMIT:>8.0%} {bulk:>8}")
 

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import contract
 from .spec import SpecError, build_spec, member_ip
 from .spec.stackfile import read_stack_config
 
@@ -29,7 +30,10 @@ def _render(args: argparse.Namespace) -> int:
         for f in render_node(spec, member, ctx):
             target = out / member.name / f.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
+            if isinstance(f.content, bytes):
+                target.write_bytes(f.content)
+            else:
+                target.write_text(f.content)
             target.chmod(f.mode)
         size = len(user_data_bytes(spec, member, ctx))
         print(f"{member.name}: {out / member.name} (user-data {size} bytes of 16384)")
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backup = sub.add_parser("backup", parents=[where], help="pgBackRest backups of the local cluster")
     backup.add_argument("action", choices=("run", "status"))
-    backup.add_argument("--type", choices=("full", "diff", "incr"), default="full",
+    backup.add_argument("--type", choices=contract.BACKUP_TYPES, default="full",
                         help="backup type for run (default full)")
     backup.add_argument("--json", action="store_true", help="status as JSON")
     backup.set_defaults(func=_backup)

@@ -30,7 +30,8 @@ CASES = {
                        "backup": {"encryption": True, "incrSchedule": "0 * * * *"}},
 }
 # Shipped verbatim and tested on its own (tests/test_node_agent.py).
-SKIP = ("/opt/pgha/bin/pgha-node",)
+# Verbatim package code, not rendered: the agent zipapp and its fetcher (tests/agent cover them).
+SKIP = ("/opt/pgha/bin/pgha-node.pyz", "/opt/pgha/bin/pgha-fetch")
 
 
 def rendered(case: str) -> dict[str, str]:

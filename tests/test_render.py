@@ -8,9 +8,15 @@ from dataclasses import replace
 
 import pytest
 import yaml
-
-from pgha.render import (EC2_USER_DATA_LIMIT, bucket_files, cloud_config, render_cluster, render_node,
-                         sized_parameters, user_data)
+from pgha.render import (
+    EC2_USER_DATA_LIMIT,
+    bucket_files,
+    cloud_config,
+    render_cluster,
+    render_node,
+    sized_parameters,
+    user_data,
+)
 from pgha.spec import RTO_PLANS
 from render_fixtures import COMBINATIONS, ec2_context, local_context, make_spec
 
@@ -46,14 +52,16 @@ def test_files_too_big_for_user_data_come_from_the_bucket_with_their_hash():
     ctx = ec2_context(spec)
     member = spec.members[0]
     fetched = bucket_files(spec, member, ctx)
-    assert [b.path for b in fetched] == ["/opt/pgha/bin/pgha-node"]
-    agent = files_of(spec, ctx)["/opt/pgha/bin/pgha-node"].content
-    assert fetched[0].sha256 == hashlib.sha256(agent.encode()).hexdigest()
+    assert [b.path for b in fetched] == ["/opt/pgha/bin/pgha-node.pyz"]
+    agent = files_of(spec, ctx)["/opt/pgha/bin/pgha-node.pyz"].content
+    assert isinstance(agent, bytes) and fetched[0].sha256 == hashlib.sha256(agent).hexdigest()
     assert fetched[0].key.startswith(f"{spec.cluster_name}/node-files/")
     document = yaml.safe_load(cloud_config(spec, member, ctx).removeprefix("#cloud-config\n"))
     manifest = next(f for f in document["write_files"] if f["path"] == "/etc/pgha/bucket-files.json")
     assert json.loads(manifest["content"])[0]["sha256"] == fetched[0].sha256
-    assert all(f["path"] != "/opt/pgha/bin/pgha-node" for f in document["write_files"])
+    assert all(f["path"] != "/opt/pgha/bin/pgha-node.pyz" for f in document["write_files"])
+    # The zipapp's fetcher travels in user-data: the agent's own fetch module.
+    assert any(f["path"] == "/opt/pgha/bin/pgha-fetch" for f in document["write_files"])
 
 
 def test_no_private_key_or_password_reaches_rendered_files():
@@ -61,7 +69,8 @@ def test_no_private_key_or_password_reaches_rendered_files():
 
     spec = make_spec(COMBINATIONS["x86_64-metal"])
     ctx = ec2_context(spec)
-    text = "".join(f.content for files in render_cluster(spec, ctx).values() for f in files)
+    text = "".join(f.content for files in render_cluster(spec, ctx).values() for f in files
+                   if isinstance(f.content, str))
     pem_kinds = set(re.findall(r"-----BEGIN ([A-Z ]+)-----", text))
     assert pem_kinds == {"CERTIFICATE"}
     patroni = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/patroni.yml"].content)
@@ -197,6 +206,9 @@ def test_the_local_rendering_differs_from_ec2_s_only_in_the_context_s_values():
     swaps += [(local.bucket, ec2.bucket), (local.secret_id, ec2.secret_id), (local.s3_endpoint, ec2.s3_endpoint)]
     differing = []
     for path, text in local_files.items():
+        if isinstance(text, bytes):  # the agent zipapp: the same bytes everywhere
+            assert text == ec2_files[path]
+            continue
         for old, new in swaps:
             text = text.replace(old, new)
         if text != ec2_files[path]:

@@ -17,16 +17,13 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from .. import contract
 from ..spec import ClusterSpec
 from .common import SSM_CORE_POLICY, child, cluster_tags, partition
 
-PASSWORDS: tuple[str, ...] = (
-    "superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
-    "monitor_password",
-    "app_password",
-)
+PASSWORDS: tuple[str, ...] = contract.PASSWORD_KEYS
 # pgBackRest repository encryption key: only generated when backup.encryption is on.
-CIPHER_PASS = "pgbackrest_cipher_pass"
+CIPHER_PASS = contract.CIPHER_PASS_KEY
 
 
 def stanza_prefix(spec: ClusterSpec) -> str:

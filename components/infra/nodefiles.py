@@ -8,6 +8,7 @@ bucket name, secret and certificates are: the set is computed with a provisional
 from the real context.
 """
 
+import base64
 from typing import Mapping, Sequence
 
 import pulumi
@@ -42,6 +43,8 @@ def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str]
         found = ctx.apply(lambda c, m=member, p=path: next(f for f in bucket_files(spec, m, c) if f.path == p))
         objects.append(aws.s3.BucketObjectv2(
             f"{name}-node-file-{index + 1}", bucket=bucket, key=found.apply(lambda f: f.key),
-            content=found.apply(lambda f: f.content), content_type="application/octet-stream",
+            # The agent zipapp is binary: base64 on the wire, the object holds the bytes.
+            content_base64=found.apply(lambda f: base64.b64encode(f.content).decode()),
+            content_type="application/octet-stream",
             server_side_encryption="aws:kms", opts=child(parent)))
     return objects

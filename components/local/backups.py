@@ -27,12 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import contract
 from ..render import USERS
 from ..spec import PORTS, RestoreSpec
 from ..spec.validate import parse_target_time
 from .cluster import LocalCluster, LocalClusterError, Node
 
-BACKUP_TYPES = ("full", "diff", "incr")
+BACKUP_TYPES = contract.BACKUP_TYPES
 
 
 class BackupError(LocalClusterError):

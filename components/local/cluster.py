@@ -29,14 +29,25 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from ..render import APP_DATABASE, EC2_LAYOUT, USERS, Layout, NodeContext, NodeFile, bucket_files, render_node
-from ..render import unit_names, user_data_bytes
+from .. import contract
+from ..agent.patroni_api import PatroniClient
+from ..render import (
+    APP_DATABASE,
+    EC2_LAYOUT,
+    USERS,
+    Layout,
+    NodeContext,
+    NodeFile,
+    bucket_files,
+    render_node,
+    unit_names,
+    user_data_bytes,
+)
 from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
 from . import image as image_mod
@@ -48,9 +59,8 @@ from .tls import CertKey, issue, make_ca
 DEFAULT_ROOT = Path("/srv/pgha-local")
 # Members on <prefix><n> in namespaces of their own, the host on <prefix>254 (the bridge).
 DEFAULT_PREFIX = "10.213.0."
-SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
-               "monitor_password", "app_password")
-CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
+SECRET_KEYS = contract.PASSWORD_KEYS
+CIPHER_PASS_KEY = contract.CIPHER_PASS_KEY
 ACCOUNT_ID = "123456789012"
 # Per-member data volume (a sparse file: only what is written takes space on the host).
 VOLUME_GIB = 8
@@ -349,7 +359,7 @@ class LocalCluster:
         s3 = self.s3.client()
         for member in self.spec.members:
             for f in bucket_files(self.spec, member, self.context()):
-                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content.encode())
+                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def up(self, *, timeout: float = 300.0, log: Any = print, hold: Collection[str] = ()) -> float:
@@ -436,11 +446,12 @@ class LocalCluster:
         user-data would carry) and let systemd see changed units."""
         for f in self.rendered(node):
             path = node.machine.fs / f.path.lstrip("/")
-            if path.exists() and path.read_text() == f.content:
+            body = f.content.encode() if isinstance(f.content, str) else f.content
+            if path.exists() and path.read_bytes() == body:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f.content)
+            tmp.write_bytes(body)
             os.chmod(tmp, f.mode)
             os.chown(tmp, *_ids_of(node.machine, f.owner))
             os.replace(tmp, path)
@@ -532,8 +543,11 @@ class LocalCluster:
 
     # -- health -----------------------------------------------------------------------------------
     def patroni(self, node: Node, path: str = "/cluster", timeout: float = 2.0) -> Any:
-        with urllib.request.urlopen(f"http://{node.ip}:{PORTS['patroni']}{path}", timeout=timeout) as reply:
-            return json.loads(reply.read())
+        # The agent's client; an error status stays an OSError here, as urlopen's HTTPError was.
+        status, raw = PatroniClient(node.ip, PORTS["patroni"]).request("GET", path, timeout=timeout)
+        if status >= 400:
+            raise OSError(f"Patroni {node.ip} {path}: HTTP {status}")
+        return json.loads(raw)
 
     def cluster_view(self) -> dict[str, Any] | None:
         """Patroni's /cluster as most members see it.

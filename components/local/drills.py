@@ -33,7 +33,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from base64 import b64encode
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -307,15 +306,11 @@ def patroni_request(cluster: LocalCluster, node: Node, method: str, path: str, b
                     timeout: float = 30) -> tuple[int, str]:
     """An authenticated call to Patroni's REST API (unsafe endpoints need the REST user)."""
     password = json.loads(cluster.secrets_file.read_text())["patroni_rest_password"]
-    token = b64encode(f"{USERS['patroni_rest']}:{password}".encode()).decode()
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://{node.ip}:{PORTS['patroni']}{path}", data=data, method=method,
-                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    from ..agent.patroni_api import PatroniClient  # the agent's one REST client
+
+    client = PatroniClient(node.ip, PORTS["patroni"], auth=(USERS["patroni_rest"], password))
+    status, raw = client.request(method, path, body, timeout=timeout)
+    return status, raw.decode()
 
 
 def dynamic_config(cluster: LocalCluster) -> dict[str, Any]:

@@ -114,9 +114,9 @@ class NodeContext:
 
 @dataclass(frozen=True)
 class NodeFile:
-    """One file a node receives: absolute path, text, mode and owner."""
+    """One file a node receives: absolute path, content (text; bytes for the agent zipapp), mode and owner."""
 
     path: str
-    content: str
+    content: str | bytes
     mode: int = 0o644
     owner: str = "root"

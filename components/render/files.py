@@ -5,14 +5,17 @@ addresses and layout differ between the two.
 """
 
 import functools
+import shlex
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import jinja2
 
+from .. import contract
 from ..spec import PORTS, ClusterSpec, Member, image
 from ..spec.schedule import cron_to_oncalendar
+from .agentzip import agent_zipapp, fetcher_source
 from .context import NodeContext, NodeFile
 from .pgparams import data_disk_gib, sized_parameters
 
@@ -27,7 +30,7 @@ USERS: dict[str, str] = {
     # database `app`, made at bootstrap.
     "app": "dbuser_app",
 }
-APP_DATABASE = "app"
+APP_DATABASE = contract.APP_DATABASE
 OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
 # Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
 DCS_ONLY_PARAMETERS = frozenset({
@@ -65,10 +68,6 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _static(name: str) -> str:
-    return resources.files("pgha.templates").joinpath(name).read_text()
-
-
 def postgres_version(spec: ClusterSpec, ctx: NodeContext) -> int:
     return spec.postgres_version
 
@@ -94,7 +93,7 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
     return units
 
 
-BACKUP_TYPES: tuple[str, ...] = ("full", "diff", "incr")
+BACKUP_TYPES: tuple[str, ...] = contract.BACKUP_TYPES
 
 
 def backup_schedules(spec: ClusterSpec) -> dict[str, list[str]]:
@@ -185,8 +184,11 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
     services, backends = _services(spec)
     restore = _restore_facts(spec, ctx)
     host, _, port = ctx.s3_endpoint.partition(":")
-    pgbackrest_cmd = (f"/usr/bin/pgbackrest --config={paths['pgbackrest_config']} "
-                      f"--config-include-path={paths['secrets']}/pgbackrest")
+    pgbackrest_cmd = shlex.join(contract.pgbackrest_argv(paths, binary="/usr/bin/pgbackrest"))
+
+    def agent(command: str, *args: str) -> str:
+        """The agent's command line for the templates: {{ agent("etcd", "--config", path) }}."""
+        return shlex.join(contract.agent_argv(paths, command, *args))
     node_facts = {
         "cluster": spec.cluster_name,
         "member": member.name,
@@ -233,8 +235,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in etcd_members],
         "etcd_initial_cluster": ",".join(
             f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
-        "callback": (f"{paths['python']} {paths['bin']}/pgha-node --node-json {paths['etc']}/node.json "
-                     "on-role-change"),
+        "agent": agent,
+        "callback": agent("on-role-change"),
         "pgbackrest_cmd": pgbackrest_cmd,
         "stanza": spec.cluster_name,
         "pool_mode": spec.pool_mode,
@@ -304,8 +306,10 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
         NodeFile(paths["tls"] + "/ca.crt", ctx.ca_cert_pem),
         NodeFile(paths["tls"] + "/node.crt", ctx.node_cert_pems.get(member.name, "")),
         NodeFile(paths["bin"] + "/pgha-prepare-dirs", render("pgha-prepare-dirs.sh.j2"), mode=0o755),
-        # Not a template: shipped verbatim.
-        NodeFile(paths["bin"] + "/pgha-node", _static("bin/pgha-node"), mode=0o755),
+        # Not templates: the agent zipapp (bucket-delivered, run by paths.python) and the
+        # bootstrap's fetcher of it (pgha/agent/fetch.py itself, in user-data).
+        NodeFile(contract.agent_path(paths), agent_zipapp()),
+        NodeFile(f"{paths['bin']}/{contract.FETCHER_FILE}", fetcher_source(), mode=0o755),
         NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2")),
         NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
     ]
@@ -341,7 +345,7 @@ def _restore_facts(spec: ClusterSpec, ctx: NodeContext) -> dict[str, Any] | None
         return None
     stanza = r.source_stanza or ctx.restore_stanza
     facts: dict[str, Any] = {"stanza": stanza, "bucket": r.source_bucket or ctx.restore_bucket or ctx.bucket,
-                             "path": f"/{stanza}/pgbackrest", "target": r.target, "type": r.target_type}
+                             "path": contract.repo_path(stanza), "target": r.target, "type": r.target_type}
     if stanza != spec.cluster_name:
         # Another cluster's repository (a branch): its cipher, never this cluster's own from
         # pgbackrest.conf; the pass is fetched at boot from the secret named here.

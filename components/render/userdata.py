@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import yaml
 
+from ..contract import AGENT_FILE, node_files_prefix
 from ..spec import ClusterSpec, Member
 from .context import NodeContext
 from .files import render_node
 
 EC2_USER_DATA_LIMIT = 16 * 1024
 # Static files too large for user-data travel through the cluster's bucket instead.
-S3_DELIVERED_SUFFIXES: tuple[str, ...] = ("/pgha-node",)
+S3_DELIVERED_SUFFIXES: tuple[str, ...] = ("/" + AGENT_FILE,)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class BucketFile:
     key: str
     sha256: str
     mode: int
-    content: str
+    content: bytes
 
 
 def bucket_files(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[BucketFile]:
@@ -38,10 +39,11 @@ def bucket_files(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Bu
     out = []
     for f in render_node(spec, member, ctx):
         if f.path.endswith(S3_DELIVERED_SUFFIXES):
-            digest = hashlib.sha256(f.content.encode()).hexdigest()
+            body = f.content.encode() if isinstance(f.content, str) else f.content
+            digest = hashlib.sha256(body).hexdigest()
             name = f.path.rsplit("/", 1)[-1]
-            out.append(BucketFile(f.path, f"{spec.cluster_name}/node-files/{digest[:16]}/{name}", digest, f.mode,
-                                  f.content))
+            out.append(BucketFile(f.path, f"{node_files_prefix(spec.cluster_name)}{digest[:16]}/{name}", digest,
+                                  f.mode, body))
     return out
 
 

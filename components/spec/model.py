@@ -9,6 +9,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .. import contract
 from .catalog import InstanceType, catalog
 from .presets import RTO_PLANS, RtoPlan
 
@@ -126,7 +127,7 @@ class RestoreSpec:
     @property
     def source_path(self) -> str:
         """repo1-path of the source repository (pgha's layout: /<stanza>/pgbackrest)."""
-        return f"/{self.source_stanza}/pgbackrest"
+        return contract.repo_path(self.source_stanza)
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,17 @@
 """Backups without daemons: cron -> OnCalendar, rendered timers/units/Patroni methods, the
 agent's choice of the member that backs up, and what a restored copy keeps of its source."""
 
-import importlib.machinery
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-
+from pgha.agent import backup, errors, restore
 from pgha.render import render_node, timer_names, unit_names
 from pgha.spec import SpecError
 from pgha.spec.schedule import CronError, cron_to_oncalendar
 from render_fixtures import ec2_context, local_context, make_spec
-
-SCRIPT = Path(__file__).resolve().parent.parent / "config-templates" / "bin" / "pgha-node"
-
-
-def _agent():
-    loader = importlib.machinery.SourceFileLoader("pgha_node_agent_backups", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-agent = _agent()
 
 
 @pytest.mark.parametrize("cron, expected", [
@@ -126,7 +111,7 @@ CLUSTER = {"members": [
 
 
 def test_the_sync_standby_takes_the_backup():
-    assert agent.choose_backup_member(CLUSTER) == ("pg-2", "pg-1")
+    assert backup.choose_backup_member(CLUSTER) == ("pg-2", "pg-1")
 
 
 def test_a_lagging_or_stopped_replica_never_takes_it():
@@ -134,10 +119,10 @@ def test_a_lagging_or_stopped_replica_never_takes_it():
                         {"name": "pg-2", "role": "sync_standby", "state": "stopped", "lag": 0},
                         {"name": "pg-3", "role": "replica", "state": "streaming", "lag": 64 << 20},
                         {"name": "pg-4", "role": "replica", "state": "streaming", "lag": "unknown"}]}
-    assert agent.choose_backup_member(view) == ("pg-1", "pg-1")
+    assert backup.choose_backup_member(view) == ("pg-1", "pg-1")
     view["members"].append({"name": "pg-5", "role": "replica", "state": "streaming", "lag": 1024})
-    assert agent.choose_backup_member(view) == ("pg-5", "pg-1")
-    assert agent.choose_backup_member({"members": [{"name": "pg-1", "role": "leader", "state": "stopped"}]}) == (
+    assert backup.choose_backup_member(view) == ("pg-5", "pg-1")
+    assert backup.choose_backup_member({"members": [{"name": "pg-1", "role": "leader", "state": "stopped"}]}) == (
         None, None)
 
 
@@ -153,7 +138,7 @@ def node_facts(tmp_path, restore=None, secrets="/etc/pgha/secrets"):
 
 
 def test_a_standby_backup_names_the_primary_as_pg1_through_the_relay(tmp_path):
-    opts = agent.standby_backup_options(node_facts(tmp_path), "pg-x-1", 40001)
+    opts = backup.standby_backup_options(node_facts(tmp_path), "pg-x-1", 40001)
     assert "--backup-standby" in opts and "--pg1-host=localhost" in opts and "--pg1-host-port=40001" in opts
     assert "--pg1-path=/d1" in opts and "--pg1-socket-path=/s1" in opts and "--pg2-path=/d2" in opts
     assert "--pg1-host-type=tls" in opts
@@ -162,13 +147,13 @@ def test_a_standby_backup_names_the_primary_as_pg1_through_the_relay(tmp_path):
 def test_restore_reads_the_source_repository_only_in_its_own_command(tmp_path):
     facts = node_facts(tmp_path, {"stanza": "pg-src", "bucket": "src-bucket", "path": "/pg-src/pgbackrest",
                                   "target": "2025-01-31T12:00:00.5+01:00", "type": "time"})
-    argv = agent.restore_argv(facts)
+    argv = restore.restore_argv(facts)
     assert "--stanza=pg-src" in argv and "--repo1-s3-bucket=src-bucket" in argv
     assert "--target=2025-01-31 11:00:00.500000+00" in argv and "--target-action=promote" in argv
     assert argv[-1] == "restore"
     # A restore of the cluster's own repository: its own cipher (pgbackrest.conf) and restore_command.
     assert not [a for a in argv if a.startswith(("--repo1-cipher", "--recovery-option"))]
-    assert agent.source_cipher_env(facts) == {}
+    assert restore.source_cipher_env(facts) == {}
 
 
 SOURCE = {"stanza": "pg-src", "bucket": "src-bucket", "path": "/pg-src/pgbackrest", "target": "latest",
@@ -182,15 +167,15 @@ def test_an_encrypted_source_is_restored_with_its_pass_in_the_environment_only(t
                                   "cipher_secret": {"source": "aws", "id": "arn:x", "region": "us-east-1"}},
                        secrets=str(tmp_path))
     facts["backup_encryption"] = True  # the branch's own pass (config include) must not apply
-    argv = agent.restore_argv(facts)
+    argv = restore.restore_argv(facts)
     assert "--repo1-cipher-type=aes-256-cbc" in argv and "--stanza=pg-src" in argv
     assert not any(SOURCE_PASS in a for a in argv)
-    assert agent.source_cipher_env(facts) == {"PGBACKREST_REPO1_CIPHER_PASS": SOURCE_PASS}
+    assert restore.source_cipher_env(facts) == {"PGBACKREST_REPO1_CIPHER_PASS": SOURCE_PASS}
     # Recovery reads the source's WAL through the agent, which puts the pass in the environment too.
     (command,) = [a.split("=", 2)[2] for a in argv if a.startswith("--recovery-option=restore_command=")]
-    assert command == ("/usr/bin/python3 /opt/pgha/bin/pgha-node --node-json /etc/pgha/node.json "
+    assert command == ("/usr/bin/python3 /opt/pgha/bin/pgha-node.pyz --node-json /etc/pgha/node.json "
                        'archive-get-source --pgbackrest pgbackrest %f "%p"')
-    get = agent.source_archive_get_argv(facts, "000000010000000000000002", "pg_wal/RECOVERYXLOG")
+    get = restore.source_archive_get_argv(facts, "000000010000000000000002", "pg_wal/RECOVERYXLOG")
     assert get[-3:] == ["archive-get", "000000010000000000000002", "pg_wal/RECOVERYXLOG"]
     assert {"--stanza=pg-src", "--repo1-s3-bucket=src-bucket", "--repo1-path=/pg-src/pgbackrest",
             "--repo1-cipher-type=aes-256-cbc", f"--pg1-path={tmp_path}"} <= set(get)
@@ -199,9 +184,9 @@ def test_an_encrypted_source_is_restored_with_its_pass_in_the_environment_only(t
 def test_an_unencrypted_source_is_restored_without_the_branchs_own_cipher(tmp_path):
     facts = node_facts(tmp_path, {**SOURCE, "cipher": "none"})
     facts["backup_encryption"] = True
-    argv = agent.restore_argv(facts)
+    argv = restore.restore_argv(facts)
     # Command line > environment > pgbackrest.conf (whose repo1-cipher-type is the branch's own).
-    assert "--repo1-cipher-type=none" in argv and agent.source_cipher_env(facts) == {}
+    assert "--repo1-cipher-type=none" in argv and restore.source_cipher_env(facts) == {}
     (command,) = [a.split("=", 2)[2] for a in argv if a.startswith("--recovery-option=restore_command=")]
     assert command == ("pgbackrest --config=/etc/pgha/pgbackrest/pgbackrest.conf "
                        "--config-include-path=/etc/pgha/secrets/pgbackrest --stanza=pg-src "
@@ -211,14 +196,14 @@ def test_an_unencrypted_source_is_restored_without_the_branchs_own_cipher(tmp_pa
 
 def test_an_encrypted_source_without_its_pass_file_is_a_clear_error(tmp_path):
     facts = node_facts(tmp_path, {**SOURCE, "cipher": "aes-256-cbc"}, secrets=str(tmp_path))
-    with pytest.raises(agent.AgentError, match=f"{tmp_path}/source-cipher-pass cannot be read .*'pgha-node secrets'"):
-        agent.source_cipher_env(facts)
+    with pytest.raises(errors.AgentError, match=f"{tmp_path}/source-cipher-pass cannot be read .*'pgha-node secrets'"):
+        restore.source_cipher_env(facts)
 
 
 def test_a_restore_command_that_would_need_quoting_is_refused(tmp_path):
     facts = node_facts(tmp_path / "data dir", {**SOURCE, "cipher": "none"})
-    with pytest.raises(agent.AgentError, match="restore_command"):
-        agent.restore_argv(facts)
+    with pytest.raises(errors.AgentError, match="restore_command"):
+        restore.restore_argv(facts)
 
 
 def test_a_restored_copy_keeps_nothing_that_writes_to_the_source(tmp_path):
@@ -226,7 +211,7 @@ def test_a_restored_copy_keeps_nothing_that_writes_to_the_source(tmp_path):
     (tmp_path / "postgresql.auto.conf").write_text(
         "# Do not edit\nsynchronous_standby_names = '\"pg-src-2\"'\nwork_mem = '64MB'\n"
         "archive_command = 'x'\nrestore_command = 'pgbackrest --stanza=pg-src archive-get %f \"%p\"'\n")
-    removed = agent.scrub_restored_config(str(tmp_path))
+    removed = restore.scrub_restored_config(str(tmp_path))
     auto = (tmp_path / "postgresql.auto.conf").read_text()
     assert "synchronous_standby_names" not in auto and "archive_command" not in auto
     assert "work_mem" in auto and "restore_command" in auto  # needed to recover; reset after promotion

@@ -1,0 +1,1 @@
+"""The members' etcd: membership at start, raft leadership while running."""

@@ -1,0 +1,1 @@
+"""Prometheus exporters for PgBouncer and pgBackRest."""

@@ -1,0 +1,263 @@
+"""Patroni's hooks: post-bootstrap and the on_start/on_restart/on_role_change callback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from ..contract import APP_DATABASE, NodeFacts
+from .cli_types import Subparsers
+from .dcs_sync import start_dcs_sync
+from .envfile import conninfo
+from .errors import LOG, PROG, AgentError
+from .facts import pgbackrest_argv
+from .patroni_api import PRIMARY_ROLES
+from .restore import RESTORE_SETTINGS
+from .secrets import check_value, scram_sha256_verifier
+
+AUTH_FUNCTION_SQL = """
+CREATE SCHEMA IF NOT EXISTS pgbouncer;
+REVOKE ALL ON SCHEMA pgbouncer FROM PUBLIC;
+CREATE OR REPLACE FUNCTION pgbouncer.get_auth(p_usename text)
+RETURNS TABLE(usename name, passwd text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT s.usename, s.passwd
+      FROM pg_catalog.pg_shadow s
+     WHERE s.usename = p_usename
+       AND NOT s.usesuper
+$fn$;
+REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC;
+"""
+
+
+def _ensure_role(cur, name: str, password: str, extra: str = "") -> str:
+    from psycopg import sql
+
+    cur.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,))
+    verb = "ALTER" if cur.fetchone() else "CREATE"
+    cur.execute(sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                        "INHERIT PASSWORD {}" + extra).format(
+        sql.SQL(verb), sql.Identifier(name), sql.Literal(scram_sha256_verifier(password))))
+    return "created" if verb == "CREATE" else "altered"
+
+
+def _quiet_session(cur) -> None:
+    # Even the verifier stays out of the server log.
+    cur.execute("SET log_statement = 'none'")
+    cur.execute("SET log_min_duration_statement = -1")
+
+
+def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
+    import psycopg
+    from psycopg import conninfo as ci
+    from psycopg import sql
+
+    path = os.path.join(node["paths"]["secrets"], "roles.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            roles = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot read {path} (run '{PROG} secrets' first): {exc}")
+    u = node["users"]
+    auth_user, monitor = u["pgbouncer_auth"], u["monitor"]
+    app = u["app"]
+    for key in ("pgbouncer_auth_password", "monitor_password", "app_password"):
+        check_value(key, roles.get(key))
+
+    with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None,
+                         connect_timeout=10) as conn:
+        dbname = conn.info.dbname
+        with conn.cursor() as cur:
+            _quiet_session(cur)
+            LOG.info("role %s %s", auth_user, _ensure_role(cur, auth_user, roles["pgbouncer_auth_password"]))
+            LOG.info("role %s %s", monitor, _ensure_role(cur, monitor, roles["monitor_password"]))
+            cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(monitor)))
+            cur.execute(sql.SQL("ALTER ROLE {} SET search_path = pg_catalog, public").format(sql.Identifier(monitor)))
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            LOG.info("extension pg_stat_statements present in %s", dbname)
+            # The application's role and database: PgBouncer pools everyone but superusers.
+            LOG.info("role %s %s", app, _ensure_role(cur, app, roles["app_password"]))
+            cur.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (APP_DATABASE,))
+            create_app_db = cur.fetchone() is None
+
+    # PgBouncer 1.18 runs auth_query in the database the client asked for: put the function in
+    # the bootstrap database and in template1, so databases created later (app too) inherit it.
+    params = ci.conninfo_to_dict(args.connstring)
+    targets = [args.connstring]
+    if dbname != "template1":
+        targets.append(ci.make_conninfo(**{**params, "dbname": "template1"}))
+    for target in targets:
+        with psycopg.connect(target, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(AUTH_FUNCTION_SQL)
+                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer TO {}").format(sql.Identifier(auth_user)))
+                cur.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}").format(
+                    sql.Identifier(auth_user)))
+            LOG.info("function pgbouncer.get_auth present in %s", conn.info.dbname)
+    if node.get("restore"):
+        # pgBackRest wrote the source's restore_command and the recovery target into
+        # postgresql.auto.conf: a member cloned from this one must not follow the source's archive.
+        with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
+            for name in RESTORE_SETTINGS:
+                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+            conn.execute("SELECT pg_reload_conf()")
+        LOG.info("restore settings removed from postgresql.auto.conf")
+    if create_app_db:
+        with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(APP_DATABASE),
+                                                                       sql.Identifier(app)))
+        LOG.info("database %s created, owned by %s", APP_DATABASE, app)
+    return 0
+
+
+def pgbouncer_admin_conninfo(node: NodeFacts) -> str:
+    return conninfo(host=f"{node['paths']['run']}/pgbouncer", port=node["ports"]["pgbouncer"],
+                    dbname="pgbouncer", user=node["os_users"]["postgres"], connect_timeout=3)
+
+
+def admin_query(dsn: str, query: str) -> tuple[list[str], list[tuple]]:
+    """Run one command on PgBouncer's admin console (simple query protocol only)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None,
+                         cursor_factory=psycopg.ClientCursor) as conn:
+        cur = conn.execute(query)
+        if cur.description is None:
+            return [], []
+        return [d.name for d in cur.description], cur.fetchall()
+
+
+# pgBackRest's exit codes for "unable to acquire lock" (50) and "unable to find primary cluster" (56).
+STANZA_TRANSIENT_ERRORS = (50, 56)
+STANZA_ATTEMPTS = 20
+STANZA_WAIT = 3.0
+
+
+def start_stanza_create(node: NodeFacts, binary: str = "pgbackrest") -> subprocess.Popen:
+    stanza = node["stanza"]
+    create = shlex.join(pgbackrest_argv(node, f"--stanza={stanza}", "stanza-create", binary=binary))
+    check = shlex.join(pgbackrest_argv(node, f"--stanza={stanza}", "check", binary=binary))
+    # pgBackRest's own log directory: the callback runs as postgres, which owns it.
+    log_dir = os.path.join(node["paths"]["log"], "pgbackrest")
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, "stanza-create.log")
+    # Right after a promotion stanza-create can fail for a moment, and is retried then: Patroni
+    # calls on_role_change once `pg_ctl promote` is issued, while PostgreSQL is still in recovery
+    # ("unable to find primary cluster"), and pgBackRest 2.55's stanza-create takes the archive
+    # lock, which the async archive-push of the promotion's first WAL may hold.
+    transient = " ".join(str(code) for code in STANZA_TRANSIENT_ERRORS)
+    script = (f'echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) stanza-create + check for {stanza}"; '
+              f"for attempt in $(seq {STANZA_ATTEMPTS}); do {create}; rc=$?; "
+              f'case " {transient} " in *" $rc "*) ;; *) break ;; esac; '
+              f'echo "not yet (exit $rc, attempt $attempt): again in {STANZA_WAIT:g}s"; sleep {STANZA_WAIT:g}; done; '
+              f"if [ $rc = 0 ]; then {check}; rc=$?; fi; "
+              f'echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished rc=$rc"; exit $rc')
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    LOG.info("started pgbackrest stanza-create + check for %s in the background (pid %d, log %s)",
+             stanza, proc.pid, log_path)
+    return proc
+
+
+# A promotion can take minutes (a slow restore_command at its end: the 2026-12-01 switchover bench
+# waited 60 s); giving up earlier left PgBouncer advertising the old role until server_lifetime.
+SETTLE_TIMEOUT = 900.0
+
+
+def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = SETTLE_TIMEOUT) -> int:
+    """Patroni calls on_role_change right after `pg_ctl promote` is issued, before recovery has
+    ended: a pooled server connection PgBouncer opens in that window caches in_hot_standby=on
+    for the pool, and libpq's target_session_attrs=read-write then refuses the new primary
+    for good (field note 10). A detached child waits until PostgreSQL's recovery state matches
+    the new role, then sends RECONNECT once more. Returns the child's pid (0 in the child)."""
+    pid = os.fork()
+    if pid:
+        LOG.info("waiting in the background (pid %d) for PostgreSQL to be %s, then RECONNECT again", pid, role)
+        return pid
+    code = 0
+    try:
+        os.setsid()
+        log_path = os.path.join(node["paths"]["log"], "pgbouncer", "role-settle.log")
+        try:
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        for h in list(LOG.handlers) + list(logging.getLogger().handlers):
+            if isinstance(h, logging.StreamHandler):
+                h.setStream(sys.stderr)
+        want_recovery = role not in PRIMARY_ROLES
+        dsn = conninfo(host=f"{node['paths']['run']}/postgres", port=node["ports"]["postgres"], dbname="postgres",
+                       user=node["os_users"]["postgres"], connect_timeout=3)
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+                    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] == want_recovery:
+                        admin_query(pgbouncer_admin_conninfo(node), "RECONNECT")
+                        LOG.info("PostgreSQL is %s: PgBouncer RECONNECT sent again", role)
+                        break
+            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
+                LOG.debug("settle check: %s", str(exc).strip())
+            time.sleep(0.5)
+        else:
+            LOG.warning("PostgreSQL did not become %s within %.0fs; no second RECONNECT", role, timeout)
+    except BaseException:  # noqa: BLE001 - the child must never return into the caller
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def cmd_on_role_change(node: NodeFacts, args: argparse.Namespace) -> int:
+    LOG.info("callback %s: role %s, cluster %s", args.action, args.role, args.cluster)
+    try:
+        admin_query(pgbouncer_admin_conninfo(node), "RECONNECT")
+        LOG.info("PgBouncer RECONNECT sent")
+    except Exception as exc:  # a callback must never fail Patroni
+        LOG.warning("PgBouncer RECONNECT not sent (PgBouncer down?): %s", str(exc).strip())
+    try:
+        settle_pgbouncer_in_background(node, args.role)
+    except Exception as exc:
+        LOG.warning("cannot start the PgBouncer settle check: %s", exc)
+    if args.role in PRIMARY_ROLES:
+        try:
+            start_stanza_create(node, binary=args.pgbackrest)
+        except Exception as exc:
+            LOG.error("cannot start pgbackrest stanza-create: %s", exc)
+    try:
+        start_dcs_sync(node)
+    except Exception as exc:
+        LOG.warning("cannot start dcs-sync: %s", exc)
+    return 0
+
+
+
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("post-bootstrap", parents=[common], help="Patroni bootstrap.post_bootstrap hook",
+                       description="Create the pgbouncer_auth and monitor roles (SCRAM), pg_stat_statements "
+                                   "and the PgBouncer auth_query function pgbouncer.get_auth. Idempotent.")
+    p.add_argument("connstring", help="connection string Patroni passes to the hook")
+    p.set_defaults(func=cmd_post_bootstrap)
+    p = sub.add_parser("on-role-change", parents=[common], help="Patroni on_start/on_restart/on_role_change callback",
+                       description="Send RECONNECT to the local PgBouncer admin console; when the role is "
+                                   "primary, start pgbackrest stanza-create + check in the background. "
+                                   "Always exits 0.")
+    p.add_argument("action", help="callback name (on_start, on_restart, on_role_change)")
+    p.add_argument("role", help="new role (primary, master, replica, standby_leader, ...)")
+    p.add_argument("cluster", help="Patroni scope")
+    p.add_argument("--pgbackrest", default="pgbackrest", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_on_role_change)

@@ -1,0 +1,110 @@
+"""One client of Patroni's REST API: the agent's, and the local runner's (pgha.local)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ..contract import NodeFacts
+from .envfile import env_unquote
+from .errors import AgentError
+
+PRIMARY_ROLES = {"primary", "master"}
+# A cluster's leader, as Patroni's /cluster names it (master: Patroni 3.x).
+LEADER_ROLES = {"leader", "master", "standby_leader"}
+
+
+class PatroniError(AgentError):
+    """Patroni answered with an HTTP error status (``status``, ``body``: its reply)."""
+
+    def __init__(self, message: str, status: int, body: str) -> None:
+        super().__init__(message)
+        self.status, self.body = status, body
+
+
+class PatroniClient:
+    """Patroni's REST API at ``host:port``: plain HTTP, or HTTPS when ``context`` is given
+    (restapi.certfile); ``auth`` (user, password) for the unsafe endpoints (PATCH /config,
+    switchover, restart). The password only ever goes into the Authorization header."""
+
+    def __init__(self, host: str, port: int, *, auth: tuple[str, str] | None = None,
+                 context: ssl.SSLContext | None = None) -> None:
+        scheme = "https" if context is not None else "http"
+        self.base = f"{scheme}://{host}:{port}"
+        self.auth, self.context = auth, context
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, bytes]:
+        """(status, raw reply); an HTTP error status is returned, not raised; OSError when unreachable."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self.auth:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def get(self, path: str, timeout: float = 5.0) -> Any:
+        """GET ``path`` as JSON. Raises PatroniError on an error status (Patroni's health endpoints
+        answer 503 with a JSON body: ``PatroniError.body``), OSError/ValueError otherwise."""
+        status, raw = self.request("GET", path, timeout=timeout)
+        if status >= 400:
+            raise PatroniError(f"GET {self.base}{path}: HTTP {status}", status, raw.decode(errors="replace"))
+        return json.loads(raw)
+
+    def patch_config(self, body: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        status, raw = self.request("PATCH", "/config", body, timeout=timeout)
+        if status >= 400:
+            raise PatroniError(f"PATCH {self.base}/config: HTTP {status} {raw[:200]!r}", status,
+                               raw.decode(errors="replace"))
+        result: dict[str, Any] = json.loads(raw or b"{}")
+        return result
+
+
+def local_client(node: NodeFacts, auth: tuple[str, str] | None = None) -> PatroniClient:
+    """This node's Patroni, as patroni.yml's restapi.listen serves it."""
+    return PatroniClient(node["ip"], int(node["ports"]["patroni"]), auth=auth)
+
+
+def patroni_get(node: NodeFacts, path: str, timeout: float = 5.0) -> Any:
+    client = local_client(node)
+    try:
+        return client.get(path, timeout=timeout)
+    except PatroniError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot ask the local Patroni ({client.base}{path}): {exc}")
+
+
+def rest_credentials(node: NodeFacts) -> tuple[str, str]:
+    # Patroni drops its PATRONI_* variables before it runs callbacks: read the env file.
+    creds = {k: v for k, v in os.environ.items() if k.startswith("PATRONI_RESTAPI_")}
+    if len(creds) < 2:
+        path = os.path.join(node["paths"]["secrets"], "patroni.env")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                creds = env_unquote(fh.read())
+        except OSError as exc:
+            raise AgentError(f"no REST API credentials: {path}: {exc.strerror}")
+    user, password = creds.get("PATRONI_RESTAPI_USERNAME"), creds.get("PATRONI_RESTAPI_PASSWORD")
+    if not user or not password:
+        raise AgentError("no PATRONI_RESTAPI_USERNAME/PASSWORD in the environment or patroni.env")
+    return user, password
+
+
+def patroni_patch_config(node: NodeFacts, body: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    client = local_client(node, auth=rest_credentials(node))
+    try:
+        return client.patch_config(body, timeout=timeout)
+    except PatroniError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"PATCH {client.base}/config: {exc}")

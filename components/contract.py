@@ -1,0 +1,202 @@
+"""The deploy-time -> run-time contract: what render/infra/local write and the node agent reads.
+
+Stdlib only: the node agent (``pgha.agent``, shipped in ``pgha-node.pyz``) imports this module
+on Debian's python3, where no other pgha layer (pulumi, jinja2, cryptography) exists. Every
+name both sides must agree on is spelled here once: the node facts (``node.json``), the keys
+of the cluster secret, backup types, the agent's command line, pgBackRest's base command line
+and the S3 layout.
+"""
+
+
+from typing import Any, Mapping, NotRequired, TypedDict
+
+# -- the node agent ---------------------------------------------------------------------------
+
+AGENT_PROG = "pgha-node"
+# The zipapp the nodes run with Debian's python3 (render/agentzip.py builds it).
+AGENT_FILE = "pgha-node.pyz"
+# The bootstrap's own copy of pgha/agent/fetch.py (it fetches the zipapp: see pgha-bootstrap.sh.j2).
+FETCHER_FILE = "pgha-fetch"
+
+
+def agent_path(paths: Mapping[str, str]) -> str:
+    return f"{paths['bin']}/{AGENT_FILE}"
+
+
+def agent_argv(paths: Mapping[str, str], command: str, *args: str, node_json: str | None = None) -> list[str]:
+    """The agent's command line as the units, Patroni's hooks and the agent itself run it."""
+    return [paths["python"], agent_path(paths), "--node-json", node_json or f"{paths['etc']}/node.json",
+            command, *args]
+
+
+# -- the cluster secret (one JSON object: Secrets Manager on EC2, a file on the loopback) -----
+
+SUPERUSER_PASSWORD = "superuser_password"
+REPLICATION_PASSWORD = "replication_password"
+PGBOUNCER_AUTH_PASSWORD = "pgbouncer_auth_password"
+PATRONI_REST_PASSWORD = "patroni_rest_password"
+MONITOR_PASSWORD = "monitor_password"
+APP_PASSWORD = "app_password"
+# The passwords every cluster's secret holds, and who uses each.
+PASSWORD_OWNERS: Mapping[str, str] = {
+    SUPERUSER_PASSWORD: "PostgreSQL superuser (Patroni, pg_rewind, pgBackRest)",
+    REPLICATION_PASSWORD: "streaming replication (Patroni)",
+    PGBOUNCER_AUTH_PASSWORD: "PgBouncer's auth_query login",
+    PATRONI_REST_PASSWORD: "Patroni's REST API (unsafe endpoints; dcs-sync, drills)",
+    MONITOR_PASSWORD: "exporters and PgBouncer's stats user",
+    APP_PASSWORD: "the application's login",
+}
+PASSWORD_KEYS: tuple[str, ...] = tuple(PASSWORD_OWNERS)
+# pgBackRest's repository cipher pass (backup.encryption); a branch reads its source's from the
+# source's cipher secret, which holds {CIPHER_PASS_KEY: ...} alone.
+CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
+# Static S3 credentials (the loopback's S3 stand-in; EC2 uses the instance role).
+S3_KEY = "s3_key"
+S3_KEY_SECRET = "s3_key_secret"
+# {member name: PEM private key} of the node certificates.
+TLS_KEYS = "tls_keys"
+
+# -- backups and databases -----------------------------------------------------------------------
+
+BACKUP_TYPES: tuple[str, ...] = ("full", "diff", "incr")
+# The application's database, made by post-bootstrap.
+APP_DATABASE = "app"
+
+
+def pgbackrest_argv(paths: Mapping[str, str], *args: str, binary: str = "pgbackrest") -> list[str]:
+    """pgBackRest with the node's config and the secrets include (S3 keys, cipher pass)."""
+    return [binary, f"--config={paths['pgbackrest_config']}",
+            f"--config-include-path={paths['secrets']}/pgbackrest", *args]
+
+
+# -- S3 layout ---------------------------------------------------------------------------------
+
+def repo_path(stanza: str) -> str:
+    """repo1-path of a cluster's pgBackRest repository in its bucket."""
+    return f"/{stanza}/pgbackrest"
+
+
+def cluster_prefix(cluster: str) -> str:
+    """The key prefix a cluster's members may write (its repository and node files)."""
+    return f"{cluster}/"
+
+
+def node_files_prefix(cluster: str) -> str:
+    """Where content-addressed node files (the agent zipapp) live in the bucket."""
+    return f"{cluster_prefix(cluster)}node-files/"
+
+
+# -- node facts: node.json, written by render, validated by the agent at load -----------------
+
+class NodePaths(TypedDict):
+    etc: str
+    secrets: str
+    tls: str
+    bin: str
+    data: str
+    pgdata: str
+    etcd_data: str
+    log: str
+    run: str
+    python: str
+    patroni: str
+    pg_bin: str
+    pgbackrest_config: str
+
+
+class NodeUsers(TypedDict):
+    superuser: str
+    replication: str
+    pgbouncer_auth: str
+    monitor: str
+    patroni_rest: str
+    app: str
+
+
+class OsUsers(TypedDict):
+    postgres: str
+    etcd: str
+
+
+class AwsFacts(TypedDict):
+    region: str
+    endpoint_url: str
+    s3_addressing: str
+
+
+class SecretRef(TypedDict, total=False):
+    """Where a secret comes from: source 'aws' (id, region) or 'file' (file)."""
+
+    source: str
+    id: str
+    region: str
+    file: str
+
+
+class Peer(TypedDict):
+    ip: str
+    pgdata: str
+    socket: str
+    etcd: bool
+
+
+class RestoreFacts(TypedDict):
+    stanza: str
+    bucket: str
+    path: str
+    target: str
+    type: str
+    cipher: NotRequired[str]
+    cipher_secret: NotRequired[SecretRef]
+
+
+class NodeFacts(TypedDict):
+    cluster: str
+    member: str
+    index: int
+    ip: str
+    postgres_version: int
+    paths: NodePaths
+    users: NodeUsers
+    os_users: OsUsers
+    ports: dict[str, int]
+    aws: AwsFacts
+    secret: SecretRef
+    stanza: str
+    backup_encryption: bool
+    backup_types: list[str]
+    peers: dict[str, Peer]
+    restore: RestoreFacts | None
+    # Set by the agent at load (where it read the facts from); never in the file.
+    node_json: NotRequired[str]
+
+
+# The dict-valued facts whose own keys are fixed, checked like the top level.
+_NESTED: Mapping[str, type] = {"paths": NodePaths, "users": NodeUsers, "os_users": OsUsers, "aws": AwsFacts}
+
+
+def node_facts_problems(data: Any) -> list[str]:
+    """Every way ``data`` (parsed node.json) breaks the contract: missing and unknown keys."""
+    if not isinstance(data, dict):
+        return ["is not a JSON object"]
+    problems = []
+    required = set(NodeFacts.__required_keys__)
+    # node_json is the agent's own addition: a file carrying it is not one render wrote.
+    missing, extra = sorted(required - data.keys()), sorted(data.keys() - required)
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if extra:
+        problems.append("unknown " + ", ".join(extra))
+    for key, shape in _NESTED.items():
+        value = data.get(key)
+        if key not in data:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{key} is not an object")
+            continue
+        want = set(shape.__required_keys__)
+        if want - value.keys():
+            problems.append(f"missing {', '.join(f'{key}.{k}' for k in sorted(want - value.keys()))}")
+        if value.keys() - want:
+            problems.append(f"unknown {', '.join(f'{key}.{k}' for k in sorted(value.keys() - want))}")
+    return problems

@@ -1,0 +1,1 @@
+"""The node agent\x27s tests (pgha.agent), one file per module."""
