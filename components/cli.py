@@ -11,7 +11,8 @@ from .spec.stackfile import read_stack_config
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .render import EC2_LAYOUT, NodeContext, render_node, user_data_bytes
+    from .render import render_node, user_data_bytes
+    from .render.context import ec2_context
 
     values, region = read_stack_config(args.project_dir, args.stack)
     azs = values.get("availabilityZones") or [f"{region}a", f"{region}b", f"{region}c"]
@@ -22,8 +23,7 @@ def _render(args: argparse.Namespace) -> int:
         return 2
     ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
     # Offline: the AWS names `pulumi up` creates are shown as placeholders unless given.
-    ctx = NodeContext(member_ips=ips, bucket=args.bucket, s3_endpoint=f"s3.{region}.amazonaws.com", s3_region=region,
-                      secret_id=args.secret_id, layout=EC2_LAYOUT,
+    ctx = ec2_context(region, member_ips=ips, bucket=args.bucket, secret_id=args.secret_id,
                       peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots))
     out = Path(args.out)
     for member in spec.members:

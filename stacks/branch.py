@@ -18,30 +18,14 @@ from the branch's own repository (Patroni ``create_replica_methods``).
 import pulumi
 
 from ..infra import PostgresCluster
-from ..infra.restore import RestoreSource
 from ..spec import ClusterSpec
 from .regional import export_outputs
 
 
-def restore_source(spec: ClusterSpec) -> RestoreSource:
-    """Where the branch's data comes from: a StackReference, or the bucket and stanza given."""
-    r = spec.restore
-    assert r is not None, "a branch spec always has restore (validated)"
-    if r.source_stack:
-        source = pulumi.StackReference(r.source_stack)
-        return RestoreSource(bucket=source.require_output("backupBucket"),
-                             stanza=source.require_output("clusterName"),
-                             key_arn=source.get_output("backupKeyArn"),
-                             # Exported by an encrypted source only: absent means unencrypted.
-                             cipher_secret_arn=source.get_output("backupCipherSecretArn"))
-    return RestoreSource(bucket=r.source_bucket, stanza=r.source_stanza, key_arn=r.source_key_arn or None,
-                         cipher_secret_arn=r.source_cipher_secret_arn or None)
-
-
 def deploy(spec: ClusterSpec) -> PostgresCluster:
-    source = restore_source(spec)
-    cluster = PostgresCluster(spec.cluster_name, spec=spec, restore_source=source)
+    cluster = PostgresCluster(spec.cluster_name, spec=spec)
+    source = cluster.restore_source
+    assert source is not None and spec.restore is not None, "a branch spec always has restore (validated)"
     export_outputs(spec, cluster)
-    pulumi.export("branchOf", {"bucket": source.bucket, "stanza": source.stanza,
-                               "target": spec.restore.target if spec.restore else "latest"})
+    pulumi.export("branchOf", {"bucket": source.bucket, "stanza": source.stanza, "target": spec.restore.target})
     return cluster

@@ -33,3 +33,12 @@ def test_bad_stack_config_is_one_clear_error(tmp_path, capsys):
     assert "pgha:replicaz" in err and "did you mean replicas?" in err
     assert "pgha:storage.sizeGiB = 0" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_render_uses_the_regions_s3_endpoint(tmp_path, capsys):
+    # The same ec2_context() as infra: China regions have their own DNS suffix.
+    shutil.copy(REPO / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    (tmp_path / "Pulumi.cn.yaml").write_text("config:\n  aws:region: cn-north-1\n  pgha:replicas: 1\n")
+    assert main(["--project-dir", str(tmp_path), "--stack", "cn", "render", "--out", str(tmp_path / "out")]) == 0
+    conf = (tmp_path / "out/pg-cn-1/etc/pgha/pgbackrest/pgbackrest.conf").read_text()
+    assert "repo1-s3-endpoint=s3.cn-north-1.amazonaws.com.cn" in conf

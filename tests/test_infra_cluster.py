@@ -261,3 +261,23 @@ def test_region_from_provider_when_not_configured() -> None:
     member_azs, _ = resolve(run.result.member_azs)
     assert set(member_azs.values()) == set(REGION_AZS[:3])
 
+
+
+def test_every_annotated_output_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typing
+
+    import pulumi
+
+    registered: dict[str, Any] = {}
+    original = PostgresCluster.register_outputs
+
+    def capture(self: PostgresCluster, outputs: dict[str, Any]) -> None:
+        registered.update(outputs)
+        original(self, outputs)
+
+    monkeypatch.setattr(PostgresCluster, "register_outputs", capture)
+    run_program(lambda: PostgresCluster("db", {"cluster_name": "pg-out", "backup": {"encryption": True}}))
+    annotated = {name for name, hint in PostgresCluster.__annotations__.items()
+                 if pulumi.Output in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))}
+    assert {"backup_key_arn", "backup_cipher_secret_arn"} <= annotated
+    assert set(registered) == annotated

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence, TypedDict
 import pulumi
 import pulumi_aws as aws
 
-from ..spec import PORTS, SERVICES, ClusterSpec, SpecError, build_spec
+from ..spec import PORTS, SERVICES, ClusterSpec, build_spec
 from . import network as net
 from .ami import choose_ami
 from .backup import BackupBucket
@@ -19,101 +19,129 @@ from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
 from .node import Node, node_context, rolling_order
 from .nodefiles import upload_node_files
-from .restore import RestoreSource, cipher_secret_reference, source_read_access
+from .restore import cipher_secret_reference, restore_source_of, source_read_access
 from .security import SecurityGroups
 from .tls import ClusterTls
 
 TYPE_TOKEN = "pgha:index:PostgresCluster"
 
 
+# The Args classes mirror spec.schema key by key (tests/test_schema.py checks names, types and
+# the "(default ...)" of each docstring). Values are plain, not pulumi.Input: the spec is
+# validated and the members laid out while the program runs, before any resource exists.
+
+
 class StorageArgs(TypedDict, total=False):
     """Where PostgreSQL's data lives."""
 
     kind: str
-    """``ebs`` (one EBS volume per member, default) or ``metal`` (the instance's NVMe store)."""
+    """One EBS volume per member (``ebs``), or the instance's NVMe store (``metal``). (default ``ebs``)"""
     size_gib: int
-    """EBS volume size in GiB (default 100)."""
+    """EBS volume size in GiB (1-65536 for gp3, 4-65536 for io2). (default 100)"""
     volume_type: str
-    """``gp3`` (default) or ``io2``."""
+    """EBS volume type, ``gp3`` or ``io2``. (default ``gp3``)"""
     iops: int
-    """Provisioned IOPS (default 3000)."""
+    """Provisioned IOPS, within the volume type's limits. (default 3000)"""
     throughput_mibps: int
-    """gp3 throughput in MiB/s (default 125)."""
+    """gp3 throughput in MiB/s (at most 0.25 per IOPS above 125). (default 125)"""
 
 
 class NetworkArgs(TypedDict, total=False):
     """The VPC and who may connect."""
 
     vpc_id: str
-    """An existing VPC; omit to let pgha create one."""
+    """An existing VPC; omit to let pgha create one. (default a new VPC)"""
     subnet_ids: Sequence[str]
-    """With ``vpc_id``: one private subnet per availability zone, in AZ order."""
+    """With ``vpc_id``: one private subnet per availability zone, in AZ order. (default none)"""
     vpc_cidr: str
-    """CIDR of the created VPC (default 10.42.0.0/16)."""
+    """CIDR of the created VPC, /16 to /22. (default ``10.42.0.0/16``)"""
     allowed_cidrs: Sequence[str]
-    """Client CIDRs allowed on the service ports (default: the VPC CIDR)."""
+    """Client CIDRs allowed on the service ports. (default the VPC CIDR)"""
     allowed_security_group_ids: Sequence[str]
-    """Client security groups allowed on the service ports."""
+    """Client security groups allowed on the service ports. (default none)"""
     monitoring_cidrs: Sequence[str]
-    """CIDRs allowed on the metrics ports (none by default)."""
+    """CIDRs allowed on the metrics ports. (default none)"""
     nat_gateways: str
-    """``per-az`` (default) or ``single`` NAT gateway for a created VPC."""
+    """NAT gateways of a created VPC: one per AZ (``per-az``) or a ``single`` one. (default ``per-az``)"""
     expose_direct_ports: bool
-    """Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member."""
+    """Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member. (default ``false``)"""
 
 
 class BackupArgs(TypedDict, total=False):
     """pgBackRest schedules (cron, UTC), retention and compression."""
 
     full_schedule: str
-    """Cron of full backups (default ``0 1 * * *``)."""
+    """Cron (five fields, UTC) of full backups. (default ``0 1 * * *``)"""
     diff_schedule: str
-    """Cron of differential backups (none by default)."""
+    """Cron of differential backups. (default none)"""
     incr_schedule: str
-    """Cron of incremental backups (none by default)."""
+    """Cron of incremental backups. (default none)"""
     retention_days: int
-    """Days full backups are kept (default 14)."""
+    """Days full backups are kept, 1 to 3650. (default 14)"""
     compression: str
-    """``lz4`` (default), ``zst``, ``gz``, ``bz2`` or ``none``."""
+    """pgBackRest compression: ``lz4``, ``zst``, ``gz``, ``bz2`` or ``none``. (default ``lz4``)"""
     encryption: bool
-    """Encrypt the repository with a pgBackRest cipher pass (on top of SSE-KMS)."""
+    """Encrypt the repository with a pgBackRest cipher pass (on top of SSE-KMS). (default ``false``)"""
+
+
+class BranchArgs(TypedDict, total=False):
+    """``stack_kind`` ``branch``: where the branch's data comes from and up to when."""
+
+    source_stack: str
+    """The source as a stack name (stack, project/stack or org/project/stack), read by a
+    StackReference: its bucket, stanza, key and cipher secret come from its outputs. (default none)"""
+    source_bucket: str
+    """The source's backup bucket (instead of ``source_stack``). (default none)"""
+    source_stanza: str
+    """With ``source_bucket``: the source's cluster name (its stanza). (default none)"""
+    source_cipher_secret_arn: str
+    """With ``source_bucket``, an encrypted source: its ``backupCipherSecretArn`` output. (default none)"""
+    source_key_arn: str
+    """With ``source_bucket``: the source's KMS key ARN (its ``backupKeyArn`` output). (default none)"""
+    target_time: str
+    """Restore up to this ISO-8601 time with a zone, or ``latest``. (default the end of the archive)"""
+    target_lsn: str
+    """Restore up to this LSN (``0/3000060``) instead of a time. (default none)"""
 
 
 class PostgresClusterArgs(TypedDict, total=False):
     """Inputs of ``PostgresCluster``: the snake_case names of the stack config keys."""
 
     cluster_name: str
-    """Pigsty-style cluster name (default ``pg-<stack>``); prefixes members and services."""
+    """Pigsty-style cluster name; prefixes members and services. (default ``pg-<stack>``)"""
     arch: str
-    """``arm64`` (default) or ``x86_64``."""
+    """CPU architecture, ``arm64`` or ``x86_64``. (default ``arm64``)"""
     instance_type: str
-    """EC2 instance type from pgha's catalog (default per arch and storage kind)."""
+    """EC2 instance type from pgha's catalog. (default per arch and storage kind)"""
     storage: StorageArgs
-    """Data storage: EBS volume or instance-store NVMe."""
+    """Data storage: an EBS volume or the instance-store NVMe. (default each key's default)"""
     replicas: int
-    """Number of replicas besides the primary, 0 to 5 (default 2)."""
+    """Replicas besides the primary, 0 to 5; a branch defaults to 0. (default 2)"""
     availability_zones: Sequence[str]
-    """Three distinct AZs of the region (default: the region's first three)."""
+    """Three distinct availability zones of the region. (default the region's first three)"""
     postgres_version: int
-    """PostgreSQL major version (default 17)."""
+    """PostgreSQL major version: the one Debian 13 (the node image) provides. (default 17)"""
     profile: str
-    """Tuning profile: ``oltp`` (default), ``olap``, ``crit`` or ``tiny``."""
+    """Tuning profile: ``oltp``, ``olap``, ``crit`` or ``tiny``. (default ``oltp``)"""
     rto: str
-    """Failover timing plan: ``fast``, ``norm`` (default), ``safe`` or ``wide``."""
+    """Failover timing plan: ``fast``, ``norm``, ``safe`` or ``wide``. (default ``norm``)"""
     rpo: int
-    """Bytes of WAL a failover may lose; 0 (default) means synchronous replication."""
+    """Bytes of WAL a failover may lose; 0 means synchronous replication. (default 0)"""
     parameters: Mapping[str, Any]
-    """Extra PostgreSQL parameters (those pgha manages are refused)."""
+    """Extra PostgreSQL parameters (name -> value); those pgha manages are refused. (default none)"""
     network: NetworkArgs
-    """VPC, subnets and allowed sources."""
+    """VPC, subnets and who may connect. (default each key's default)"""
     backup: BackupArgs
-    """Backup schedules and retention."""
+    """pgBackRest schedules, retention, compression and encryption. (default each key's default)"""
     stack_kind: str
-    """Deployment shape; only ``regional``."""
+    """Deployment shape: ``regional``, or ``branch``, restored from another stack's backups (one
+    small asynchronous node unless ``replicas`` is raised). (default ``regional``)"""
+    branch: BranchArgs
+    """With ``stack_kind`` ``branch``: where its data comes from and up to when. (default none)"""
     ami_id: str
-    """Pin the AMI (default: newest official Debian 13 of the arch)."""
+    """Pin the AMI. (default the newest official Debian 13 image of the arch)"""
     pool_mode: str
-    """PgBouncer pool mode: ``transaction`` (default), ``session`` or ``statement``."""
+    """PgBouncer pool mode: ``transaction``, ``session`` or ``statement``. (default ``transaction``)"""
 
 
 def resolve_region(opts: pulumi.ResourceOptions | None = None) -> tuple[str, tuple[str, ...]]:
@@ -133,6 +161,11 @@ class PostgresCluster(pulumi.ComponentResource):
     ``PostgresCluster("db", {"replicas": 2, "storage": {"kind": "ebs", "size_gib": 200}})``
     validates its args and raises ``SpecError`` listing every problem before anything is
     declared. A stack that has already validated its config passes ``spec=`` instead.
+
+    A branch (``stack_kind`` ``branch``) reads its source from ``branch``: a StackReference
+    the component makes (``source_stack``) or a given bucket and stanza. The source is plain
+    config, not an Input: a source declared in the same program is not supported, because the
+    spec (and with it the members and their files) must be known before anything is declared.
     """
 
     endpoints: pulumi.Output[dict[str, Any]]
@@ -153,6 +186,8 @@ class PostgresCluster(pulumi.ComponentResource):
     """The pgBackRest repository bucket."""
     secret_arn: pulumi.Output[str]
     """ARN of the Secrets Manager secret with the passwords and TLS keys."""
+    backup_key_arn: pulumi.Output[str]
+    """ARN of the KMS key of the repository, volumes and secrets (a branch of this cluster decrypts with it)."""
     backup_cipher_secret_arn: pulumi.Output[str] | None
     """With backup encryption: ARN of the secret holding the repository cipher pass alone (for branches)."""
     ca_cert_pem: pulumi.Output[str]
@@ -163,30 +198,22 @@ class PostgresCluster(pulumi.ComponentResource):
     """The application role's password (``dbuser_app``, database ``app``; a Pulumi secret)."""
 
     def __init__(self, name: str, args: PostgresClusterArgs | None = None,
-                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None,
-                 restore_source: RestoreSource | None = None) -> None:
+                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
         # Validate everything before registering anything: a SpecError must leave no trace.
         if spec is None:
             region, zones = resolve_region(opts)
             spec = build_spec(dict(args or {}), stack=pulumi.get_stack(), region=region, region_azs=zones,
                               style="args")
-            config_style = False
         elif args:
             raise TypeError("PostgresCluster takes either args or spec=, not both")
-        else:
-            config_style = True
-        existing = None
-        if spec.network.creates_vpc:
-            problems = net.check_member_ips(spec, spec.private_subnet_cidrs,
-                                            key="pgha:network.vpcCidr" if config_style else "network.vpc_cidr")
-            if problems:
-                raise SpecError(problems)
-        else:
-            existing = net.lookup_existing(spec, invoke_opts=invoke_options(opts), config_style=config_style)
+        existing = None if spec.network.creates_vpc else net.lookup_existing(spec, invoke_opts=invoke_options(opts))
 
         super().__init__(TYPE_TOKEN, name, None, opts)
         self.spec = spec
         this = pulumi.ResourceOptions(parent=self)
+        # A branch: the repository it restores from.
+        restore_source = restore_source_of(spec) if spec.restore is not None else None
+        self.restore_source = restore_source
 
         network_component = None
         if existing is None:
@@ -264,6 +291,7 @@ class PostgresCluster(pulumi.ComponentResource):
             "endpoints": self.endpoints, "member_ips": self.member_ips, "member_azs": self.member_azs,
             "instance_ids": self.instance_ids, "vpc_id": self.vpc_id, "nlb_dns_name": self.nlb_dns_name,
             "zone_name": self.zone_name, "bucket_name": self.bucket_name, "secret_arn": self.secret_arn,
+            "backup_key_arn": self.backup_key_arn, "backup_cipher_secret_arn": self.backup_cipher_secret_arn,
             "ca_cert_pem": self.ca_cert_pem, "superuser_password": self.superuser_password,
             "app_password": self.app_password,
         })

@@ -4,7 +4,11 @@ from typing import Iterable, Mapping
 
 import pulumi
 
+from ..render.context import dns_suffix
 from ..spec import ClusterSpec
+
+__all__ = ["DEBIAN_OWNER_ID", "SSM_CORE_POLICY", "child", "cluster_tags", "dns_suffix", "invoke_options",
+           "partition", "port_ranges"]
 
 # AWS's own ids used by more than one module.
 DEBIAN_OWNER_ID = "136693071363"
@@ -25,11 +29,6 @@ def partition(region: str) -> str:
     if region.startswith("us-gov-"):
         return "aws-us-gov"
     return "aws"
-
-
-def dns_suffix(region: str) -> str:
-    """The AWS service DNS suffix of a region (``amazonaws.com`` or ``amazonaws.com.cn``)."""
-    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
 
 
 def port_ranges(ports: Iterable[int]) -> list[tuple[int, int]]:

@@ -5,14 +5,12 @@ runs: for a created VPC they come from the spec, for an existing one from an inv
 subnet made before anything is declared.
 """
 
-import ipaddress
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 import pulumi_aws as aws
 
-from ..spec import ClusterSpec, Member, Problem, SpecError, member_ip
+from ..spec import ClusterSpec, Member, Problem, SpecError, member_ip, member_ip_problems
 from .common import child, cluster_tags, dns_suffix
 
 
@@ -42,26 +40,13 @@ class NetworkRefs:
         return member_ip(self.subnet_cidrs[member.az_index], member)
 
 
-def check_member_ips(spec: ClusterSpec, subnet_cidrs: Sequence[str], *, key: str) -> list[Problem]:
-    """Every member's fixed IP must be a usable address of its subnet.
+def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | None) -> ExistingNetwork:
+    """Read the given VPC and subnets; raise SpecError if they don't fit the spec.
 
-    AWS reserves the network address, the next three and the last address of a subnet.
+    The spec's rules (validate) cannot see a given subnet's AZ or CIDR; these checks run on
+    what the invokes return, and report in the style of the spec's input.
     """
-    problems = []
-    for member in spec.members:
-        cidr = subnet_cidrs[member.az_index]
-        net = ipaddress.ip_network(cidr)
-        ip = ipaddress.ip_address(member_ip(cidr, member))
-        if ip not in net or ip >= net.broadcast_address:
-            problems.append(Problem(key, cidr, f"subnet is too small for {member.name}'s fixed address "
-                                               f"(host {10 + member.index}); use a /27 or larger"))
-    return problems
-
-
-def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | None,
-                    config_style: bool) -> ExistingNetwork:
-    """Read the given VPC and subnets; raise SpecError if they don't fit the spec."""
-    key = "pgha:network.subnetIds" if config_style else "network.subnet_ids"
+    key = ("network", "subnetIds")
     vpc_id = spec.network.vpc_id
     assert vpc_id is not None
     vpc = aws.ec2.get_vpc(id=vpc_id, opts=invoke_opts)
@@ -77,9 +62,9 @@ def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | No
             problems.append(Problem(key, subnet_id, f"is in {subnet.availability_zone}, but entry {index + 1} "
                                                     f"must be the subnet of {expected} (AZ order)"))
     if not problems:
-        problems += check_member_ips(spec, cidrs, key=key)
+        problems += member_ip_problems(spec, cidrs, key)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(problems, spec.key_style)
     return ExistingNetwork(vpc_id=vpc_id, vpc_cidr=vpc.cidr_block, subnet_ids=tuple(spec.network.subnet_ids),
                            subnet_cidrs=tuple(cidrs))
 

@@ -12,10 +12,10 @@ from typing import Mapping, Sequence
 import pulumi
 import pulumi_aws as aws
 
-from ..render.context import NodeContext
+from ..render.context import NodeContext, ec2_context
 from ..spec import ClusterSpec, Member
 from .ami import AmiChoice
-from .common import child, cluster_tags, dns_suffix
+from .common import child, cluster_tags
 
 DATA_DEVICE = "/dev/sdf"
 ROOT_VOLUME_GIB = 20
@@ -27,10 +27,8 @@ def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pu
     """The NodeContext of the cluster on EC2, once the bucket, secret and certificates exist."""
     return pulumi.Output.all(bucket=bucket, secret_arn=secret_arn, ca=ca_cert_pem,
                              certs=pulumi.Output.all(**dict(cert_pems))).apply(
-        lambda v: NodeContext(
-            member_ips=dict(member_ips), bucket=v["bucket"], s3_endpoint=f"s3.{spec.region}.{dns_suffix(spec.region)}",
-            s3_region=spec.region, secret_id=v["secret_arn"], s3_key_type="auto", ca_cert_pem=v["ca"],
-            node_cert_pems=dict(v["certs"]), peer_ips=peer_ips))
+        lambda v: ec2_context(spec.region, member_ips=member_ips, bucket=v["bucket"], secret_id=v["secret_arn"],
+                              peer_ips=peer_ips, ca_cert_pem=v["ca"], node_cert_pems=v["certs"]))
 
 
 def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext],

@@ -30,6 +30,24 @@ class RestoreSource:
     cipher_secret_arn: pulumi.Input[str] | None = None
 
 
+def restore_source_of(spec: ClusterSpec) -> RestoreSource:
+    """Where a branch's data comes from: a StackReference's outputs, or the bucket and stanza given.
+
+    The StackReference has no parent, as when the stack program made it: its URN stays the same.
+    """
+    r = spec.restore
+    assert r is not None, "a branch spec always has restore (validated)"
+    if r.source_stack:
+        source = pulumi.StackReference(r.source_stack)
+        return RestoreSource(bucket=source.require_output("backupBucket"),
+                             stanza=source.require_output("clusterName"),
+                             key_arn=source.get_output("backupKeyArn"),
+                             # Exported by an encrypted source only: absent means unencrypted.
+                             cipher_secret_arn=source.get_output("backupCipherSecretArn"))
+    return RestoreSource(bucket=r.source_bucket, stanza=r.source_stanza, key_arn=r.source_key_arn or None,
+                         cipher_secret_arn=r.source_cipher_secret_arn or None)
+
+
 def cipher_secret_reference(arn: str | None) -> dict[str, str]:
     """Where a node fetches the source's cipher pass (node facts); empty for an unencrypted source.
 

@@ -112,6 +112,21 @@ class NodeContext:
         return replace(self, layout=layout)
 
 
+def dns_suffix(region: str) -> str:
+    """The AWS service DNS suffix of a region (``amazonaws.com`` or ``amazonaws.com.cn``)."""
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
+def ec2_context(region: str, *, member_ips: Mapping[str, str], bucket: str, secret_id: str,
+                peer_ips: tuple[str, ...] = (), ca_cert_pem: str = "",
+                node_cert_pems: Mapping[str, str] | None = None) -> NodeContext:
+    """The NodeContext of a cluster on EC2: AWS's own S3 endpoint of the region, the instance
+    role's credentials. Used by infra (with the real names) and ``pgha render`` (placeholders)."""
+    return NodeContext(member_ips=dict(member_ips), bucket=bucket, s3_endpoint=f"s3.{region}.{dns_suffix(region)}",
+                       s3_region=region, secret_id=secret_id, s3_key_type="auto", ca_cert_pem=ca_cert_pem,
+                       node_cert_pems=dict(node_cert_pems or {}), peer_ips=peer_ips, layout=EC2_LAYOUT)
+
+
 @dataclass(frozen=True)
 class NodeFile:
     """One file a node receives: absolute path, content (text; bytes for the agent zipapp), mode and owner."""

@@ -1,14 +1,27 @@
 """The typed, validated cluster spec and what it derives (members, ports, presets)."""
 
-from .catalog import InstanceType, catalog
-from .model import (CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, SERVICES, BackupSpec, ClusterSpec, Member,
-                    NetworkSpec, RestoreSpec, StorageSpec, certificate_ips, member_ip)
-from .presets import PROFILES, RTO_PLANS, RtoPlan
 from . import image
-from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spec
+from .catalog import InstanceType, catalog
+from .model import (
+    CLIENT_PORTS,
+    MEMBER_PORTS,
+    METRICS_PORTS,
+    PORTS,
+    SERVICES,
+    BackupSpec,
+    ClusterSpec,
+    Member,
+    NetworkSpec,
+    RestoreSpec,
+    StorageSpec,
+    certificate_ips,
+    member_ip,
+)
+from .presets import PROFILES, RTO_PLANS, RtoPlan
+from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spec, member_ip_problems
 
 __all__ = [
     "BackupSpec", "CLIENT_PORTS", "ClusterSpec", "InstanceType", "MEMBER_PORTS", "METRICS_PORTS", "Member",
     "NetworkSpec", "PORTS", "RestoreSpec", "PROFILES", "Problem", "RTO_PLANS", "RtoPlan", "SERVICES", "SUPPORTED_POSTGRES_VERSIONS",
-    "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "image", "member_ip",
+    "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "image", "member_ip", "member_ip_problems",
 ]

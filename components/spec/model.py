@@ -58,29 +58,32 @@ MEMBER_PORTS: tuple[int, ...] = (
 MAX_MEMBERS = 6
 
 
+# The spec classes have no defaults: build_spec fills every field, from spec.schema's defaults.
+
+
 @dataclass(frozen=True)
 class StorageSpec:
     """Where PostgreSQL's data lives: instance-store NVMe (``metal``) or one EBS volume."""
 
     kind: str
-    size_gib: int = 100
-    volume_type: str = "gp3"
-    iops: int | None = None
-    throughput_mibps: int | None = None
+    size_gib: int
+    volume_type: str
+    iops: int | None
+    throughput_mibps: int | None
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
     """The VPC the cluster lives in and who may reach it."""
 
-    vpc_id: str | None = None
-    subnet_ids: tuple[str, ...] = ()
-    vpc_cidr: str = "10.42.0.0/16"
-    allowed_cidrs: tuple[str, ...] = ()
-    allowed_security_group_ids: tuple[str, ...] = ()
-    monitoring_cidrs: tuple[str, ...] = ()
-    nat_gateways: str = "per-az"
-    expose_direct_ports: bool = False
+    vpc_id: str | None
+    subnet_ids: tuple[str, ...]
+    vpc_cidr: str
+    allowed_cidrs: tuple[str, ...]
+    allowed_security_group_ids: tuple[str, ...]
+    monitoring_cidrs: tuple[str, ...]
+    nat_gateways: str
+    expose_direct_ports: bool
 
     @property
     def creates_vpc(self) -> bool:
@@ -91,12 +94,12 @@ class NetworkSpec:
 class BackupSpec:
     """pgBackRest schedules (cron, UTC), retention and compression."""
 
-    full_schedule: str = "0 1 * * *"
-    diff_schedule: str | None = None
-    incr_schedule: str | None = None
-    retention_days: int = 14
-    compression: str = "lz4"
-    encryption: bool = False
+    full_schedule: str
+    diff_schedule: str | None
+    incr_schedule: str | None
+    retention_days: int
+    compression: str
+    encryption: bool
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class RestoreSpec:
     ``target`` is ``latest``, an ISO-8601 time with a zone, or an LSN (``0/3000060``).
     """
 
+    # Defaults here (unlike the other spec classes): the loopback cluster's restore makes one by hand.
     source_stanza: str
     source_bucket: str = ""
     source_stack: str = ""
@@ -157,14 +161,17 @@ class ClusterSpec:
     profile: str
     rto: str
     rpo: int
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    network: NetworkSpec = field(default_factory=NetworkSpec)
-    backup: BackupSpec = field(default_factory=BackupSpec)
-    stack_kind: str = "regional"
-    ami_id: str | None = None
-    pool_mode: str = "transaction"
+    parameters: Mapping[str, Any]
+    network: NetworkSpec
+    backup: BackupSpec
+    stack_kind: str
+    ami_id: str | None
+    pool_mode: str
     # Set for a branch (and a local restore): the first member restores instead of initdb.
-    restore: RestoreSpec | None = None
+    restore: RestoreSpec | None
+    # How the input spelled its keys ("config": pgha:network.subnetIds, "args": network.subnet_ids),
+    # so problems found later (a given VPC's subnets, looked up by infra) read like the input.
+    key_style: str = field(default="config", compare=False)
 
     @property
     def instance(self) -> InstanceType:

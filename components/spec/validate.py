@@ -10,22 +10,21 @@ import difflib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from . import image
+from . import image, schema
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
-from .model import MAX_MEMBERS, BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec
-from .presets import PROFILES, RTO_PLANS
+from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
 from .schedule import CronError, cron_to_oncalendar
 
 # The majors the node image provides: one package source (Debian 13), no PGDG.
-SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = image.POSTGRES_MAJORS
-STACK_KINDS: tuple[str, ...] = ("regional", "branch")
+SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = schema.field(["postgresVersion"]).choices
+STACK_KINDS: tuple[str, ...] = schema.field(["stackKind"]).choices
 # A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
 BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
-MAX_REPLICAS = MAX_MEMBERS - 1
-MAX_RPO_BYTES = 1 << 30
+# A single-node branch cannot be synchronous; it may lose up to this much WAL.
+BRANCH_DEFAULT_RPO = 1048576
 CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
 # 24 leaves room for the suffixes AWS name limits allow (NLB and target group names: 32).
 CLUSTER_NAME_MAX = 24
@@ -41,54 +40,48 @@ MANAGED_PARAMETERS: frozenset[str] = frozenset(
     }
 )
 
-# EBS limits as of 2025 (gp3 raised to 64 TiB / 80,000 IOPS / 2,000 MiB/s in September 2025).
-GP3 = {"size": (1, 65536), "iops": (3000, 80000), "throughput": (125, 2000), "iops_per_gib": 500,
-       "mibps_per_iops": 0.25, "default_iops": 3000, "default_throughput": 125}
-IO2 = {"size": (4, 65536), "iops": (100, 256000), "iops_per_gib": 1000, "default_iops": 3000}
+# EBS limits as of 2025 (gp3 raised to 64 TiB / 80,000 IOPS / 2,000 MiB/s in September 2025). gp3's
+# free baseline (3000 IOPS, 125 MiB/s) is pgha's default (schema.STORAGE) and always allowed.
+GP3: dict[str, Any] = {"size": (1, 65536), "iops": (3000, 80000), "throughput": (125, 2000), "iops_per_gib": 500,
+       "mibps_per_iops": 0.25}
+IO2: dict[str, Any] = {"size": (4, 65536), "iops": (100, 256000), "iops_per_gib": 1000}
 
 # Config key (camelCase, under pgha:) -> component arg (snake_case), for each level.
-TOP_KEYS = {
-    "clusterName": "cluster_name", "arch": "arch", "instanceType": "instance_type",
-    "storage": "storage", "replicas": "replicas", "availabilityZones": "availability_zones",
-    "postgresVersion": "postgres_version", "profile": "profile", "rto": "rto", "rpo": "rpo",
-    "parameters": "parameters", "network": "network", "backup": "backup",
-    "stackKind": "stack_kind", "amiId": "ami_id", "poolMode": "pool_mode", "branch": "branch",
-}
-STORAGE_KEYS = {"kind": "kind", "sizeGiB": "size_gib", "volumeType": "volume_type", "iops": "iops",
-                "throughputMiBps": "throughput_mibps"}
-NETWORK_KEYS = {
-    "vpcId": "vpc_id", "subnetIds": "subnet_ids", "vpcCidr": "vpc_cidr", "allowedCidrs": "allowed_cidrs",
-    "allowedSecurityGroupIds": "allowed_security_group_ids", "monitoringCidrs": "monitoring_cidrs",
-    "natGateways": "nat_gateways", "exposeDirectPorts": "expose_direct_ports",
-}
-BACKUP_KEYS = {
-    "fullSchedule": "full_schedule", "diffSchedule": "diff_schedule", "incrSchedule": "incr_schedule",
-    "retentionDays": "retention_days", "compression": "compression", "encryption": "encryption",
-}
-BRANCH_KEYS = {"sourceStack": "source_stack", "sourceBucket": "source_bucket", "sourceStanza": "source_stanza",
-               "sourceCipherSecretArn": "source_cipher_secret_arn", "sourceKeyArn": "source_key_arn",
-               "targetTime": "target_time", "targetLsn": "target_lsn"}
-NESTED = {"storage": STORAGE_KEYS, "network": NETWORK_KEYS, "backup": BACKUP_KEYS, "branch": BRANCH_KEYS}
+TOP_KEYS: dict[str, str] = schema.TOP.keys
+NESTED: dict[str, dict[str, str]] = {key: group.keys for key, group in schema.GROUPS.items()}
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One offending key: where it is, what was given, what is allowed."""
+    """One offending key: where it is (schema keys), what was given, what is allowed.
 
-    key: str
+    ``given`` follows ``path`` verbatim: a key the schema does not know, or a parameter name.
+    ``key`` is the whole key as the input spells it; :class:`SpecError` fills it in.
+    """
+
+    path: tuple[str, ...]
     value: Any
     allowed: str
+    given: tuple[str, ...] = ()
+    key: str = ""
+
+    def in_style(self, style: str) -> "Problem":
+        return replace(self, key=schema.key_name(self.path, self.given, style=style))
 
     def __str__(self) -> str:
         shown = "(not set)" if self.value is _MISSING else json.dumps(self.value, default=str)
-        return f"{self.key} = {shown}: {self.allowed}"
+        return f"{self.key or schema.key_name(self.path, self.given, style='config')} = {shown}: {self.allowed}"
 
 
 class SpecError(ValueError):
-    """Raised with every problem of an input at once; nothing has been declared yet."""
+    """Raised with every problem of an input at once; nothing has been declared yet.
 
-    def __init__(self, problems: Sequence[Problem]):
-        self.problems = list(problems)
+    ``style`` is the input's: ``config`` (``pgha:network.vpcCidr``) or ``args`` (``network.vpc_cidr``).
+    """
+
+    def __init__(self, problems: Sequence[Problem], style: str = "config"):
+        self.style = style
+        self.problems = [p.in_style(style) for p in problems]
         lines = "\n".join(f"  - {p}" for p in self.problems)
         noun = "problem" if len(self.problems) == 1 else "problems"
         super().__init__(f"invalid pgha configuration ({len(self.problems)} {noun}):\n{lines}")
@@ -100,6 +93,7 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+_SCHEMA: Any = object()  # "the schema's default"
 
 
 class _Reader:
@@ -110,15 +104,8 @@ class _Reader:
         self.style = style
         self.problems: list[Problem] = []
 
-    # -- naming ---------------------------------------------------------------------------
-    def name(self, *path: str) -> str:
-        """The key as the user wrote it: ``pgha:storage.sizeGiB`` or ``storage.size_gib``."""
-        if self.style == "config":
-            return "pgha:" + ".".join(path)
-        return ".".join(_to_arg_path(path))
-
-    def fail(self, path: Sequence[str], value: Any, allowed: str) -> None:
-        self.problems.append(Problem(self.name(*path), value, allowed))
+    def fail(self, path: Sequence[str], value: Any, allowed: str, given: Sequence[str] = ()) -> None:
+        self.problems.append(Problem(tuple(path), value, allowed, tuple(given)))
 
     # -- lookups --------------------------------------------------------------------------
     def raw(self, path: Sequence[str]) -> Any:
@@ -132,8 +119,12 @@ class _Reader:
             node = node[key]
         return node
 
-    def string(self, path: Sequence[str], default: Any, *, choices: Sequence[str] | None = None,
-               pattern: re.Pattern[str] | None = None, allowed: str = "") -> Any:
+    def string(self, path: Sequence[str], default: Any = _SCHEMA, *, pattern: re.Pattern[str] | None = None,
+               allowed: str = "") -> Any:
+        """A string; the schema gives its default (unless ``default`` overrides it) and choices."""
+        spec_field = schema.field(path)
+        default = spec_field.default if default is _SCHEMA else default
+        choices = spec_field.choices or None
         value = self.raw(path)
         if value is _MISSING:
             return default
@@ -148,20 +139,25 @@ class _Reader:
             return default
         return value
 
-    def integer(self, path: Sequence[str], default: Any, lo: int | None = None, hi: int | None = None,
+    def integer(self, path: Sequence[str], default: Any = _SCHEMA, bounds: tuple[int, int] | None = None,
                 what: str = "") -> Any:
+        """An integer; default and range from the schema unless given (a range that depends on other keys)."""
+        spec_field = schema.field(path)
+        default = spec_field.default if default is _SCHEMA else default
+        lo, hi = bounds or spec_field.range or (None, None)
         value = self.raw(path)
         if value is _MISSING:
             return default
         number = _as_int(value)
         in_range = number is not None and (lo is None or number >= lo) and (hi is None or number <= hi)
         if not in_range:
-            bounds = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
-            self.fail(path, value, f"must be an integer {bounds}{what}")
+            limits = f" from {lo} to {hi}" if lo is not None and hi is not None else ""
+            self.fail(path, value, f"must be an integer{limits}{what}")
             return default
         return number
 
-    def boolean(self, path: Sequence[str], default: bool) -> bool:
+    def boolean(self, path: Sequence[str]) -> bool:
+        default: bool = schema.field(path).default
         value = self.raw(path)
         if value is _MISSING:
             return default
@@ -188,28 +184,26 @@ class _Reader:
                 good.append(item)
         return tuple(good)
 
-    def obj(self, path: Sequence[str], known: Mapping[str, str] | None) -> Mapping[str, Any]:
-        """An object value; with ``known``, any key outside it is reported as unknown."""
+    def obj(self, path: Sequence[str]) -> Mapping[str, Any]:
+        """An object value; for a schema group, any key outside it is reported as unknown."""
         value = _decode(self.raw(path))
         if value is _MISSING:
             return {}
         if not isinstance(value, Mapping):
             self.fail(path, value, "must be an object")
             return {}
+        known = NESTED.get(path[0]) if len(path) == 1 else None
         if known is not None:
             names = list(known) if self.style == "config" else list(known.values())
             for key in value:
                 if key not in names:
-                    self.fail([*path, key], value[key], _unknown(key, names))
+                    self.fail(path, value[key], _unknown(key, names), given=[key])
         return value
 
 
 def _to_arg_path(path: Sequence[str]) -> list[str]:
-    out = [TOP_KEYS.get(path[0], path[0])]
-    if len(path) > 1:
-        table = NESTED.get(path[0], {})
-        out += [table.get(p, p) for p in path[1:]]
-    return out
+    """Schema keys -> the component's arg names."""
+    return schema.key_name(path, style="args").split(".")
 
 
 def _unknown(key: str, names: Sequence[str]) -> str:
@@ -272,8 +266,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     top_names = list(TOP_KEYS) if style == "config" else list(TOP_KEYS.values())
     for key in values:
         if key not in top_names:
-            r.problems.append(Problem(("pgha:" if style == "config" else "") + key, values[key],
-                                      _unknown(key, top_names)))
+            r.problems.append(Problem((), values[key], _unknown(key, top_names), given=(key,)))
 
     cluster_name = r.string(["clusterName"], f"pg-{stack}".lower(), pattern=CLUSTER_NAME_RE,
                             allowed="must be lowercase letters, digits and '-', starting with a letter "
@@ -283,50 +276,71 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     # Read first: a branch has other defaults (one small node, asynchronous).
     is_branch = r.raw(["stackKind"]) == "branch"
     problems_before = len(r.problems)
-    arch = r.string(["arch"], "arm64", choices=("arm64", "x86_64"))
+    arch = r.string(["arch"])
     arch_valid = len(r.problems) == problems_before
     storage = _storage(r)
     instance_type = _instance_type(r, arch, storage.kind, check_arch=arch_valid,
                                    default=BRANCH_DEFAULT_INSTANCE_TYPE.get(arch) if is_branch and storage.kind == "ebs"
                                    else None)
-    replicas = r.integer(["replicas"], 0 if is_branch else 2, 0, MAX_REPLICAS)
+    replicas = r.integer(["replicas"], 0 if is_branch else _SCHEMA)
     azs = _availability_zones(r, region, region_azs)
-    postgres_version = r.integer(["postgresVersion"], 17)
+    postgres_version = r.integer(["postgresVersion"])
     if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
         r.fail(["postgresVersion"], postgres_version,
                f"must be {' or '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))}: the node image is Debian "
                f"{image.DEBIAN_MAJOR} with its own packages, which provide PostgreSQL "
                f"{', '.join(map(str, SUPPORTED_POSTGRES_VERSIONS))} (and pgBackRest {image.DAEMON_PACKAGES['pgbackrest']}, "
                "which reads it)")
-        postgres_version = 17
-    profile = r.string(["profile"], "oltp", choices=PROFILES)
-    rto = r.string(["rto"], "norm", choices=tuple(RTO_PLANS))
-    rpo = r.integer(["rpo"], 1048576 if is_branch and replicas == 0 else 0, 0, MAX_RPO_BYTES,
-                    " (bytes of WAL a failover may lose; 0 = synchronous)")
+        postgres_version = schema.field(["postgresVersion"]).default
+    profile = r.string(["profile"])
+    rto = r.string(["rto"])
+    rpo = r.integer(["rpo"], BRANCH_DEFAULT_RPO if is_branch and replicas == 0 else _SCHEMA, what=" (bytes of WAL a failover may lose; 0 = synchronous)")
     if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
         r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
     parameters = _parameters(r)
     network = _network(r, len(azs))
     backup = _backup(r)
-    stack_kind = r.string(["stackKind"], "regional", choices=STACK_KINDS)
-    ami_id = r.string(["amiId"], None, pattern=re.compile(r"^ami-[0-9a-f]{8,17}$"),
+    stack_kind = r.string(["stackKind"])
+    ami_id = r.string(["amiId"], pattern=re.compile(r"^ami-[0-9a-f]{8,17}$"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
-    pool_mode = r.string(["poolMode"], "transaction", choices=("transaction", "session", "statement"))
+    pool_mode = r.string(["poolMode"])
     restore = _branch(r, stack_kind, cluster_name)
 
     if r.problems:
-        raise SpecError(r.problems)
-    return ClusterSpec(
-        stack=stack, cluster_name=cluster_name, region=region, arch=arch, instance_type=instance_type,
+        raise SpecError(r.problems, style)
+    spec = ClusterSpec(
+    stack=stack, cluster_name=cluster_name, region=region, arch=arch, instance_type=instance_type,
         storage=storage, replicas=replicas, availability_zones=azs, postgres_version=postgres_version,
         profile=profile, rto=rto, rpo=rpo, parameters=parameters, network=network, backup=backup,
-        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore,
+        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore, key_style=style,
     )
+    if spec.network.creates_vpc:
+        # Given subnets are checked the same way once infra has looked their CIDRs up.
+        problems = member_ip_problems(spec, spec.private_subnet_cidrs, ("network", "vpcCidr"))
+        if problems:
+            raise SpecError(problems, style)
+    return spec
+
+
+def member_ip_problems(spec: ClusterSpec, subnet_cidrs: Sequence[str], path: tuple[str, ...]) -> list[Problem]:
+    """Every member's fixed IP must be a usable address of its subnet (``path``: the key that sets them).
+
+    AWS reserves the network address, the next three and the last address of a subnet.
+    """
+    problems = []
+    for member in spec.members:
+        cidr = subnet_cidrs[member.az_index]
+        net = ipaddress.IPv4Network(cidr)  # subnets are IPv4 (vpcCidr is; AWS subnets' cidr_block is)
+        ip = ipaddress.IPv4Address(member_ip(cidr, member))
+        if ip not in net or ip >= net.broadcast_address:
+            problems.append(Problem(path, cidr, f"subnet is too small for {member.name}'s fixed address "
+                                                f"(host {10 + member.index}); use a /27 or larger"))
+    return problems
 
 
 def _storage(r: _Reader) -> StorageSpec:
-    given = r.obj(["storage"], STORAGE_KEYS)
-    kind = r.string(["storage", "kind"], "ebs", choices=("ebs", "metal"))
+    given = r.obj(["storage"])
+    kind = r.string(["storage", "kind"])
     if kind == "metal":
         for key in ("sizeGiB", "volumeType", "iops", "throughputMiBps"):
             if r.raw(["storage", key]) is not _MISSING:
@@ -334,23 +348,20 @@ def _storage(r: _Reader) -> StorageSpec:
                        "applies to ebs only; metal uses all of the instance's NVMe instance store")
         return StorageSpec(kind="metal", size_gib=0, volume_type="", iops=None, throughput_mibps=None)
     del given
-    volume_type = r.string(["storage", "volumeType"], "gp3", choices=("gp3", "io2"))
+    volume_type = r.string(["storage", "volumeType"])
     limits = GP3 if volume_type == "gp3" else IO2
-    lo, hi = limits["size"]
-    size = r.integer(["storage", "sizeGiB"], 100, lo, hi, f" GiB for {volume_type}")
-    ilo, ihi = limits["iops"]
-    iops = r.integer(["storage", "iops"], limits["default_iops"], ilo, ihi, f" IOPS for {volume_type}")
+    size = r.integer(["storage", "sizeGiB"], bounds=limits["size"], what=f" GiB for {volume_type}")
+    iops = r.integer(["storage", "iops"], bounds=limits["iops"], what=f" IOPS for {volume_type}")
     max_iops = limits["iops_per_gib"] * size
-    if iops > max(max_iops, GP3["default_iops"] if volume_type == "gp3" else 0):
+    # gp3's baseline (the default) comes with any size.
+    if iops > max(max_iops, schema.field(["storage", "iops"]).default if volume_type == "gp3" else 0):
         r.fail(["storage", "iops"], iops,
                f"{volume_type} allows at most {limits['iops_per_gib']} IOPS per GiB: {max_iops} for {size} GiB")
     throughput = None
     if volume_type == "gp3":
-        tlo, thi = GP3["throughput"]
-        throughput = r.integer(["storage", "throughputMiBps"], GP3["default_throughput"], tlo, thi,
-                               " MiB/s for gp3")
+        throughput = r.integer(["storage", "throughputMiBps"], bounds=GP3["throughput"], what=" MiB/s for gp3")
         cap = int(iops * GP3["mibps_per_iops"])
-        if throughput > GP3["default_throughput"] and throughput > cap:
+        if throughput > schema.field(["storage", "throughputMiBps"]).default and throughput > cap:
             r.fail(["storage", "throughputMiBps"], throughput,
                    f"gp3 allows at most 0.25 MiB/s per provisioned IOPS: {cap} MiB/s with {iops} IOPS")
     elif r.raw(["storage", "throughputMiBps"]) is not _MISSING:
@@ -400,23 +411,23 @@ def _availability_zones(r: _Reader, region: str, region_azs: Sequence[str]) -> t
 
 
 def _parameters(r: _Reader) -> dict[str, Any]:
-    given = r.obj(["parameters"], None)
+    given = r.obj(["parameters"])
     out: dict[str, Any] = {}
     for key, value in given.items():
         if not GUC_NAME_RE.match(str(key)):
-            r.fail(["parameters", key], value, "is not a PostgreSQL parameter name")
+            r.fail(["parameters"], value, "is not a PostgreSQL parameter name", given=[key])
         elif key in MANAGED_PARAMETERS:
-            r.fail(["parameters", key], value, "is managed by pgha and Patroni and cannot be overridden")
+            r.fail(["parameters"], value, "is managed by pgha and Patroni and cannot be overridden", given=[key])
         elif not isinstance(value, (str, int, float, bool)):
-            r.fail(["parameters", key], value, "must be a string, number or boolean")
+            r.fail(["parameters"], value, "must be a string, number or boolean", given=[key])
         else:
             out[key] = value
     return out
 
 
 def _network(r: _Reader, az_count: int) -> NetworkSpec:
-    r.obj(["network"], NETWORK_KEYS)
-    vpc_id = r.string(["network", "vpcId"], None, pattern=re.compile(r"^vpc-[0-9a-f]{8,17}$"),
+    r.obj(["network"])
+    vpc_id = r.string(["network", "vpcId"], pattern=re.compile(r"^vpc-[0-9a-f]{8,17}$"),
                       allowed="must be a VPC id like vpc-0123456789abcdef0")
     subnet_ids = r.string_list(["network", "subnetIds"], _check_id("subnet"))
     if vpc_id is not None and len(subnet_ids) != az_count:
@@ -424,34 +435,37 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
                f"with vpcId, give one private subnet per availability zone ({az_count}), in AZ order")
     if vpc_id is None and subnet_ids:
         r.fail(["network", "subnetIds"], list(subnet_ids), "needs network.vpcId, the VPC they belong to")
-    vpc_cidr = r.string(["network", "vpcCidr"], "10.42.0.0/16")
+    default_cidr = schema.field(["network", "vpcCidr"]).default
+    vpc_cidr = r.string(["network", "vpcCidr"])
     try:
         net = ipaddress.ip_network(vpc_cidr)
         # Six subnets of prefix+4 each; /22 leaves /26 subnets with room for six members.
         if net.version != 4 or not 16 <= net.prefixlen <= 22:
             r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 block from /16 to /22")
-            vpc_cidr = "10.42.0.0/16"
+            vpc_cidr = default_cidr
     except ValueError:
-        r.fail(["network", "vpcCidr"], vpc_cidr, "must be an IPv4 CIDR block such as 10.42.0.0/16 (host bits zero)")
-        vpc_cidr = "10.42.0.0/16"
+        r.fail(["network", "vpcCidr"], vpc_cidr,
+               f"must be an IPv4 CIDR block such as {default_cidr} (host bits zero)")
+        vpc_cidr = default_cidr
     return NetworkSpec(
-        vpc_id=vpc_id,
+    vpc_id=vpc_id,
         subnet_ids=subnet_ids,
         vpc_cidr=vpc_cidr,
         allowed_cidrs=r.string_list(["network", "allowedCidrs"], _check_cidr),
         allowed_security_group_ids=r.string_list(["network", "allowedSecurityGroupIds"], _check_id("sg")),
         monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], _check_cidr),
-        nat_gateways=r.string(["network", "natGateways"], "per-az", choices=("per-az", "single")),
-        expose_direct_ports=r.boolean(["network", "exposeDirectPorts"], False),
+        nat_gateways=r.string(["network", "natGateways"]),
+        expose_direct_ports=r.boolean(["network", "exposeDirectPorts"]),
     )
 
 
 def _backup(r: _Reader) -> BackupSpec:
-    r.obj(["backup"], BACKUP_KEYS)
+    r.obj(["backup"])
     cron = "must be a cron expression of five fields (minute hour day month weekday, UTC)"
     schedules = {}
-    for key, default in (("fullSchedule", "0 1 * * *"), ("diffSchedule", None), ("incrSchedule", None)):
-        value = r.string(["backup", key], default)
+    for key in ("fullSchedule", "diffSchedule", "incrSchedule"):
+        default = schema.field(["backup", key]).default
+        value = r.string(["backup", key])
         if value is not None and not _is_cron(value):
             r.fail(["backup", key], value, cron)
             value = default
@@ -463,12 +477,12 @@ def _backup(r: _Reader) -> BackupSpec:
                 value = default
         schedules[key] = value
     return BackupSpec(
-        full_schedule=schedules["fullSchedule"],
+    full_schedule=schedules["fullSchedule"],
         diff_schedule=schedules["diffSchedule"],
         incr_schedule=schedules["incrSchedule"],
-        retention_days=r.integer(["backup", "retentionDays"], 14, 1, 3650, " days"),
-        compression=r.string(["backup", "compression"], "lz4", choices=("lz4", "zst", "gz", "bz2", "none")),
-        encryption=r.boolean(["backup", "encryption"], False),
+        retention_days=r.integer(["backup", "retentionDays"], what=" days"),
+        compression=r.string(["backup", "compression"]),
+        encryption=r.boolean(["backup", "encryption"]),
     )
 
 
@@ -492,7 +506,7 @@ def parse_target_time(value: str) -> Any:
 
 def _branch(r: _Reader, stack_kind: str, cluster_name: str) -> RestoreSpec | None:
     """The ``branch`` object: where a branch's data comes from and up to when."""
-    given = r.obj(["branch"], BRANCH_KEYS)
+    given = r.obj(["branch"])
     if stack_kind != "branch":
         if given:
             r.fail(["branch"], dict(given), "applies to stackKind branch only")

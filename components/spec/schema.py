@@ -1,0 +1,223 @@
+"""The stack config, declared once: every key, its component arg name, type, default and limits.
+
+``validate.build_spec`` takes its key tables, defaults, choices and ranges from here;
+``Pulumi.yaml``'s ``config:`` block is generated from it (``scripts/pulumi_config.py``) and
+``tests/test_schema.py`` checks that block and the component's ``*Args`` TypedDicts against it.
+Rules that span keys (EBS limits per volume type, a branch's other defaults, cron syntax)
+stay in validate.py; what a single key may be is stated here.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .image import POSTGRES_MAJORS
+from .model import MAX_MEMBERS
+from .presets import PROFILES, RTO_PLANS
+
+
+@dataclass(frozen=True)
+class Group:
+    """An object-valued key (``storage``, ``network``, ...): its own keys, and the TypedDict of its args."""
+
+    args_class: str
+    fields: tuple["Field", ...]
+
+    def field(self, key: str) -> "Field":
+        return next(f for f in self.fields if f.key == key)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """Config key -> arg name."""
+        return {f.key: f.arg for f in self.fields}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key. ``type`` is str, int, bool, list (of strings), dict (free-form object) or a Group.
+
+    ``default`` is None when the value is derived (``derived`` says from what) or simply unset.
+    """
+
+    key: str
+    arg: str
+    type: Any
+    doc: str
+    default: Any = None
+    derived: str = "none"
+    choices: tuple[Any, ...] = ()
+    range: tuple[int, int] | None = None
+
+    @property
+    def group(self) -> Group | None:
+        return self.type if isinstance(self.type, Group) else None
+
+    @property
+    def default_text(self) -> str:
+        """The default as the docs state it: ``(default <this>)`` in each TypedDict field's docstring."""
+        if self.default is None:
+            return self.derived
+        if isinstance(self.default, bool):
+            return "``true``" if self.default else "``false``"
+        if isinstance(self.default, str):
+            return f"``{self.default}``"
+        return str(self.default)
+
+    @property
+    def unset(self) -> Any:
+        """Pulumi.yaml's stand-in for "not set" (a declared key needs a default there)."""
+        if self.type is list:
+            return []
+        if self.type is dict or self.group is not None:
+            return {}
+        return ""
+
+
+EACH = "each key's default"
+
+STORAGE = Group("StorageArgs", (
+    Field("kind", "kind", str, "``ebs`` (one EBS volume per member) or ``metal`` (the instance's NVMe store).",
+          default="ebs", choices=("ebs", "metal")),
+    Field("sizeGiB", "size_gib", int, "EBS volume size in GiB (1-65536 for gp3, 4-65536 for io2).", default=100),
+    Field("volumeType", "volume_type", str, "EBS volume type.", default="gp3", choices=("gp3", "io2")),
+    # gp3's free baseline; io2 gets the same, within its per-GiB limit.
+    Field("iops", "iops", int, "Provisioned IOPS, within the volume type's limits.", default=3000),
+    Field("throughputMiBps", "throughput_mibps", int, "gp3 throughput in MiB/s (at most 0.25 per IOPS above 125).",
+          default=125),
+))
+
+NETWORK = Group("NetworkArgs", (
+    Field("vpcId", "vpc_id", str, "An existing VPC; omit to let pgha create one.", derived="a new VPC"),
+    Field("subnetIds", "subnet_ids", list, "With ``vpc_id``: one private subnet per availability zone, in AZ order."),
+    Field("vpcCidr", "vpc_cidr", str, "CIDR of the created VPC, /16 to /22.", default="10.42.0.0/16"),
+    Field("allowedCidrs", "allowed_cidrs", list, "Client CIDRs allowed on the service ports.",
+          derived="the VPC CIDR"),
+    Field("allowedSecurityGroupIds", "allowed_security_group_ids", list,
+          "Client security groups allowed on the service ports."),
+    Field("monitoringCidrs", "monitoring_cidrs", list, "CIDRs allowed on the metrics ports."),
+    Field("natGateways", "nat_gateways", str, "NAT gateways of a created VPC: one per AZ, or a single one.",
+          default="per-az", choices=("per-az", "single")),
+    Field("exposeDirectPorts", "expose_direct_ports", bool,
+          "Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member.", default=False),
+))
+
+BACKUP = Group("BackupArgs", (
+    Field("fullSchedule", "full_schedule", str, "Cron (five fields, UTC) of full backups.", default="0 1 * * *"),
+    Field("diffSchedule", "diff_schedule", str, "Cron of differential backups."),
+    Field("incrSchedule", "incr_schedule", str, "Cron of incremental backups."),
+    Field("retentionDays", "retention_days", int, "Days full backups are kept.", default=14, range=(1, 3650)),
+    Field("compression", "compression", str, "pgBackRest compression.", default="lz4",
+          choices=("lz4", "zst", "gz", "bz2", "none")),
+    Field("encryption", "encryption", bool,
+          "Encrypt the repository with a pgBackRest cipher pass (on top of SSE-KMS).", default=False),
+))
+
+BRANCH = Group("BranchArgs", (
+    Field("sourceStack", "source_stack", str,
+          "The source as a stack name (stack, project/stack or org/project/stack), read by StackReference."),
+    Field("sourceBucket", "source_bucket", str, "The source's backup bucket (instead of ``source_stack``)."),
+    Field("sourceStanza", "source_stanza", str, "With ``source_bucket``: the source's cluster name (its stanza)."),
+    Field("sourceCipherSecretArn", "source_cipher_secret_arn", str,
+          "With ``source_bucket``, an encrypted source: its ``backupCipherSecretArn`` output."),
+    Field("sourceKeyArn", "source_key_arn", str,
+          "With ``source_bucket``: the source's KMS key ARN (its ``backupKeyArn`` output)."),
+    Field("targetTime", "target_time", str, "Restore up to this ISO-8601 time with a zone, or ``latest``.",
+          derived="the end of the archive"),
+    Field("targetLsn", "target_lsn", str, "Restore up to this LSN (``0/3000060``) instead of a time."),
+))
+
+TOP = Group("PostgresClusterArgs", (
+    Field("clusterName", "cluster_name", str, "Pigsty-style cluster name; prefixes members and services.",
+          derived="``pg-<stack>``"),
+    Field("arch", "arch", str, "CPU architecture.", default="arm64", choices=("arm64", "x86_64")),
+    Field("instanceType", "instance_type", str, "EC2 instance type from pgha's catalog.",
+          derived="per arch and storage kind"),
+    Field("storage", "storage", STORAGE, "Data storage: an EBS volume or the instance-store NVMe.",
+          derived=EACH),
+    Field("replicas", "replicas", int, "Replicas besides the primary; a branch defaults to 0.", default=2,
+          range=(0, MAX_MEMBERS - 1)),
+    Field("availabilityZones", "availability_zones", list, "Three distinct availability zones of the region.",
+          derived="the region's first three"),
+    Field("postgresVersion", "postgres_version", int,
+          "PostgreSQL major version: the one Debian 13 (the node image) provides.", default=17,
+          choices=POSTGRES_MAJORS),
+    Field("profile", "profile", str, "Tuning profile.", default="oltp", choices=PROFILES),
+    Field("rto", "rto", str, "Failover timing plan.", default="norm", choices=tuple(RTO_PLANS)),
+    Field("rpo", "rpo", int, "Bytes of WAL a failover may lose; 0 means synchronous replication.", default=0,
+          range=(0, 1 << 30)),
+    Field("parameters", "parameters", dict, "Extra PostgreSQL parameters (name -> value); those pgha manages "
+          "are refused."),
+    Field("network", "network", NETWORK, "VPC, subnets and who may connect.", derived=EACH),
+    Field("backup", "backup", BACKUP, "pgBackRest schedules, retention, compression and encryption.",
+          derived=EACH),
+    Field("stackKind", "stack_kind", str, "Deployment shape: ``branch`` is restored from another stack's backups.",
+          default="regional", choices=("regional", "branch")),
+    Field("branch", "branch", BRANCH, "stackKind branch only: where its data comes from and up to when."),
+    Field("amiId", "ami_id", str, "Pin the AMI.", derived="the newest official Debian 13 image of the arch"),
+    Field("poolMode", "pool_mode", str, "PgBouncer pool mode.", default="transaction",
+          choices=("transaction", "session", "statement")),
+))
+
+GROUPS: dict[str, Group] = {f.key: f.group for f in TOP.fields if f.group is not None}
+
+
+def field(path: Sequence[str]) -> Field:
+    """The field at a config-key path such as ``("storage", "sizeGiB")``."""
+    group, found = TOP, None
+    for key in path:
+        found = group.field(key)
+        group = found.group or group
+    assert found is not None
+    return found
+
+
+def key_name(path: Sequence[str], given: Sequence[str] = (), *, style: str) -> str:
+    """A key as the input spells it: ``pgha:storage.sizeGiB`` (config) or ``storage.size_gib`` (args).
+
+    ``path`` holds schema keys (config spelling); ``given`` is appended verbatim: a key the
+    schema does not know (a typo) or a free-form name (a PostgreSQL parameter).
+    """
+    if style == "config":
+        return "pgha:" + ".".join([*path, *given])
+    names, group = [], TOP
+    for key in path:
+        f = group.field(key)
+        names.append(f.arg)
+        group = f.group or group
+    return ".".join([*names, *given])
+
+
+def pulumi_config() -> dict[str, dict[str, Any]]:
+    """Pulumi.yaml's ``config:`` block: every key with a type, a description and a default.
+
+    Pulumi wants a default for a declared key (else every stack must set it), so a key
+    without one gets the empty value that pgha_values reads as "not set".
+    """
+    block: dict[str, dict[str, Any]] = {}
+    for f in TOP.fields:
+        entry: dict[str, Any] = {}
+        pulumi_type = _PULUMI_TYPES.get(f.type)
+        if pulumi_type:  # objects have no type: Pulumi's project schema has no object type
+            entry["type"] = pulumi_type
+        if f.type is list:
+            entry["items"] = {"type": "string"}
+        entry["description"] = describe(f)
+        entry["default"] = f.unset if f.default is None else f.default
+        block[f.key] = entry
+    return block
+
+
+def describe(f: Field) -> str:
+    """One line for Pulumi.yaml: the doc, the choices or a group's keys, and a derived default."""
+    text = f.doc
+    if f.choices:
+        text += f" One of: {', '.join(map(str, f.choices))}."
+    if f.range:
+        text += f" From {f.range[0]} to {f.range[1]}."
+    if f.group is not None:
+        text += f" Keys: {', '.join(g.key for g in f.group.fields)}."
+    if f.default is None and f.derived != "none":
+        text += f" Empty means {f.derived}."
+    return text.replace("``", "")  # reST literals read badly in `pulumi config`
+
+
+_PULUMI_TYPES: Mapping[Any, str] = {str: "string", int: "integer", bool: "boolean", list: "array"}
