@@ -10,6 +10,7 @@ from cryptography import x509
 
 from pgha.local import cluster as local
 from pgha.local.cluster import LocalCluster
+from pgha.local.machine import Machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,3 +166,15 @@ def test_metal_members_get_instance_store_devices_under_ec2_s_names(tmp_path):
     volumes = cluster.nodes[0].machine.volumes
     assert len(volumes) == metal.instance.nvme_count >= 1
     assert all(not v.persistent and v.by_id.startswith("nvme-Amazon_EC2_NVMe_Instance_Storage_") for v in volumes)
+
+
+def test_two_clusters_with_members_of_one_name_get_separate_cgroups(tmp_path):
+    # A kill through one cluster's cgroup.kill must not reach the other cluster's member.
+    def machine(home: str) -> Machine:
+        return Machine("pg-dev-1", tmp_path / home / "pg-dev-1", image_root=tmp_path / "image", netns="unused",
+                       log=lambda _: None)
+
+    first, second = machine("a"), machine("b")
+    assert first.cgroup != second.cgroup
+    assert first.cgroup == machine("a").cgroup
+    assert first.cgroup.parent == second.cgroup.parent and first.cgroup.name.startswith("pg-dev-1.")

@@ -17,6 +17,7 @@ instance is a new upper layer with the same volumes.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -222,8 +223,11 @@ class Machine:
 
     @property
     def cgroup(self) -> Path:
-        """The machine's cgroup2 directory on the host (its processes, and cgroup.kill)."""
-        return cgroup2_root() / "pgha" / self.name
+        """The machine's cgroup2 directory on the host (its processes, and cgroup.kill). Named by
+        its home too: two local clusters of one stack on a host have members of the same name,
+        and a kill of one killed the other's (seen 2026-12-01: a drill run beside the tests)."""
+        home = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
+        return cgroup2_root() / "pgha" / f"{self.name}.{home}"
 
     def _new_cgroup(self) -> Path:
         self._remove_cgroup()
