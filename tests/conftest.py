@@ -2,8 +2,8 @@
 
 import contextlib
 import os
-import subprocess
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,3 +80,33 @@ def local_cluster():
     if os.environ.get("PGHA_TEST_KEEP"):  # left running to look into; the next session wipes it
         return
     cluster.destroy(log=log_to_stderr)
+
+
+# PostgreSQL's archiver gives up after three failed pushes in a row and tries again when the next
+# segment is ready or after 60 s (PGARCH_AUTOWAKE_INTERVAL). A push that fails for a moment (a
+# stanza a new primary is still creating, the AWS stand-in restarted) can therefore hold the
+# archive for a minute: two CI runs on 2026-12-01 missed a 60 s wait by less than a second.
+ARCHIVE_WAIT = 150.0
+
+
+def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", timeout: float = ARCHIVE_WAIT) -> list[str]:
+    """Wait until a key naming ``segment`` is in ``bucket``; fail with the primary's archiver
+    state and pgBackRest's own words if it is not there within ``timeout``."""
+    from pgha.local import backups
+
+    def keys() -> list[str]:
+        pages = cluster.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    deadline = time.monotonic() + timeout
+    while not any(segment in key for key in (found := keys())):
+        if time.monotonic() > deadline:
+            detail = ""
+            with contextlib.suppress(Exception):
+                detail += f"\npg_stat_archiver: {backups.archiver(cluster)}"
+                node = backups.leader(cluster)
+                log = Path(node.layout.log) / "pgbackrest" / f"{cluster.spec.cluster_name}-archive-push-async.log"
+                detail += "\n" + "\n".join(log.read_text().splitlines()[-15:])
+            raise AssertionError(f"{segment} did not reach s3://{bucket}/{prefix} within {timeout:.0f} s{detail}")
+        time.sleep(1)
+    return found

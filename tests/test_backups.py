@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
+from conftest import wait_for_archived
 from pgha.local import backups
 from pgha.local import branch as branches
 from pgha.spec import PORTS
@@ -57,10 +57,7 @@ def test_stanza_is_created_and_wal_reaches_s3(local_cluster):
     with su(local_cluster) as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
     prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(segment in k for k in keys(local_cluster, local_cluster.bucket, prefix)):
-        time.sleep(1)
-    assert any(segment in k for k in keys(local_cluster, local_cluster.bucket, prefix)), segment
+    wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
 
 
 def test_full_diff_and_incr_backups_are_taken_from_the_sync_standby(local_cluster):
@@ -150,10 +147,7 @@ def test_restore_latest_after_a_failover_follows_the_new_timeline(local_cluster)
         conn.execute("INSERT INTO pitr_marks (id) VALUES (4)")
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
     assert int(segment[:8], 16) == done["timeline"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(segment in k for k in keys(local_cluster, local_cluster.bucket)):
-        time.sleep(1)
-    assert any(segment in k for k in keys(local_cluster, local_cluster.bucket))
+    wait_for_archived(local_cluster, segment, local_cluster.bucket)
 
 
 def test_a_replica_is_rebuilt_from_the_repository(local_cluster):
@@ -198,11 +192,8 @@ def test_a_branch_holds_the_source_data_and_writes_only_its_own_repository(local
             assert conn.execute("SHOW synchronous_standby_names").fetchone()[0] == ""
         branch_tl = int(segment[:8], 16)
         assert branch_tl > source_tl
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(segment in k for k in keys(local_cluster, branch.bucket)):
-            time.sleep(1)
-        own = keys(local_cluster, branch.bucket)
-        assert any(segment in k for k in own) and all(k.startswith("br-test/") for k in own)
+        own = wait_for_archived(branch, segment, branch.bucket)
+        assert all(k.startswith("br-test/") for k in own)
         assert any(k.endswith(f"{branch_tl:08X}.history") for k in own)
         # Nothing of the branch in the source's bucket: no branch prefix, no timeline of its own.
         added = set(keys(local_cluster, local_cluster.bucket)) - before
