@@ -99,7 +99,10 @@ def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", time
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     deadline = time.monotonic() + timeout
-    while not any(segment in key for key in (found := keys())):
+    while True:
+        found = keys()
+        if any(segment in key for key in found):
+            return found
         if time.monotonic() > deadline:
             detail = ""
             with contextlib.suppress(Exception):
@@ -109,4 +112,3 @@ def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", time
                 detail += "\n" + "\n".join(log.read_text().splitlines()[-15:])
             raise AssertionError(f"{segment} did not reach s3://{bucket}/{prefix} within {timeout:.0f} s{detail}")
         time.sleep(1)
-    return found
