@@ -105,6 +105,7 @@ def _local_cluster(args: argparse.Namespace):
 def _image(args: argparse.Namespace) -> int:
     from .local import image
 
+    built: image.Image | None
     if args.action == "build":
         try:
             built = image.build(force=args.force)

@@ -23,7 +23,7 @@ def agent_path(paths: Mapping[str, str]) -> str:
     return f"{paths['bin']}/{AGENT_FILE}"
 
 
-def agent_argv(paths: Mapping[str, str], command: str, *args: str, node_json: str | None = None) -> list[str]:
+def agent_argv(paths: Mapping[str, Any], command: str, *args: str, node_json: str | None = None) -> list[str]:
     """The agent's command line as the units, Patroni's hooks and the agent itself run it."""
     return [paths["python"], agent_path(paths), "--node-json", node_json or f"{paths['etc']}/node.json",
             command, *args]
@@ -63,7 +63,7 @@ BACKUP_TYPES: tuple[str, ...] = ("full", "diff", "incr")
 APP_DATABASE = "app"
 
 
-def pgbackrest_argv(paths: Mapping[str, str], *args: str, binary: str = "pgbackrest") -> list[str]:
+def pgbackrest_argv(paths: Mapping[str, Any], *args: str, binary: str = "pgbackrest") -> list[str]:
     """pgBackRest with the node's config and the secrets include (S3 keys, cipher pass)."""
     return [binary, f"--config={paths['pgbackrest_config']}",
             f"--config-include-path={paths['secrets']}/pgbackrest", *args]
@@ -172,7 +172,7 @@ class NodeFacts(TypedDict):
 
 
 # The dict-valued facts whose own keys are fixed, checked like the top level.
-_NESTED: Mapping[str, type] = {"paths": NodePaths, "users": NodeUsers, "os_users": OsUsers, "aws": AwsFacts}
+_NESTED: Mapping[str, Any] = {"paths": NodePaths, "users": NodeUsers, "os_users": OsUsers, "aws": AwsFacts}
 
 
 def node_facts_problems(data: Any) -> list[str]:

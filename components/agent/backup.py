@@ -84,7 +84,7 @@ def run_pgbackrest(argv: list[str], what: str, lock_wait: float = 120.0, env: di
 def cmd_backup(node: NodeFacts, args: argparse.Namespace) -> int:
     me = node["member"]
     chosen, leader = choose_backup_member(patroni_get(node, "/cluster"))
-    if chosen is None:
+    if chosen is None or leader is None:
         raise AgentError("no running leader: no backup now")
     if chosen != me and not args.here:
         LOG.info("%s backup: %s takes it (leader %s); nothing to do here", args.type, chosen, leader)

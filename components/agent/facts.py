@@ -27,7 +27,7 @@ def load_node(path: str) -> NodeFacts:
 
 
 def os_user(node: NodeFacts, which: str) -> pwd.struct_passwd:
-    name = node["os_users"].get(which)
+    name = str(dict(node["os_users"]).get(which) or "")
     if not name:
         raise AgentError(f"node facts have no os_users.{which}")
     try:

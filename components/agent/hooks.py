@@ -90,10 +90,9 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
 
     # PgBouncer 1.18 runs auth_query in the database the client asked for: put the function in
     # the bootstrap database and in template1, so databases created later (app too) inherit it.
-    params = ci.conninfo_to_dict(args.connstring)
     targets = [args.connstring]
     if dbname != "template1":
-        targets.append(ci.make_conninfo(**{**params, "dbname": "template1"}))
+        targets.append(ci.make_conninfo(args.connstring, dbname="template1"))
     for target in targets:
         with psycopg.connect(target, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
             with conn.transaction(), conn.cursor() as cur:
@@ -207,7 +206,8 @@ def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = 
         while time.monotonic() < deadline:
             try:
                 with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-                    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] == want_recovery:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                    if row is not None and row[0] == want_recovery:
                         admin_query(pgbouncer_admin_conninfo(node), "RECONNECT")
                         LOG.info("PostgreSQL is %s: PgBouncer RECONNECT sent again", role)
                         break

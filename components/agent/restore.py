@@ -6,7 +6,7 @@ import argparse
 import os
 import shlex
 
-from ..contract import NodeFacts, agent_argv
+from ..contract import NodeFacts, RestoreFacts, agent_argv
 from .backup import run_pgbackrest
 from .cli_types import Subparsers
 from .errors import LOG, PROG, AgentError
@@ -37,11 +37,19 @@ def pgbackrest_time(text: str) -> str:
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
+def restore_facts(node: NodeFacts) -> RestoreFacts:
+    """node.restore, which only a restoring or branch member has."""
+    restore = node.get("restore")
+    if not restore:
+        raise AgentError("node facts have no restore source (restore is null): nothing to restore from")
+    return restore
+
+
 def source_repo_options(node: NodeFacts) -> list[str]:
     """The restore source's repository as command-line options (never pgbackrest.conf, which is
     this cluster's own). A branch (restore.cipher set) names the source's cipher type too: the
     command line outranks pgbackrest.conf, whose repo1-cipher-type is this cluster's own."""
-    r = node["restore"]
+    r = restore_facts(node)
     options = [f"--stanza={r['stanza']}", f"--repo1-s3-bucket={r['bucket']}", f"--repo1-path={r['path']}"]
     if r.get("cipher"):
         options.append(f"--repo1-cipher-type={r['cipher']}")
@@ -50,7 +58,8 @@ def source_repo_options(node: NodeFacts) -> list[str]:
 
 def source_encrypted(node: NodeFacts) -> bool:
     """True for a branch whose source repository is encrypted (its pass comes from SOURCE_CIPHER_FILE)."""
-    return (node.get("restore") or {}).get("cipher", "none") != "none"
+    restore = node.get("restore")
+    return restore is not None and restore.get("cipher", "none") != "none"
 
 
 def source_cipher_env(node: NodeFacts) -> dict[str, str]:
@@ -98,7 +107,7 @@ def restore_argv(node: NodeFacts, binary: str = "pgbackrest") -> list[str]:
     """pgbackrest restore of the source repository into this node's empty data directory.
     The source's bucket, path, stanza and (a branch) cipher type are options of this command only,
     as is the restore_command recovery uses (a branch: see source_restore_command)."""
-    r = node["restore"]
+    r = restore_facts(node)
     argv = [*source_repo_options(node), f"--pg1-path={node['paths']['pgdata']}", "--log-level-console=info"]
     if r.get("cipher"):
         argv.append(f"--recovery-option=restore_command={source_restore_command(node, binary)}")

@@ -10,10 +10,10 @@ import json
 import os
 import pwd
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from .. import contract
-from ..contract import AwsFacts, NodeFacts, SecretRef
+from ..contract import AwsFacts, NodeFacts, NodeUsers, SecretRef
 from .cli_types import Subparsers
 from .envfile import conninfo, env_file
 from .errors import LOG, PROG, AgentError
@@ -36,7 +36,7 @@ def fetch_secret(src: SecretRef, aws: AwsFacts | None = None, timeout: float = 1
         where = path
     elif source == "aws":
         text = _fetch_aws_secret(src, aws, timeout)
-        where = src.get("id")
+        where = src.get("id", "")
     else:
         raise AgentError(f"secret.source must be 'aws' or 'file', not {source!r}")
     try:
@@ -62,7 +62,7 @@ def _fetch_aws_secret(src: SecretRef, aws: AwsFacts | None, timeout: float) -> s
         attempt += 1
         try:
             # AWS's own endpoint on EC2; the rehearsal's moto otherwise.
-            client = boto3.client("secretsmanager", region_name=region, endpoint_url=(aws or {}).get("endpoint_url") or None)
+            client = boto3.client("secretsmanager", region_name=region, endpoint_url=aws["endpoint_url"] if aws and aws.get("endpoint_url") else None)
             resp = client.get_secret_value(SecretId=secret_id)
             if "SecretString" not in resp:
                 raise AgentError(f"secret {secret_id} has no SecretString (binary secrets are not supported)")
@@ -90,7 +90,7 @@ def _userlist_line(user: str, password: str) -> str:
     return f"{q(user)} {q(password)}\n"
 
 
-def pgbouncer_userlist(users: dict, pw: dict) -> str:
+def pgbouncer_userlist(users: NodeUsers, pw: Mapping[str, str]) -> str:
     """PgBouncer's auth_file. auth_query resolves every application user, but PgBouncer (#303,
     still in 1.18) never runs auth_query for its admin database `pgbouncer`: a user it does not
     find in auth_file hangs there. So the file also lists
@@ -165,10 +165,11 @@ def source_cipher_path(node: NodeFacts) -> str:
     return os.path.join(node["paths"]["secrets"], SOURCE_CIPHER_FILE)
 
 
-def source_cipher_reference(node: NodeFacts) -> dict | None:
+def source_cipher_reference(node: NodeFacts) -> SecretRef | None:
     """Where this branch's source cipher pass comes from (restore.cipher_secret: an 'aws' or
     'file' secret, like node.secret), or None: not a branch, or an unencrypted source."""
-    ref = (node.get("restore") or {}).get("cipher_secret")
+    restore = node.get("restore")
+    ref = restore.get("cipher_secret") if restore else None
     return ref if isinstance(ref, dict) and ref else None
 
 
@@ -179,7 +180,7 @@ def render_source_cipher_file(node: NodeFacts, secret: dict) -> dict[str, tuple[
     return {source_cipher_path(node): (value + "\n", "postgres")}
 
 
-def fetch_source_cipher(node: NodeFacts, ref: dict, user: pwd.struct_passwd, timeout: float) -> bool:
+def fetch_source_cipher(node: NodeFacts, ref: SecretRef, user: pwd.struct_passwd, timeout: float) -> bool:
     """Write the source's cipher pass for the restore. A failure is a warning, not an error: only
     a member that restores needs it (that restore then fails, naming the file), while a member
     added to a branch long promoted must boot even if its source is gone."""

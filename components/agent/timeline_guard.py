@@ -31,8 +31,8 @@ def stuck_on_old_timeline(local: dict, cluster: dict) -> str | None:
         return None
     leader = next((m for m in cluster.get("members") or [] if m.get("role") in LEADER_ROLES
                    and m.get("state") == "running"), None)
-    mine, theirs = local.get("timeline"), (leader or {}).get("timeline")
-    if not isinstance(mine, int) or not isinstance(theirs, int) or mine >= theirs:
+    mine, theirs = local.get("timeline"), leader.get("timeline") if leader else None
+    if leader is None or not isinstance(mine, int) or not isinstance(theirs, int) or mine >= theirs:
         return None
     if local.get("replication_state") == "streaming":
         return None

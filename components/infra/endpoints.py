@@ -15,7 +15,6 @@ from ..spec import PORTS, SERVICES, ClusterSpec
 from .common import child, cluster_tags
 
 
-
 class Endpoints(pulumi.ComponentResource):
     """Internal NLB (cross-zone), target groups, listeners and the private hosted zone."""
 

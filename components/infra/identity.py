@@ -142,7 +142,7 @@ class ClusterSecret(pulumi.ComponentResource):
                                            tags=cluster_tags(spec), opts=child(self))
         payload = pulumi.Output.all(passwords=pulumi.Output.all(**self.passwords),
                                     tls_keys=pulumi.Output.all(**dict(tls_keys)))
-        secret_string = pulumi.Output.secret(payload.apply(
+        secret_string: pulumi.Output[str] = pulumi.Output.secret(payload.apply(
             lambda v: json.dumps({**v["passwords"], "tls_keys": v["tls_keys"]}, sort_keys=True)))
         aws.secretsmanager.SecretVersion(f"{name}-secret-value", secret_id=secret.id, secret_string=secret_string,
                                          opts=child(self))
@@ -160,7 +160,7 @@ class ClusterSecret(pulumi.ComponentResource):
         cipher = aws.secretsmanager.Secret(
             f"{name}-cipher", description=f"pgha {spec.cluster_name}: pgBackRest repository cipher pass (branches)",
             kms_key_id=key_arn, recovery_window_in_days=7, tags=cluster_tags(spec), opts=child(self))
-        value = pulumi.Output.secret(self.passwords[CIPHER_PASS].apply(
+        value: pulumi.Output[str] = pulumi.Output.secret(self.passwords[CIPHER_PASS].apply(
             lambda v: json.dumps({CIPHER_PASS: v}, sort_keys=True)))
         aws.secretsmanager.SecretVersion(f"{name}-cipher-value", secret_id=cipher.id, secret_string=value,
                                          opts=child(self))

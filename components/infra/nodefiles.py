@@ -9,14 +9,18 @@ from the real context.
 """
 
 import base64
-from typing import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
 
 from ..render.context import NodeContext
-from ..spec import ClusterSpec
+from ..spec import ClusterSpec, Member
 from .common import child
+
+if TYPE_CHECKING:  # render is imported lazily, as for the user-data
+    from ..render.userdata import BucketFile
 
 
 def provisional_context(member_ips: Mapping[str, str]) -> NodeContext:
@@ -40,7 +44,7 @@ def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str]
     objects = []
     for index, (member_name, path) in enumerate(seen.values()):
         member = members[member_name]
-        found = ctx.apply(lambda c, m=member, p=path: next(f for f in bucket_files(spec, m, c) if f.path == p))
+        found = ctx.apply(partial(_bucket_file, spec, member, path))
         objects.append(aws.s3.BucketObjectv2(
             f"{name}-node-file-{index + 1}", bucket=bucket, key=found.apply(lambda f: f.key),
             # The agent zipapp is binary: base64 on the wire, the object holds the bytes.
@@ -48,3 +52,9 @@ def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str]
             content_type="application/octet-stream",
             server_side_encryption="aws:kms", opts=child(parent)))
     return objects
+
+
+def _bucket_file(spec: ClusterSpec, member: Member, path: str, ctx: NodeContext) -> "BucketFile":
+    from ..render import bucket_files
+
+    return next(f for f in bucket_files(spec, member, ctx) if f.path == path)

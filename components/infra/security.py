@@ -83,22 +83,22 @@ class SecurityGroups(pulumi.ComponentResource):
 
     def _ingress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
                  cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:
-        for low, high in port_ranges(ports):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{sg[0]}-in-{label}-{low}", security_group_id=sg[1], ip_protocol="tcp", from_port=low,
-                to_port=high, description=what, **_source(cidr, group), opts=child(self))
+        self._rules(aws.vpc.SecurityGroupIngressRule, f"{sg[0]}-in-{label}", sg[1], ports, cidr, group, what)
 
     def _egress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
                 cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:
+        self._rules(aws.vpc.SecurityGroupEgressRule, f"{sg[0]}-out-{label}", sg[1], ports, cidr, group, what)
+
+    def _rules(self, rule: type[aws.vpc.SecurityGroupIngressRule] | type[aws.vpc.SecurityGroupEgressRule],
+               prefix: str, sg_id: pulumi.Input[str], ports: tuple[int, ...], cidr: str | None,
+               group: pulumi.Input[str] | None, what: str) -> None:
+        """One rule per contiguous port range, from a CIDR or a security group."""
+        network = ipaddress.ip_network(cidr, strict=False) if group is None and cidr is not None else None
+        if group is None and network is None:
+            raise ValueError(f"{prefix}: a rule needs a CIDR or a security group")
         for low, high in port_ranges(ports):
-            aws.vpc.SecurityGroupEgressRule(
-                f"{sg[0]}-out-{label}-{low}", security_group_id=sg[1], ip_protocol="tcp", from_port=low,
-                to_port=high, description=what, **_source(cidr, group), opts=child(self))
-
-
-def _source(cidr: str | None, group: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
-    if group is not None:
-        return {"referenced_security_group_id": group}
-    assert cidr is not None
-    network = ipaddress.ip_network(cidr, strict=False)
-    return {"cidr_ipv6" if network.version == 6 else "cidr_ipv4": str(network)}
+            rule(f"{prefix}-{low}", security_group_id=sg_id, ip_protocol="tcp", from_port=low, to_port=high,
+                 description=what, referenced_security_group_id=group,
+                 cidr_ipv4=str(network) if network is not None and network.version == 4 else None,
+                 cidr_ipv6=str(network) if network is not None and network.version == 6 else None,
+                 opts=child(self))

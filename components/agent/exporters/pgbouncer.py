@@ -14,7 +14,7 @@ from .common import Families, label_text, number, parse_listen, rows_of, serve
 
 # column -> (metric name, type, scale, help). Names follow prometheus-community/pgbouncer_exporter.
 # Columns a PgBouncer version lacks are skipped; unknown new columns are ignored.
-POOLS_COLUMNS = {
+POOLS_COLUMNS: dict[str, tuple[str, str, float, str]] = {
     "cl_active": ("pgbouncer_pools_client_active_connections", "gauge", 1, "Client connections linked to a server connection and able to process queries"),
     "cl_waiting": ("pgbouncer_pools_client_waiting_connections", "gauge", 1, "Client connections waiting on a server connection"),
     "cl_active_cancel_req": ("pgbouncer_pools_client_active_cancel_connections", "gauge", 1, "Client connections that have forwarded query cancellations to the server"),
@@ -28,7 +28,7 @@ POOLS_COLUMNS = {
     "sv_tested": ("pgbouncer_pools_server_testing_connections", "gauge", 1, "Server connections running server_reset_query or server_check_query"),
     "sv_login": ("pgbouncer_pools_server_login_connections", "gauge", 1, "Server connections currently logging in"),
 }
-STATS_COLUMNS = {
+STATS_COLUMNS: dict[str, tuple[str, str, float, str]] = {
     "total_query_count": ("pgbouncer_stats_queries_pooled_total", "counter", 1, "Total number of SQL queries pooled"),
     "total_requests": ("pgbouncer_stats_queries_total", "counter", 1, "Total number of SQL requests pooled (PgBouncer < 1.8)"),
     "total_query_time": ("pgbouncer_stats_queries_duration_seconds_total", "counter", 1e-6, "Total seconds spent by pgbouncer actively connected to PostgreSQL, executing queries"),
@@ -113,7 +113,7 @@ class PgBouncerCollector:
                                  cursor_factory=psycopg.ClientCursor) as conn:
                 for what in PGBOUNCER_QUERIES:
                     cur = conn.execute(f"SHOW {what}")
-                    results[what] = ([d.name for d in cur.description], cur.fetchall())
+                    results[what] = ([d.name for d in cur.description or []], cur.fetchall())
         except Exception as exc:
             LOG.warning("PgBouncer scrape failed: %s", str(exc).strip())
             return {}, False
