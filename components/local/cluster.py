@@ -35,19 +35,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from ..render import APP_DATABASE, EC2_LAYOUT, USERS, Layout, NodeContext, NodeFile, bucket_files, render_node
-from ..render import unit_names, user_data_bytes
+from ..render import (
+    APP_DATABASE,
+    EC2_LAYOUT,
+    USERS,
+    Layout,
+    NodeContext,
+    NodeFile,
+    bucket_files,
+    render_node,
+    unit_names,
+    user_data_bytes,
+)
 from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
+from . import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT, procfs
 from . import image as image_mod
 from . import netns as netns_mod
 from .machine import EBS_BY_ID, INSTANCE_STORE_BY_ID, Machine, MachineError, Volume
 from .s3 import LocalS3
 from .tls import CertKey, issue, make_ca
 
-DEFAULT_ROOT = Path("/srv/pgha-local")
-# Members on <prefix><n> in namespaces of their own, the host on <prefix>254 (the bridge).
-DEFAULT_PREFIX = "10.213.0."
 SECRET_KEYS = ("superuser_password", "replication_password", "pgbouncer_auth_password", "patroni_rest_password",
                "monitor_password", "app_password")
 CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
@@ -143,7 +151,7 @@ class LocalCluster:
     """Render, boot, inspect and stop a stack's cluster as machines on this host."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, address_prefix: str = DEFAULT_PREFIX, host_offset: int = 0,
+                 s3_http_port: int = DEFAULT_S3_PORT, address_prefix: str = DEFAULT_PREFIX, host_offset: int = 0,
                  spec: ClusterSpec | None = None, s3: LocalS3 | None = None, source_cipher_secret: str = "",
                  image_cache: Path = image_mod.DEFAULT_CACHE, log: Callable[[str], None] = print):
         self.project_dir = Path(project_dir)
@@ -525,7 +533,7 @@ class LocalCluster:
         pid = self.postmaster_pid(node)
         if pid is None:
             raise LocalClusterError(f"{node.member.name}: PostgreSQL is not running")
-        for target in [pid, *_children(pid)]:
+        for target in [pid, *procfs.children(pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, sig)
         return pid
@@ -652,6 +660,18 @@ class LocalCluster:
                 f"&sslrootcert={self.ca_file}&passfile={self.passfile}&connect_timeout=3")
 
 
+def leader(cluster: LocalCluster, *, running: bool,
+           error: Callable[[str], Exception] = LocalClusterError) -> Node:
+    """The member the cluster's view (``cluster_view``) names leader. ``running``: only one
+    whose state is running, i.e. one that takes writes now (drills); without, any leader the
+    DCS names (backups ask it, whatever its state). Raises ``error`` when there is none."""
+    view = cluster.cluster_view() or {}
+    for m in view.get("members", []):
+        if m.get("role") == "leader" and (not running or m.get("state") == "running"):
+            return next(n for n in cluster.nodes if n.member.name == m["name"])
+    raise error("no running leader" if running else "the cluster has no leader (is it up?)")
+
+
 def _active_units(node: Node) -> dict[str, bool]:
     """Each unit of the node: active or not (one systemctl call)."""
     states = node.machine.systemctl("is-active", *node.units).stdout.split()
@@ -665,20 +685,6 @@ def _ids_of(machine: Machine, user: str) -> tuple[int, int]:
         if fields[0] == user:
             return int(fields[2]), int(fields[3])
     raise LocalClusterError(f"{machine.name}: no user {user}")
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def _cert_ips(cert: CertKey) -> set[str]:
