@@ -30,7 +30,8 @@ from typing import Any, Callable
 from ..render import USERS
 from ..spec import PORTS, RestoreSpec
 from ..spec.validate import parse_target_time
-from .cluster import LocalCluster, LocalClusterError, Node, leader
+from .cluster import LocalCluster, LocalClusterError, Node
+from .health import leader
 
 BACKUP_TYPES = ("full", "diff", "incr")
 

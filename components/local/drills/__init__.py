@@ -26,7 +26,7 @@ injections, ``SCENARIOS``), ``probes`` (what is asked of the cluster), ``analysi
 figures above from the recorded samples, tested offline) and ``run`` (one drill end to end).
 """
 
-from ..cluster import leader
+from ..health import leader
 from .analysis import Attempt, Trial, aggregate, analyse, as_json, split_brain, summary_line
 from .faults import ETCD_FAULTS, SCENARIOS, Context, signal_node, start_missing
 from .load import Client, Monitor

@@ -14,7 +14,8 @@ import psycopg
 
 from ...render import USERS
 from ...spec import PORTS
-from ..cluster import LocalCluster, Node, leader
+from ..cluster import LocalCluster, Node
+from ..health import leader
 from .load import in_recovery, short_error
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import psycopg
 
 from ...spec import PORTS
-from ..cluster import LocalCluster, leader
+from ..cluster import LocalCluster
+from ..health import leader
 from .analysis import Trial, analyse
 from .faults import ETCD_FAULTS, SCENARIOS, Context, start_missing
 from .load import READ_INTERVAL, WRITE_INTERVAL, Client, Monitor
