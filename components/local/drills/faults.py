@@ -27,6 +27,9 @@ from .probes import (
 
 @dataclass
 class Context:
+    """What a scenario is handed (the cluster, the primary, the writer) and what it leaves for
+    the analysis: ``extra["fault_at"]`` (always), the failed members, when they were revived."""
+
     cluster: LocalCluster
     epoch: float
     log: Callable[[str], None]
