@@ -44,7 +44,7 @@ def main() -> int:
     cluster = LocalCluster(project_dir=Path(__file__).resolve().parents[1], root=Path(args.root),
                            address_prefix=args.addresses, s3_http_port=args.s3_port)
     cluster.up(log=lambda _: None)
-    lead = backups.leader(cluster)
+    lead = backups.leader(cluster, running=False)
 
     def on_leader(*argv: str) -> float:
         took, proc = timed(lambda: cluster.run_on(lead, list(argv), user="postgres", timeout=3600))

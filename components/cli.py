@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import contract
+from .local import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT
 from .spec import SpecError, build_spec, member_ip
 from .spec.stackfile import read_stack_config
 
@@ -227,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Which local cluster a command acts on: `local`, `drill`, backup, restore and branch.
     cluster_at = argparse.ArgumentParser(add_help=False)
-    cluster_at.add_argument("--root", type=Path, default=Path("/srv/pgha-local"),
+    cluster_at.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                             help="where the members' machines, volumes and keys live")
-    cluster_at.add_argument("--addresses", default="10.213.0.",
-                            help="the members' /24, 10.X.Y. (default 10.213.0.: members .1-.6, the host .254)")
-    cluster_at.add_argument("--s3-port", type=int, default=9000,
+    cluster_at.add_argument("--addresses", default=DEFAULT_PREFIX,
+                            help=f"the members' /24, 10.X.Y. (default {DEFAULT_PREFIX}: members .1-.6, the host .254)")
+    cluster_at.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT,
                             help="moto's port on the host; its TLS endpoint is the next one")
 
     local = sub.add_parser("local", parents=[cluster_at],

@@ -19,24 +19,17 @@ def wipe_test_root(root: Path, **cluster_args) -> None:
     that run was cut off, its machines, helpers, loop devices and mounts. moto keeps its state in
     memory, so old volumes would not match a new bucket. First an orderly destroy through the
     old pid files, then anything still naming a path under the root."""
+    from pgha.local import procfs
     from pgha.local.cluster import LocalCluster
 
     if (root / "pki" / "pki.json").exists():
         with contextlib.suppress(Exception):
             LocalCluster(project_dir=REPO, root=root, **cluster_args).destroy(log=lambda _: None)
     mark = str(root).rstrip("/") + "/"
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if mark in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-              if line.split()[1].startswith(mark)]
+    for pid in procfs.mentioning(mark, exclude=os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    mounts = [mount_point for _, mount_point, _ in procfs.mounts() if mount_point.startswith(mark)]
     for mount in sorted(mounts, reverse=True):
         subprocess.run(["umount", "-l", mount], check=False)
     loops = subprocess.run(["losetup", "-n", "-O", "NAME,BACK-FILE", "-l"], capture_output=True, text=True).stdout

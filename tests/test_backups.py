@@ -23,7 +23,8 @@ pytestmark = pytest.mark.cluster
 
 
 def su(cluster):
-    return psycopg.connect(backups.superuser_dsn(cluster, backups.leader(cluster)), autocommit=True, connect_timeout=5)
+    return psycopg.connect(backups.superuser_dsn(cluster, backups.leader(cluster, running=False)), autocommit=True,
+                           connect_timeout=5)
 
 
 def leader_of(cluster):

@@ -10,7 +10,6 @@ the branch's 0600 secret file. Its own root (PGHA_TEST_ROOT + "-enc"), addresses
 """
 
 import json
-import os
 import shutil
 import stat
 import sys
@@ -20,9 +19,9 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-
 from conftest import REPO, cluster_args, wipe_test_root
-from pgha.local import backups
+
+from pgha.local import backups, procfs
 from pgha.local import branch as branches
 from pgha.local.cluster import LocalCluster, _ids_of
 
@@ -79,7 +78,7 @@ def facts_of(node) -> dict:
 
 
 def superuser(cluster: LocalCluster) -> psycopg.Connection:
-    return psycopg.connect(backups.superuser_dsn(cluster, backups.leader(cluster)), autocommit=True,
+    return psycopg.connect(backups.superuser_dsn(cluster, backups.leader(cluster, running=False)), autocommit=True,
                            connect_timeout=5)
 
 
@@ -123,17 +122,8 @@ def files_holding(root: Path, text: str, skip: tuple[str, ...]) -> list[Path]:
 
 
 def process_lists_holding(text: str) -> list[int]:
-    """Processes whose command line or name carries ``text`` (what ps would show anyone)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                found.append(int(entry))
-    return found
+    """Processes whose command line carries ``text`` (what ps would show anyone)."""
+    return procfs.mentioning(text)
 
 
 def source_info(node, options: list[str], env: dict[str, str]) -> dict:

@@ -76,7 +76,8 @@ def test_a_branch_grows_to_three_members_with_synchronous_commits(local_cluster)
                 while conn.execute("SELECT count(*) FROM grown").fetchone()[0] != 50:
                     assert time.monotonic() < deadline, f"{node.member.name} lacks the branch's rows"
                     time.sleep(0.5)
-        with psycopg.connect(backups.superuser_dsn(branch, backups.leader(branch)), autocommit=True) as conn:
+        primary = backups.leader(branch, running=False)
+        with psycopg.connect(backups.superuser_dsn(branch, primary), autocommit=True) as conn:
             assert conn.execute("SHOW synchronous_standby_names").fetchone()[0] != ""
         for node in branch.nodes:  # verify-full against whichever member answers behind HAProxy
             with psycopg.connect(branch.dsn(node.ip, PORTS["primary"]), autocommit=True,

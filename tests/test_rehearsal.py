@@ -94,7 +94,8 @@ def test_the_image_holds_the_pinned_versions_ec2_installs(local_cluster):
 
 
 def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(local_cluster):
-    with psycopg.connect(backups.superuser_dsn(local_cluster, backups.leader(local_cluster)), autocommit=True,
+    primary = backups.leader(local_cluster, running=False)
+    with psycopg.connect(backups.superuser_dsn(local_cluster, primary), autocommit=True,
                          connect_timeout=5) as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
     wait_for_archived(local_cluster, segment, local_cluster.bucket, f"{local_cluster.spec.cluster_name}/pgbackrest/archive/")

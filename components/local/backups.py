@@ -32,6 +32,7 @@ from ..render import USERS
 from ..spec import PORTS, RestoreSpec
 from ..spec.validate import parse_target_time
 from .cluster import LocalCluster, LocalClusterError, Node
+from .health import leader
 
 BACKUP_TYPES = contract.BACKUP_TYPES
 
@@ -60,14 +61,6 @@ def info(cluster: LocalCluster, node: Node | None = None) -> dict[str, Any]:
     return data[0] if data else {}
 
 
-def leader(cluster: LocalCluster) -> Node:
-    view = cluster.cluster_view() or {}
-    name = next((m["name"] for m in view.get("members", []) if m.get("role") == "leader"), None)
-    if name is None:
-        raise BackupError("the cluster has no leader (is it up?)")
-    return next(n for n in cluster.nodes if n.member.name == name)
-
-
 def superuser_dsn(cluster: LocalCluster, node: Node) -> str:
     return cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres")
 
@@ -76,7 +69,8 @@ def archiver(cluster: LocalCluster) -> dict[str, Any]:
     """The primary's pg_stat_archiver row and its current WAL file."""
     import psycopg
 
-    with psycopg.connect(superuser_dsn(cluster, leader(cluster)), autocommit=True, connect_timeout=5) as conn:
+    primary = leader(cluster, running=False, error=BackupError)
+    with psycopg.connect(superuser_dsn(cluster, primary), autocommit=True, connect_timeout=5) as conn:
         cur = conn.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
                            "last_failed_wal, last_failed_time, pg_walfile_name(pg_current_wal_lsn()) "
                            "FROM pg_stat_archiver")
@@ -227,7 +221,8 @@ def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = 60) -> Non
     """Close the current WAL segment and wait until the archive has it (so latest is now)."""
     import psycopg
 
-    with psycopg.connect(superuser_dsn(cluster, leader(cluster)), autocommit=True, connect_timeout=5) as conn:
+    primary = leader(cluster, running=False, error=BackupError)
+    with psycopg.connect(superuser_dsn(cluster, primary), autocommit=True, connect_timeout=5) as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -349,7 +344,7 @@ def _roll_back(cluster: LocalCluster, restored: LocalCluster, set_aside: list[No
     for node in cluster.nodes:
         cluster._install_files(node)
     cluster.up(timeout=timeout, log=log)
-    return leader(cluster).member.name
+    return leader(cluster, running=False, error=BackupError).member.name
 
 
 def _why(error: Exception) -> str:

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,17 +47,15 @@ from ..render import (
     unit_names,
     user_data_bytes,
 )
-from ..spec import PORTS, SERVICES, ClusterSpec, Member, build_spec, certificate_ips
+from ..spec import PORTS, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
+from . import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT, procfs
 from . import image as image_mod
 from . import netns as netns_mod
 from .machine import EBS_BY_ID, INSTANCE_STORE_BY_ID, Machine, MachineError, Volume
 from .s3 import LocalS3
 from .tls import CertKey, issue, make_ca
 
-DEFAULT_ROOT = Path("/srv/pgha-local")
-# Members on <prefix><n> in namespaces of their own, the host on <prefix>254 (the bridge).
-DEFAULT_PREFIX = "10.213.0."
 SECRET_KEYS = contract.PASSWORD_KEYS
 CIPHER_PASS_KEY = contract.CIPHER_PASS_KEY
 ACCOUNT_ID = "123456789012"
@@ -153,7 +150,7 @@ class LocalCluster:
     """Render, boot, inspect and stop a stack's cluster as machines on this host."""
 
     def __init__(self, *, project_dir: Path, stack: str = "dev", root: Path = DEFAULT_ROOT,
-                 s3_http_port: int = 9000, address_prefix: str = DEFAULT_PREFIX, host_offset: int = 0,
+                 s3_http_port: int = DEFAULT_S3_PORT, address_prefix: str = DEFAULT_PREFIX, host_offset: int = 0,
                  spec: ClusterSpec | None = None, s3: LocalS3 | None = None, source_cipher_secret: str = "",
                  image_cache: Path = image_mod.DEFAULT_CACHE, log: Callable[[str], None] = print):
         self.project_dir = Path(project_dir)
@@ -536,7 +533,7 @@ class LocalCluster:
         pid = self.postmaster_pid(node)
         if pid is None:
             raise LocalClusterError(f"{node.member.name}: PostgreSQL is not running")
-        for target in [pid, *_children(pid)]:
+        for target in [pid, *procfs.children(pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, sig)
         return pid
@@ -550,126 +547,42 @@ class LocalCluster:
         return json.loads(raw)
 
     def cluster_view(self) -> dict[str, Any] | None:
-        """Patroni's /cluster as most members see it.
+        """Patroni's /cluster as most members see it (``health.cluster_view``)."""
+        from . import health
 
-        A member cut off from the DCS answers from its cache (itself still the leader, say),
-        so one member's word is not enough: every member is asked at once and the view
-        whose leader most of them name wins (ties: the earliest member's)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def ask(node: Node) -> dict[str, Any] | None:
-            try:
-                return self.patroni(node)
-            except (OSError, ValueError):
-                return None
-
-        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
-            views = [v for v in pool.map(ask, self.nodes) if v is not None]
-        if not views:
-            return None
-
-        def leader_of(view: dict[str, Any]) -> str | None:
-            return next((m["name"] for m in view.get("members", []) if m.get("role") == "leader"), None)
-
-        votes = [leader_of(v) for v in views]
-        return max(views, key=lambda v: votes.count(leader_of(v)))
+        return health.cluster_view(self)
 
     def wait_for_leader(self, *, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            view = self.cluster_view() or {}
-            for m in view.get("members", []):
-                if m.get("role") == "leader" and m.get("state") == "running":
-                    return m["name"]
-            time.sleep(0.5)
-        raise LocalClusterError(f"no leader after {timeout:.0f}s; see each member's /var/log/pgha/patroni")
+        from . import health
+
+        return health.wait_for_leader(self, timeout=timeout)
 
     def wait_healthy(self, *, timeout: float) -> None:
         """A leader, every replica streaming, a synchronous standby when rpo is 0, every port up."""
-        deadline = time.monotonic() + timeout
-        problems: list[str] = []
-        while time.monotonic() < deadline:
-            problems = self.health_problems()
-            if not problems:
-                return
-            time.sleep(0.5)
-        raise LocalClusterError("cluster not healthy after {:.0f}s: {}".format(timeout, "; ".join(problems)))
+        from . import health
+
+        health.wait_healthy(self, timeout=timeout)
 
     def health_problems(self) -> list[str]:
-        view = self.cluster_view()
-        if view is None:
-            return ["no Patroni answers"]
-        members = {m["name"]: m for m in view.get("members", [])}
-        problems = []
-        leaders = [m for m in members.values() if m.get("role") == "leader"]
-        if len(leaders) != 1:
-            problems.append(f"{len(leaders)} leaders")
-        for node in self.nodes:
-            m = members.get(node.member.name)
-            if m is None or m.get("state") not in ("running", "streaming"):
-                problems.append(f"{node.member.name} is {m.get('state') if m else 'absent'}")
-        if self.spec.synchronous and not any(m.get("role") == "sync_standby" for m in members.values()):
-            problems.append("no synchronous standby yet")
-        for node in self.nodes:
-            for port in (PORTS["pgbouncer"], *[PORTS[s] for s in SERVICES]):
-                if not _port_open(node.ip, port):
-                    problems.append(f"{node.ip}:{port} closed")
-        return problems
+        from . import health
+
+        return health.health_problems(self)
 
     def dsn(self, ip: str, port: int, *, user: str = USERS["app"], dbname: str = APP_DATABASE) -> str:
         return (f"host={ip} port={port} user={user} dbname={dbname} sslmode=verify-full "
                 f"sslrootcert={self.ca_file} passfile={self.passfile}")
 
     def status(self) -> dict[str, Any]:
-        """Members, roles, lag and endpoints (DSNs without passwords: they use the passfile)."""
-        view = self.cluster_view() or {"members": []}
-        by_name = {m["name"]: m for m in view.get("members", [])}
-        members = []
-        for node in self.nodes:
-            m = by_name.get(node.member.name, {})
-            members.append({
-                "name": node.member.name,
-                "ip": node.ip,
-                "role": m.get("role", "down"),
-                "state": m.get("state", "down"),
-                "timeline": m.get("timeline"),
-                "lag_bytes": m.get("lag", 0) if m.get("role") != "leader" else 0,
-                "instance": node.machine.instance.get("instance_id"),
-                "running": node.machine.running(),
-                "units": _active_units(node) if node.machine.running() else dict.fromkeys(node.units, False),
-            })
-        services = {
-            self.spec.service_name(s): {
-                "port": PORTS[s],
-                "dsn": [self.dsn(node.ip, PORTS[s]) for node in self.nodes],
-                "multi_host_dsn": self.multi_host_dsn(PORTS[s]),
-            }
-            for s in SERVICES
-        }
-        return {
-            "cluster": self.spec.cluster_name,
-            "stack": self.stack,
-            "root": str(self.root),
-            "members": members,
-            "services": services,
-            "ca_file": str(self.ca_file),
-            "passfile": str(self.passfile),
-            "s3": {"endpoint": self.s3.url, "bucket": self.bucket},
-            "image": {"key": self.image.key, "release": self.image.manifest["release"]} if self._image else None,
-            "health": self.health_problems() if view.get("members") else ["cluster is down"],
-        }
+        """Members, roles, lag and endpoints (``health.status``)."""
+        from . import health
+
+        return health.status(self)
 
     def multi_host_dsn(self, port: int) -> str:
         """One DSN over every node's HAProxy: libpq tries the next host when one is down."""
         hosts = ",".join(f"{n.ip}:{port}" for n in self.nodes)
         return (f"postgresql://{USERS['app']}@{hosts}/{APP_DATABASE}?sslmode=verify-full"
                 f"&sslrootcert={self.ca_file}&passfile={self.passfile}&connect_timeout=3")
-
-
-def _active_units(node: Node) -> dict[str, bool]:
-    """Each unit of the node: active or not (one systemctl call)."""
-    states = node.machine.systemctl("is-active", *node.units).stdout.split()
-    return {unit: state == "active" for unit, state in zip(node.units, states)}
 
 
 def _ids_of(machine: Machine, user: str) -> tuple[int, int]:
@@ -681,34 +594,12 @@ def _ids_of(machine: Machine, user: str) -> tuple[int, int]:
     raise LocalClusterError(f"{machine.name}: no user {user}")
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _cert_ips(cert: CertKey) -> set[str]:
     """The IP SANs of a certificate, as strings."""
     from cryptography import x509
 
     sans = cert.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
-
-
-def _port_open(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _write_private(path: Path, text: str) -> None:

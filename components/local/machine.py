@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import netns as netns_mod
+from . import procfs
 from .imds import ADDRESS as IMDS_ADDRESS
-from .process import Daemon, start_time
+from .process import Daemon
 
 EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"
 INSTANCE_STORE_BY_ID = "nvme-Amazon_EC2_NVMe_Instance_Storage_"
@@ -43,10 +44,9 @@ PLATFORM_CLOUD_CFG = "datasource_list: [NoCloud, None]\nssh_genkeytypes: []\nssh
 def cgroup2_root() -> Path:
     """Where the host mounts the cgroup2 hierarchy (/sys/fs/cgroup, or /sys/fs/cgroup/unified
     on a host with cgroup v1 controllers)."""
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[2] == "cgroup2":
-            return Path(fields[1])
+    for _, mount_point, fs_type in procfs.mounts():
+        if fs_type == "cgroup2":
+            return Path(mount_point)
     raise MachineError("no cgroup2 hierarchy is mounted on this host (systemd-nspawn needs one)")
 
 
@@ -82,22 +82,7 @@ def _read_pid(path: Path) -> int | None:
         pid, started = (int(word) for word in path.read_text().split()[:2])
     except (OSError, ValueError):
         return None
-    return pid if start_time(pid) == started else None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+    return pid if procfs.start_time(pid) == started else None
 
 
 class Machine:
@@ -152,12 +137,12 @@ class Machine:
         nspawn = self.nspawn_pid()
         if nspawn is None:
             return None
-        for child in _children(nspawn):
-            if _comm(child) == "systemd":
+        for child in procfs.children(nspawn):
+            if procfs.comm(child) == "systemd":
                 return child
             # nspawn may keep an intermediate stub process in between.
-            for grandchild in _children(child):
-                if _comm(grandchild) == "systemd":
+            for grandchild in procfs.children(child):
+                if procfs.comm(grandchild) == "systemd":
                     return grandchild
         return None
 
@@ -206,7 +191,7 @@ class Machine:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                     start_new_session=True, env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
                                     preexec_fn=lambda: (cgroup / "cgroup.procs").write_text("0\n"))
-        self._pidfile("nspawn").write_text(f"{proc.pid} {start_time(proc.pid)}\n")
+        self._pidfile("nspawn").write_text(f"{proc.pid} {procfs.start_time(proc.pid)}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leader = self.leader()
@@ -427,15 +412,9 @@ class Machine:
         if pid_inside == 1:
             return leader
         for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("NSpid:"):
-                    ids = line.split()[1:]
-                    if len(ids) > 1 and int(ids[-1]) == pid_inside:
-                        return pid
+            inside = procfs.ns_pids(pid)
+            if len(inside) > 1 and inside[-1] == pid_inside:
+                return pid
         return None
 
     def pids(self) -> list[int]:
@@ -443,9 +422,4 @@ class Machine:
         leader = self.leader()
         if leader is None:
             return []
-        found, todo = [], [leader]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo += _children(pid)
-        return found
+        return procfs.tree(leader)

@@ -18,8 +18,8 @@ secret; do not treat it as durable storage.
 import contextlib
 import http.client
 import re
-import signal
 import shutil
+import signal
 import socket
 import ssl
 import subprocess

@@ -1,0 +1,279 @@
+"""The faults a drill injects (``s_<scenario>``, listed in ``SCENARIOS``), each under load on a
+healthy cluster, and the recovery EC2 and systemd provide: a killed machine boots again, a unit
+that died restarts after its RestartSec."""
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import netns, procfs
+from ..cluster import LocalCluster, Node
+from .load import Client
+from .probes import (
+    DrillError,
+    dynamic_config,
+    etcd_leader_node,
+    etcdctl,
+    members,
+    node_pids,
+    patroni_request,
+    sync_standby,
+    wait,
+)
+
+
+@dataclass
+class Context:
+    """What a scenario is handed (the cluster, the primary, the writer) and what it leaves for
+    the analysis: ``extra["fault_at"]`` (always), the failed members, when they were revived."""
+
+    cluster: LocalCluster
+    epoch: float
+    log: Callable[[str], None]
+    primary: Node
+    writer: Client | None = None
+    failed: list[Node] = field(default_factory=list)
+    revived_at: float | None = None  # when the failed member's processes were started again
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return time.monotonic() - self.epoch
+
+    @property
+    def ttl(self) -> int:
+        return int(dynamic_config(self.cluster).get("ttl", 30))
+
+    def revive(self, node: Node | None = None) -> None:
+        self.revived_at = self.now()
+        started = start_missing(self.cluster, node, self.log)
+        self.extra["revived_units"] = started
+
+
+def signal_node(node: Node, sig: int, ctx: Context | None = None) -> list[int]:
+    """Signal every process of the node's machine; the fault time is taken just before. SIGKILL
+    is the instance lost at once (every process in one pass, then the machine is gone)."""
+    pids = node_pids(node)
+    if ctx is not None:
+        ctx.extra["fault_at"] = ctx.now()
+    if sig == signal.SIGKILL:
+        node.machine.kill()
+        return pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return pids
+
+
+def start_missing(cluster: LocalCluster, node: Node | None = None, log: Callable[[str], None] = print) -> list[str]:
+    """What EC2 and systemd do: a machine that is down boots again (the same instance, its
+    volume), and in a running one every unit that is not running starts, in order."""
+    started = []
+    for n in [node] if node else cluster.nodes:
+        if not n.machine.running():
+            log(f"{n.member.name}: booting again")
+            cluster.boot(n, n.machine.instance["instance_id"])
+            n.machine.wait_booted()
+            started.append(f"{n.member.name}/boot")
+        for name in n.units:
+            if not n.systemd.is_active(name):
+                log(f"{n.member.name}: starting {name}")
+                n.systemd.start(name)
+                started.append(f"{n.member.name}/{name}")
+    return started
+
+
+def _new_leader_elected(ctx: Context, timeout: float) -> bool:
+    def other_leader() -> bool:
+        return any(m.get("role") == "leader" and m.get("state") == "running" and m["name"] != ctx.primary.member.name
+                   for m in members(ctx.cluster).values())
+    return wait(other_leader, timeout)
+
+
+def _wait_past_ttl(ctx: Context, fault_at: float) -> None:
+    """Field note 12: a killed leader revived within ttl takes its lock back; wait past it."""
+    ttl = ctx.ttl
+    _new_leader_elected(ctx, ttl * 3)
+    remaining = fault_at + ttl + 2 - ctx.now()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def _await_recovery(ctx: Context, fault: float) -> None:
+    """Hold a fault the failed primary cannot end itself (frozen, cut off) until the cluster
+    has recovered around it: past ttl, a new leader, then a write acknowledged that was sent
+    after the fault, and 3 s more of writes on the new primary."""
+    _wait_past_ttl(ctx, fault)
+    wait(lambda: ctx.writer is not None and any(a.acked and a.sent > fault for a in ctx.writer.attempts), 30)
+    time.sleep(3)
+
+
+def s_primary_node(ctx: Context) -> None:
+    signal_node(ctx.primary, signal.SIGKILL, ctx)
+    ctx.failed = [ctx.primary]
+    _wait_past_ttl(ctx, ctx.extra["fault_at"])
+    ctx.revive()
+
+
+def s_postgres_crash(ctx: Context) -> None:
+    postmaster = ctx.cluster.postmaster_pid(ctx.primary)
+    if postmaster is None:
+        raise DrillError("PostgreSQL is not running on the primary")
+    targets = [postmaster, *procfs.children(postmaster)]
+    ctx.extra["fault_at"] = ctx.now()
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ctx.failed = [ctx.primary]
+
+
+def s_patroni_crash(ctx: Context) -> None:
+    restart = ctx.primary.systemd.restart_sec("pgha-patroni.service")
+    ctx.extra["fault_at"] = ctx.now()
+    ctx.primary.systemd.kill("pgha-patroni.service", signal.SIGKILL, group=False)
+    ctx.failed = [ctx.primary]
+    time.sleep(restart)  # Restart=on-failure, RestartSec=: systemd restarts it
+    ctx.revive(ctx.primary)
+
+
+def s_primary_hang(ctx: Context) -> None:
+    pids = signal_node(ctx.primary, signal.SIGSTOP, ctx)
+    fault = ctx.extra["fault_at"]
+    ctx.failed = [ctx.primary]
+    try:
+        _await_recovery(ctx, fault)
+    finally:
+        for pid in set(pids) | set(node_pids(ctx.primary)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    ctx.revived_at = ctx.now()
+
+
+def _restart_after(ctx: Context, node: Node, unit: str) -> None:
+    restart = node.systemd.restart_sec(unit)
+    ctx.extra["fault_at"] = ctx.now()
+    node.systemd.kill(unit, signal.SIGKILL)
+    ctx.failed = [node]
+    time.sleep(restart)  # Restart=always, RestartSec=
+    ctx.revive(node)
+
+
+def s_pgbouncer_crash(ctx: Context) -> None:
+    _restart_after(ctx, ctx.primary, "pgha-pgbouncer.service")
+
+
+def s_haproxy_crash(ctx: Context) -> None:
+    host = None
+    for _ in range(40):
+        host = ctx.extra.get("writer_host")
+        if host:
+            break
+        time.sleep(0.05)
+    node = next((n for n in ctx.cluster.nodes if n.ip == host), ctx.cluster.nodes[0])
+    ctx.notes.append(f"killed the HAProxy the writer was connected through ({node.member.name})")
+    _restart_after(ctx, node, "pgha-haproxy.service")
+
+
+def s_replica_node(ctx: Context) -> None:
+    victim = sync_standby(ctx.cluster) or next(n for n in ctx.cluster.nodes if n is not ctx.primary)
+    ctx.notes.append(f"killed the synchronous standby's node {victim.member.name}")
+    signal_node(victim, signal.SIGKILL, ctx)
+    ctx.failed = [victim]
+    time.sleep(10)  # a reboot's worth of absence
+    ctx.revive()
+
+
+def s_etcd_member(ctx: Context) -> None:
+    etcd_leader = etcd_leader_node(ctx.cluster)
+    victim = next(n for n in ctx.cluster.nodes if n.member.runs_etcd and n is not etcd_leader)
+    ctx.notes.append(f"etcd raft leader {etcd_leader.member.name}; killed etcd on {victim.member.name}")
+    ctx.extra["rejoin_check"] = lambda: etcdctl(ctx.cluster, "endpoint", "health", endpoints=[victim]).returncode == 0
+    _restart_after(ctx, victim, "pgha-etcd.service")
+
+
+def s_partition(ctx: Context) -> None:
+    """Blackhole routes between the primary's namespace and both replicas', both ways. Clients
+    (the root namespace) still reach every node, so the isolated primary stays reachable: it
+    must demote itself (it loses etcd's quorum; failsafe mode cannot reach the other members)
+    before the majority side's leader key expires and a replica promotes."""
+    cluster = ctx.cluster
+    isolated = cluster.host_number(ctx.primary.member)
+    others = [cluster.host_number(n.member) for n in cluster.nodes if n is not ctx.primary]
+    fault = ctx.now()
+    ctx.extra["fault_at"] = fault
+    netns.partition(cluster.address_prefix, isolated, others)
+    ctx.failed = [ctx.primary]
+    ctx.notes.append(f"{ctx.primary.member.name} cut off from "
+                     + ", ".join(n.member.name for n in cluster.nodes if n is not ctx.primary))
+    try:
+        _await_recovery(ctx, fault)
+    finally:
+        netns.heal(cluster.address_prefix, [cluster.host_number(n.member) for n in cluster.nodes])
+    ctx.revived_at = ctx.now()
+
+
+def s_switchover(ctx: Context) -> None:
+    ctx.extra["fault_at"] = ctx.now()
+    status, text = patroni_request(ctx.cluster, ctx.primary, "POST", "/switchover",
+                                   {"leader": ctx.primary.member.name})
+    ctx.notes.append(f"POST /switchover: {status} {text.strip()[:120]}")
+    if status != 200:
+        raise DrillError(f"switchover refused: {status} {text}")
+    ctx.failed = [ctx.primary]
+
+
+REPLICA_UNITS = ("pgha-patroni.service", "pgha-pgbouncer.service")
+
+
+def s_replicas(ctx: Context) -> None:
+    """Both replica databases die (Patroni, PostgreSQL, PgBouncer); their etcd members stay, since
+    losing two of three etcd members is a DCS quorum loss that demotes any primary by design."""
+    victims = [n for n in ctx.cluster.nodes if n is not ctx.primary]
+    config = dynamic_config(ctx.cluster)
+    strict = bool(config.get("synchronous_mode")) and bool(config.get("synchronous_mode_strict"))
+    ctx.extra["synchronous_mode_strict"] = strict
+    fault = ctx.now()
+    ctx.extra["fault_at"] = fault
+    for node in victims:
+        with contextlib.suppress(Exception):
+            ctx.cluster.signal_postgres(node, signal.SIGKILL)
+        for unit in REPLICA_UNITS:
+            with contextlib.suppress(Exception):
+                node.systemd.kill(unit, signal.SIGKILL)
+    for node in victims:  # and they stay down: systemd would restart them after RestartSec
+        node.machine.systemctl("stop", *REPLICA_UNITS)
+    ctx.failed = victims
+    outage = 15.0
+    time.sleep(outage)
+    w = ctx.writer
+    acked = [a for a in (w.attempts if w else []) if a.acked and fault + 3 < a.acked <= fault + outage]
+    ctx.extra["acks_during_outage"] = len(acked)
+    ctx.extra["writes_during_outage"] = "continued" if acked else "stopped"
+    ctx.notes.append(f"both replicas down {outage:.0f}s: writes {ctx.extra['writes_during_outage']} "
+                     f"({len(acked)} acknowledged; " + ("strict synchronous mode, rpo 0)" if strict else
+                                                         "asynchronous, rpo > 0)"))
+    ctx.revive()
+
+
+# Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
+ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
+
+SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
+    "primary-node": (s_primary_node, "kill the primary's machine (every process at once, etcd member included); "
+                     "boot it again past ttl"),
+    "postgres-crash": (s_postgres_crash, "kill -9 the primary's postmaster and its children"),
+    "patroni-crash": (s_patroni_crash, "kill -9 Patroni on the primary; restart it after RestartSec"),
+    "primary-hang": (s_primary_hang, "SIGSTOP every process of the primary's machine past ttl, then SIGCONT"),
+    "pgbouncer-crash": (s_pgbouncer_crash, "kill -9 the primary's PgBouncer; restart after RestartSec"),
+    "haproxy-crash": (s_haproxy_crash, "kill -9 the HAProxy the writer is connected through"),
+    "replica-node": (s_replica_node, "kill the synchronous standby's machine; boot it again after 10s"),
+    "etcd-member": (s_etcd_member, "kill -9 a non-leader etcd member; restart after RestartSec"),
+    "partition": (s_partition, "cut the primary off from both replicas, both ways (network namespaces); "
+                  "clients still reach every node; heal past ttl"),
+    "switchover": (s_switchover, "planned switchover through Patroni's REST API"),
+    "replicas": (s_replicas, "both replica databases die and stay down 15 s; writes stop (rpo 0, strict) or "
+                 "continue (rpo > 0)"),
+}
