@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -27,6 +28,12 @@ PG_BIN = "/usr/lib/postgresql/17/bin"
 # On the member's data volume, beside its data directory.
 SCRATCH = EC2_LAYOUT.data + "/bench-scratch"
 
+
+
+def scalar(conn: psycopg.Connection, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
 
 def timed(fn):
     start = time.monotonic()
@@ -59,7 +66,7 @@ def main() -> int:
     bench_dsn = dsn.replace("dbname=postgres", "dbname=bench")
     load_s = on_leader(f"{PG_BIN}/pgbench", *local, "-i", "-q", "-s", str(args.scale), "bench")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        db_bytes = conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0]
+        db_bytes = scalar(conn, "SELECT sum(pg_database_size(datname)) FROM pg_database")
     full_s, made = timed(lambda: backups.run_backup(cluster, "full", log=lambda _: None))
     repo_bytes = made["info"]["repository"]["delta"]
 
@@ -76,7 +83,7 @@ def main() -> int:
 
     with psycopg.connect(bench_dsn, autocommit=True) as conn:
         conn.execute("UPDATE pgbench_branches SET bbalance = bbalance + 1")
-        target = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        target = scalar(conn, "SELECT clock_timestamp()")
         time.sleep(1)
         conn.execute("UPDATE pgbench_branches SET bbalance = bbalance + 1000")
     pitr_s, _ = timed(lambda: backups.restore(cluster, target.astimezone(datetime.timezone.utc).isoformat(),

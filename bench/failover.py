@@ -25,11 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-TIMINGS = {
-    "fast": None,  # filled from RTO_PLANS
-    "norm": None,
-    "baseline": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
-}
+# Patroni timings per run: the rto presets' own (RTO_PLANS) plus Patroni's defaults.
+BASELINE_TIMINGS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
 DEFAULT_SCENARIOS = ["primary-node", "postgres-crash", "patroni-crash", "primary-hang", "pgbouncer-crash",
                      "haproxy-crash", "replica-node", "etcd-member", "switchover", "replicas", "partition"]
 
@@ -101,13 +98,15 @@ def main(argv=None):
     from pgha.local.drills import patch_config, run_drill, summary_line
     from pgha.spec import RTO_PLANS
 
+    timings: dict[str, dict[str, int]] = {}
     for name in ("fast", "norm"):
         plan = RTO_PLANS[name]
-        TIMINGS[name] = {"ttl": plan.ttl, "loop_wait": plan.loop_wait, "retry_timeout": plan.retry_timeout}
+        timings[name] = {"ttl": plan.ttl, "loop_wait": plan.loop_wait, "retry_timeout": plan.retry_timeout}
+    timings["baseline"] = BASELINE_TIMINGS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
-    ap.add_argument("--timings", default="fast,norm,baseline")
+    ap.add_argument("--timings", default=",".join(timings))
     ap.add_argument("--root", type=Path, default=Path("/srv/pgha-local"))
     ap.add_argument("--addresses", default="10.213.0.")
     ap.add_argument("--s3-port", type=int, default=9000)
@@ -120,8 +119,8 @@ def main(argv=None):
     rows, trials = [], []
     began = time.monotonic()
     for timing in args.timings.split(","):
-        patch_config(cluster, TIMINGS[timing])
-        time.sleep(TIMINGS[timing]["loop_wait"] + 1)  # every member picks the new timings up
+        patch_config(cluster, timings[timing])
+        time.sleep(timings[timing]["loop_wait"] + 1)  # every member picks the new timings up
         for scenario in scenarios:
             results = []
             for trial in range(args.trials):
@@ -146,7 +145,7 @@ def main(argv=None):
                          "raft_leader_lost": sum(1 for r in results if r["raft_leader_failed"])})
             if args.json:  # after every block, so an interrupted run keeps what it measured
                 args.json.write_text(json.dumps({"rows": rows, "trials": trials}, indent=1, default=str))
-    patch_config(cluster, TIMINGS["fast"])  # back to what the dev stack renders
+    patch_config(cluster, timings["fast"])  # back to what the dev stack renders
     rows.sort(key=lambda r: (DEFAULT_SCENARIOS.index(r["scenario"]) if r["scenario"] in DEFAULT_SCENARIOS else 99,
                              r["timings"]))
     print(table(rows))

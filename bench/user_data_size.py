@@ -12,9 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from render_fixtures import COMBINATIONS, ec2_context, make_spec  # noqa: E402
-
 from pgha.render import EC2_USER_DATA_LIMIT, bucket_files, cloud_config, user_data_bytes  # noqa: E402
+from render_fixtures import COMBINATIONS, ec2_context, make_spec  # noqa: E402
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from typing import Iterator, Mapping
 
 from pgha.local import image
 
-
 _runs = itertools.count()
 
 

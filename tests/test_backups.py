@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from conftest import wait_for_archived
 from pgha.local import backups
 from pgha.local import branch as branches

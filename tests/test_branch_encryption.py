@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import REPO, cluster_args, wipe_test_root
 
+from conftest import REPO, cluster_args, wipe_test_root
 from pgha.local import backups, procfs
 from pgha.local import branch as branches
 from pgha.local.cluster import LocalCluster, _ids_of

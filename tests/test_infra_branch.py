@@ -4,10 +4,9 @@ stack's repository, its own bucket for its own archive, promoted by raising repl
 import json
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
-
-import pulumi
 
 from infra_mocks import ACCOUNT, REGION, REGION_AZS, SECRET_MARK, Run, decode_user_data, resolve, run_program
 from pgha import stacks

@@ -179,7 +179,7 @@ def test_endpoints_nlb_and_dns() -> None:
         assert g.inputs["targetType"] == "ip" and g.inputs["protocol"] == "TCP"
         assert g.inputs["healthCheck"]["protocol"] == "TCP" and g.inputs["healthCheck"]["port"] == "traffic-port"
     listeners = run.of_type("aws:lb/listener:Listener")
-    assert sorted(l.inputs["port"] for l in listeners) == [5433, 5434, 5436, 5438]
+    assert sorted(listener.inputs["port"] for listener in listeners) == [5433, 5434, 5436, 5438]
     targets = run.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment")
     ips, _ = resolve(run.result.member_ips)
     assert len(targets) == 12 and {t.inputs["targetId"] for t in targets} == set(ips.values())

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from infra_mocks import SECRET_MARK, Run, decode_user_data, resolve, run_program
 from pgha.infra import PostgresCluster
 from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
+
 from pgha.render import (
     EC2_USER_DATA_LIMIT,
     bucket_files,
@@ -124,14 +125,14 @@ def test_haproxy_services_follow_pigsty_ports_and_checks():
     for name, (port, backend, fallback) in expect.items():
         lines = cfg[f"frontend {name}"]
         assert f"bind {ip}:{port}" in lines and f"default_backend {backend}" in lines
-        assert any(l.startswith(f"use_backend {fallback}") for l in lines) == bool(fallback)
+        assert any(line.startswith(f"use_backend {fallback}") for line in lines) == bool(fallback)
     pooled = cfg["backend be-primary-pooled"]
     # The pooled primary must fail its check when PgBouncer is down, not just when Patroni is.
     assert pooled.index("tcp-check connect port 6432") < pooled.index("tcp-check connect port 8008")
     assert 'tcp-check send "GET /primary HTTP/1.0\\r\\n\\r\\n"' in pooled
-    assert sum(l.startswith("server ") and l.endswith(":6432 check") for l in pooled) == 3
+    assert sum(line.startswith("server ") and line.endswith(":6432 check") for line in pooled) == 3
     assert "tcp-check connect port 6432" not in cfg["backend be-primary-direct"]
-    assert any("/replica?lag=" in l for l in cfg["backend be-replica-pooled"])
+    assert any("/replica?lag=" in line for line in cfg["backend be-replica-pooled"])
     assert f"bind {ip}:9101" in cfg["frontend stats"]
 
 

@@ -74,8 +74,8 @@ def archiver(cluster: LocalCluster) -> dict[str, Any]:
         cur = conn.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
                            "last_failed_wal, last_failed_time, pg_walfile_name(pg_current_wal_lsn()) "
                            "FROM pg_stat_archiver")
-        names = [d.name for d in cur.description]
-        row = dict(zip(names, cur.fetchone()))
+        names = [d.name for d in cur.description or []]
+        row = dict(zip(names, cur.fetchone() or ()))
     row["current_wal"] = row.pop("pg_walfile_name")
     return row
 
@@ -108,7 +108,7 @@ def _when(epoch: int | None) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -217,19 +217,33 @@ def clear_dcs(cluster: LocalCluster) -> None:
         raise BackupError(f"cannot clear the DCS keys: {proc.stderr.strip()}")
 
 
-def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = 60) -> None:
-    """Close the current WAL segment and wait until the archive has it (so latest is now)."""
+# PostgreSQL's archiver retries a push that failed three times in a row only after 60 s
+# (PGARCH_AUTOWAKE_INTERVAL), so a moment's repository error can hold the archive that long.
+ARCHIVE_WAIT = 150.0
+
+
+def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = ARCHIVE_WAIT) -> None:
+    """Close the current WAL segment and wait until the archive has it (so latest is now); a
+    restore to "latest" without it would silently miss the last commits, so that is an error."""
     import psycopg
 
     primary = leader(cluster, running=False, error=BackupError)
     with psycopg.connect(superuser_dsn(cluster, primary), autocommit=True, connect_timeout=5) as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        segment = _one(conn, "SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+            last = _one(conn, "SELECT last_archived_wal FROM pg_stat_archiver")
             if last and last[8:] >= segment[8:]:
                 return
             time.sleep(0.5)
+        failed = _one(conn, "SELECT last_failed_wal FROM pg_stat_archiver")
+    raise BackupError(f"the archive does not have {segment} after {timeout:.0f} s (last failed push: "
+                      f"{failed or 'none'}; see pgBackRest's archive-push-async log on {primary.member.name})")
+
+
+def _one(conn: Any, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
 
 
 # What a failed bootstrap leaves in the logs: the bootstrap command's (pgBackRest's) stderr in

@@ -306,6 +306,7 @@ class LocalCluster:
     def _ensure_secrets(self) -> dict[str, Any]:
         """Random passwords made once (what pulumi-random makes on AWS), kept 0600 by root."""
         _, members = self._pki()
+        values: dict[str, Any]
         if self.secrets_file.exists():
             values = json.loads(self.secrets_file.read_text())
             keys = {name: ck.key_pem for name, ck in members.items()}
@@ -317,7 +318,7 @@ class LocalCluster:
             if changed:
                 _write_private(self.secrets_file, json.dumps(values, indent=1))
             return values
-        values: dict[str, Any] = {k: secrets.token_urlsafe(24) for k in SECRET_KEYS}
+        values = {k: secrets.token_urlsafe(24) for k in SECRET_KEYS}
         if self.spec.backup.encryption:
             # backup.encryption: the repository cipher pass, only in this file (as in the secret on EC2).
             values[CIPHER_PASS_KEY] = secrets.token_urlsafe(30)

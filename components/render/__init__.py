@@ -1,8 +1,17 @@
 """Every file a node receives, rendered from ``config-templates/`` by pure functions."""
 
 from .context import EC2_LAYOUT, Layout, NodeContext, NodeFile
-from .files import APP_DATABASE, OS_USERS, USERS, postgres_version, render_cluster, render_node, unit_names
-from .files import backup_schedules, timer_names
+from .files import (
+    APP_DATABASE,
+    OS_USERS,
+    USERS,
+    backup_schedules,
+    postgres_version,
+    render_cluster,
+    render_node,
+    timer_names,
+    unit_names,
+)
 from .pgparams import sized_parameters
 from .userdata import EC2_USER_DATA_LIMIT, BucketFile, bucket_files, cloud_config, user_data, user_data_bytes
 

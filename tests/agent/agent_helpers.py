@@ -17,8 +17,9 @@ import traceback
 import urllib.request
 from pathlib import Path
 
-from pgha.render.agentzip import agent_zipapp
 from prometheus_client.parser import text_string_to_metric_families
+
+from pgha.render.agentzip import agent_zipapp
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PYTHON = sys.executable

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from pgha import contract
 from pgha.agent import cli
 from pgha.render import agentzip

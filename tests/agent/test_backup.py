@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pgha.agent import backup, errors, restore
 from pgha.render import render_node, timer_names, unit_names
 from pgha.spec import SpecError

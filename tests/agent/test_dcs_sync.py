@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+
 from pgha.agent import dcs_sync, errors
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pgha.agent import errors
 from pgha.agent.etcd import membership
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from pgha.agent import cli, fetch
 from pgha.render.agentzip import fetcher_source
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from pgha.agent import cli, envfile, facts, hooks
 from pgha.agent.exporters import pgbackrest as pgbackrest_exporter
 

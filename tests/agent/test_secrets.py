@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from pgha.agent import cli, envfile, restore, secrets
 
 from .agent_helpers import (
