@@ -100,7 +100,7 @@ def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", time
             detail = ""
             with contextlib.suppress(Exception):
                 detail += f"\npg_stat_archiver: {backups.archiver(cluster)}"
-                node = backups.leader(cluster)
+                node = backups.leader(cluster, running=False)
                 log = Path(node.layout.log) / "pgbackrest" / f"{cluster.spec.cluster_name}-archive-push-async.log"
                 detail += "\n" + "\n".join(log.read_text().splitlines()[-15:])
             raise AssertionError(f"{segment} did not reach s3://{bucket}/{prefix} within {timeout:.0f} s{detail}")

@@ -173,6 +173,17 @@ def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
         time.sleep(interval)
 
 
+def wait_for_scrape(proc: subprocess.Popen, port: int, what: str, timeout: float = 30.0) -> tuple[int, dict]:
+    """The first scrape of an exporter ``proc`` serves on ``port``; fails with its output if it exits."""
+    def ready():
+        try:
+            return scrape(port)
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else f"{what} exited"
+            return None
+    return wait_for(ready, timeout=timeout, what=what)
+
+
 # --------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,16 @@ import subprocess
 from pgha.agent.exporters import pgbackrest as pgbackrest_exporter
 from pgha.agent.exporters import pgbouncer as pgbouncer_exporter
 
-from .agent_helpers import PYTHON, ZIPAPP, _stop, free_port, make_node, sample, scrape, wait_for, write_json
+from .agent_helpers import (
+    PYTHON,
+    ZIPAPP,
+    _stop,
+    free_port,
+    make_node,
+    sample,
+    wait_for_scrape,
+    write_json,
+)
 
 
 def _fams(families) -> dict:
@@ -135,13 +144,7 @@ def test_pgbackrest_exporter_serves_up_0_when_pgbackrest_fails(base):
                              "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        def ready():
-            try:
-                return scrape(port)
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                return None
-        status, m = wait_for(ready, timeout=30, what="pgbackrest exporter")
+        status, m = wait_for_scrape(proc, port, "pgbackrest exporter", timeout=30)
         assert status == 200 and sample(m, "pgbackrest_up") == 0.0
         assert not any(k[0] == "pgbackrest_stanza_status" for k in m)
     finally:

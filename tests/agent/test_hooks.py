@@ -34,6 +34,7 @@ from .agent_helpers import (
     sample,
     scrape,
     wait_for,
+    wait_for_scrape,
     write_json,
 )
 
@@ -308,13 +309,7 @@ def exporter_proc(bootstrapped):
                              "--listen", f"127.0.0.1:{port}", "--env-file", str(tmp_env)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def ready():
-            try:
-                return scrape(port)
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                return None
-        wait_for(ready, timeout=20, what="pgbouncer exporter")
+        wait_for_scrape(proc, port, "pgbouncer exporter", timeout=20)
         yield port, proc
     finally:
         _stop(proc, signal.SIGTERM)
