@@ -31,11 +31,14 @@ def pulumi_config_drift(declared: Mapping[str, Any]) -> list[str]:
         if decl is None:
             drift.append(f"{f.key}: in the schema, not declared in Pulumi.yaml")
             continue
-        if decl.get("type") != PULUMI_TYPES.get(f.type):
-            drift.append(f"{f.key}: type {decl.get('type')!r}, schema says {PULUMI_TYPES.get(f.type)!r}")
+        # A key whose default depends on the stack kind is declared unset and untyped (see Field).
+        by_kind = f.branch_default is not None
+        want_type = None if by_kind else PULUMI_TYPES.get(f.type)
+        if decl.get("type") != want_type:
+            drift.append(f"{f.key}: type {decl.get('type')!r}, schema says {want_type!r}")
         if f.type is list and decl.get("items") != {"type": "string"}:
             drift.append(f"{f.key}: items {decl.get('items')!r}, schema says a list of strings")
-        want = f.unset if f.default is None else f.default
+        want = f.unset if f.default is None or by_kind else f.default
         if "default" not in decl or decl["default"] != want or type(decl["default"]) is not type(want):
             drift.append(f"{f.key}: default {decl.get('default')!r}, schema says {want!r}")
         if not decl.get("description"):
@@ -111,13 +114,14 @@ def test_component_args_agree_with_the_schema() -> None:
 def test_drifted_pulumi_yaml_is_caught() -> None:
     declared = copy.deepcopy(yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"])
     del declared["branch"]
-    declared["replicas"]["default"] = 3
+    # The declaration before the fix: a typed default that Pulumi applies to branch stacks too.
+    declared["replicas"] = {"type": "integer", "default": 2, "description": "Replicas besides the primary."}
     declared["arch"]["type"] = "integer"
     declared["clusterName"]["default"] = None
     declared["colour"] = {"type": "string", "default": "", "description": "x"}
     drift = pulumi_config_drift(declared)
-    assert sorted(line.split(":")[0] for line in drift) == ["arch", "branch", "clusterName", "colour", "replicas"]
-    assert "replicas: default 3, schema says 2" in drift
+    assert sorted(line.split(":")[0] for line in drift) == ["arch", "branch", "clusterName", "colour", "replicas", "replicas"]
+    assert "replicas: default 2, schema says ''" in drift and "replicas: type 'integer', schema says None" in drift
 
 
 def test_drifted_args_are_caught() -> None:
@@ -191,3 +195,21 @@ def test_branch_args_build_a_branch() -> None:
                        "branch": {"source_bucket": "pg-a-backups", "source_stanza": "pg-a"}},
                       stack="feature", region=REGION, region_azs=REGION_AZS, style="args")
     assert spec.restore is not None and spec.restore.source_stanza == "pg-a" and spec.replicas == 0
+
+
+def test_a_branch_stack_file_gets_the_branch_defaults_through_pulumi_yaml(tmp_path) -> None:
+    """Pulumi applies Pulumi.yaml's defaults to every stack: a typed default there (replicas 2,
+    rpo 0) would turn every branch stack into a three-node synchronous cluster."""
+    from pgha.spec.stackfile import read_stack_config
+
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.feature.yaml").write_text(yaml.safe_dump({"config": {
+        "aws:region": REGION, "pgha:stackKind": "branch",
+        "pgha:branch": {"sourceBucket": "pg-a-backups", "sourceStanza": "pg-a"}}}))
+    values, region = read_stack_config(tmp_path, "feature")
+    spec = build_spec(values, stack="feature", region=region, region_azs=REGION_AZS)
+    assert (spec.replicas, spec.rpo) == (0, schema.BRANCH_SINGLE_NODE_RPO)
+    (tmp_path / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": {"aws:region": REGION}}))
+    values, region = read_stack_config(tmp_path, "dev")
+    regional = build_spec(values, stack="dev", region=region, region_azs=REGION_AZS)
+    assert (regional.replicas, regional.rpo) == (2, 0)

@@ -14,6 +14,9 @@ from .image import POSTGRES_MAJORS
 from .model import MAX_MEMBERS
 from .presets import PROFILES, RTO_PLANS
 
+# A single-node branch cannot be synchronous; it may lose up to this much WAL.
+BRANCH_SINGLE_NODE_RPO = 1048576
+
 
 @dataclass(frozen=True)
 class Group:
@@ -36,6 +39,8 @@ class Field:
     """One key. ``type`` is str, int, bool, list (of strings), dict (free-form object) or a Group.
 
     ``default`` is None when the value is derived (``derived`` says from what) or simply unset.
+    ``branch_default``: a branch stack's own default where it differs. Pulumi.yaml cannot say
+    that (its default applies to every stack), so it declares such a key unset, untyped.
     """
 
     key: str
@@ -46,6 +51,7 @@ class Field:
     derived: str = "none"
     choices: tuple[Any, ...] = ()
     range: tuple[int, int] | None = None
+    branch_default: Any = None
 
     @property
     def group(self) -> Group | None:
@@ -133,8 +139,8 @@ TOP = Group("PostgresClusterArgs", (
           derived="per arch and storage kind"),
     Field("storage", "storage", STORAGE, "Data storage: an EBS volume or the instance-store NVMe.",
           derived=EACH),
-    Field("replicas", "replicas", int, "Replicas besides the primary; a branch defaults to 0.", default=2,
-          range=(0, MAX_MEMBERS - 1)),
+    Field("replicas", "replicas", int, "Replicas besides the primary.", default=2,
+          range=(0, MAX_MEMBERS - 1), branch_default=0),
     Field("availabilityZones", "availability_zones", list, "Three distinct availability zones of the region.",
           derived="the region's first three"),
     Field("postgresVersion", "postgres_version", int,
@@ -143,7 +149,7 @@ TOP = Group("PostgresClusterArgs", (
     Field("profile", "profile", str, "Tuning profile.", default="oltp", choices=PROFILES),
     Field("rto", "rto", str, "Failover timing plan.", default="norm", choices=tuple(RTO_PLANS)),
     Field("rpo", "rpo", int, "Bytes of WAL a failover may lose; 0 means synchronous replication.", default=0,
-          range=(0, 1 << 30)),
+          range=(0, 1 << 30), branch_default=BRANCH_SINGLE_NODE_RPO),
     Field("parameters", "parameters", dict, "Extra PostgreSQL parameters (name -> value); those pgha manages "
           "are refused."),
     Field("network", "network", NETWORK, "VPC, subnets and who may connect.", derived=EACH),
@@ -195,13 +201,13 @@ def pulumi_config() -> dict[str, dict[str, Any]]:
     block: dict[str, dict[str, Any]] = {}
     for f in TOP.fields:
         entry: dict[str, Any] = {}
-        pulumi_type = _PULUMI_TYPES.get(f.type)
+        pulumi_type = None if f.branch_default is not None else _PULUMI_TYPES.get(f.type)
         if pulumi_type:  # objects have no type: Pulumi's project schema has no object type
             entry["type"] = pulumi_type
         if f.type is list:
             entry["items"] = {"type": "string"}
         entry["description"] = describe(f)
-        entry["default"] = f.unset if f.default is None else f.default
+        entry["default"] = f.unset if f.default is None or f.branch_default is not None else f.default
         block[f.key] = entry
     return block
 
@@ -217,6 +223,9 @@ def describe(f: Field) -> str:
         text += f" Keys: {', '.join(g.key for g in f.group.fields)}."
     if f.default is None and f.derived != "none":
         text += f" Empty means {f.derived}."
+    if f.branch_default is not None:
+        text += f" Empty means {f.default}; on a branch {f.branch_default}" + (
+            " (with no replicas)." if f.key == "rpo" else ".")
     return text.replace("``", "")  # reST literals read badly in `pulumi config`
 
 

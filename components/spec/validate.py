@@ -23,8 +23,7 @@ SUPPORTED_POSTGRES_VERSIONS: tuple[int, ...] = schema.field(["postgresVersion"])
 STACK_KINDS: tuple[str, ...] = schema.field(["stackKind"]).choices
 # A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
 BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
-# A single-node branch cannot be synchronous; it may lose up to this much WAL.
-BRANCH_DEFAULT_RPO = 1048576
+BRANCH_DEFAULT_RPO: int = schema.field(["rpo"]).branch_default
 CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
 # 24 leaves room for the suffixes AWS name limits allow (NLB and target group names: 32).
 CLUSTER_NAME_MAX = 24
@@ -282,7 +281,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     instance_type = _instance_type(r, arch, storage.kind, check_arch=arch_valid,
                                    default=BRANCH_DEFAULT_INSTANCE_TYPE.get(arch) if is_branch and storage.kind == "ebs"
                                    else None)
-    replicas = r.integer(["replicas"], 0 if is_branch else _SCHEMA)
+    replicas = r.integer(["replicas"], schema.field(["replicas"]).branch_default if is_branch else _SCHEMA)
     azs = _availability_zones(r, region, region_azs)
     postgres_version = r.integer(["postgresVersion"])
     if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
