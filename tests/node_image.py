@@ -23,17 +23,18 @@ def node_image() -> image.Image:
 
 
 @contextlib.contextmanager
-def image_with(files: Mapping[str, str | tuple[str, int]]) -> Iterator[Path]:
-    """The merged root of the image plus ``files`` (path -> text, or (text, mode)); removed after."""
+def image_with(files: Mapping[str, str | bytes | tuple[str | bytes, int]]) -> Iterator[Path]:
+    """The merged root of the image plus ``files`` (path -> content, or (content, mode)); removed
+    after. Content is text, or bytes (the agent's zipapp)."""
     base = Path(tempfile.mkdtemp(prefix="pgha-image-", dir="/var/tmp"))
     upper, work, merged = base / "upper", base / "work", base / "root"
     for part in (upper, work, merged):
         part.mkdir()
     for path, content in files.items():
-        text, mode = (content, 0o644) if isinstance(content, str) else content
+        data, mode = content if isinstance(content, tuple) else (content, 0o644)
         target = upper / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_bytes(data.encode() if isinstance(data, str) else data)
         target.chmod(mode)
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={node_image().root},upperdir={upper},workdir={work}", str(merged)], check=True)

@@ -61,6 +61,33 @@ def info(cluster: LocalCluster, node: Node | None = None) -> dict[str, Any]:
     return data[0] if data else {}
 
 
+# pgbackrest info's stanza status codes meaning the stanza exists: ok, no valid backup yet, a
+# backup or expire running.
+STANZA_READY = (0, 2, 6)
+
+
+def wait_for_stanza(cluster: LocalCluster, timeout: float = 120.0) -> dict[str, Any]:
+    """The stanza's info once it exists. The primary creates it in the background after its
+    promotion (on_role_change), so a cluster that just became healthy may not have it yet, and
+    a backup or a restore then fails on "missing stanza path"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stanza = {"status": {"code": None, "message": "no member answered"}}
+        for node in cluster.nodes:  # any member that runs: one may be down (held, drilled)
+            try:
+                stanza = info(cluster, node)
+                break
+            except Exception as error:  # that member, or the repository, not answering yet
+                stanza = {"status": {"code": None, "message": str(error)}}
+        if stanza.get("status", {}).get("code") in STANZA_READY:
+            return stanza
+        if time.monotonic() > deadline:
+            raise BackupError(f"no pgBackRest stanza {cluster.spec.cluster_name} after {timeout:.0f} s: "
+                              f"{stanza.get('status', {}).get('message')} (see pgbackrest/stanza-create.log "
+                              "on the primary)")
+        time.sleep(1)
+
+
 def superuser_dsn(cluster: LocalCluster, node: Node) -> str:
     return cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres")
 

@@ -404,7 +404,10 @@ class LocalCluster:
                 except MachineError as error:  # names the member, with cloud-init's and the bootstrap's words
                     raise LocalClusterError(str(error)) from None
         self.wait_healthy(timeout=timeout)
-        log(f"healthy after {time.monotonic() - began:.1f}s")
+        from .backups import wait_for_stanza  # backups builds on this module
+
+        wait_for_stanza(self, timeout=timeout)  # what `pgha backup` and a restore need first
+        log(f"healthy, backup stanza ready, after {time.monotonic() - began:.1f}s")
         return time.monotonic() - began
 
     def boot(self, node: Node, instance_id: str) -> None:
