@@ -57,7 +57,7 @@ def test_stanza_is_created_and_wal_reaches_s3(local_cluster):
     stanza = backups.info(local_cluster)
     assert stanza["status"]["code"] in (0, 2), stanza["status"]  # ok, or no backup yet
     with su(local_cluster) as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        segment = backups.switch_wal(conn)
     prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
     wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
 
@@ -107,7 +107,7 @@ def test_pitr_restores_exactly_the_rows_before_the_target(local_cluster):
         time.sleep(1.2)
         conn.execute("INSERT INTO pitr_marks (id) VALUES (2)")
         timeline_before = leader_of(local_cluster)["timeline"]
-        conn.execute("SELECT pg_switch_wal()")
+        backups.switch_wal(conn)
     when = target.astimezone(datetime.timezone.utc).isoformat()
     done = backups.restore(local_cluster, when, log=lambda _: None)
     assert done["timeline"] > timeline_before
@@ -147,7 +147,7 @@ def test_restore_latest_after_a_failover_follows_the_new_timeline(local_cluster)
     # The archive continues on the restored timeline.
     with su(local_cluster) as conn:
         conn.execute("INSERT INTO pitr_marks (id) VALUES (4)")
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        segment = backups.switch_wal(conn)
     assert int(segment[:8], 16) == done["timeline"]
     wait_for_archived(local_cluster, segment, local_cluster.bucket)
 
@@ -190,7 +190,7 @@ def test_a_branch_holds_the_source_data_and_writes_only_its_own_repository(local
         with psycopg.connect(backups.superuser_dsn(branch, branch.nodes[0]), autocommit=True) as conn:
             assert conn.execute("SELECT id FROM pitr_marks ORDER BY id").fetchall() == [(1,), (3,), (4,)]
             conn.execute("INSERT INTO pitr_marks (id) VALUES (100)")
-            segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+            segment = backups.switch_wal(conn)
             assert conn.execute("SHOW synchronous_standby_names").fetchone()[0] == ""
         branch_tl = int(segment[:8], 16)
         assert branch_tl > source_tl
@@ -220,7 +220,7 @@ def test_a_restore_that_fails_after_its_checks_is_rolled_back(local_cluster):
         conn.execute("CREATE TABLE IF NOT EXISTS rollback_marks (id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO rollback_marks VALUES (1, 'archived'), (2, 'archived')")
     with su(local_cluster) as conn:
-        conn.execute("SELECT pg_switch_wal()")
+        backups.switch_wal(conn)
     with primary_service() as conn:
         # Committed after the last switched segment: the archive may not have it, the data directories do.
         conn.execute("INSERT INTO rollback_marks VALUES (3, 'not archived yet')")

@@ -85,7 +85,7 @@ def superuser(cluster: LocalCluster) -> psycopg.Connection:
 def switch_and_wait_archived(cluster: LocalCluster, timeout: float = 90) -> str:
     """Close the current WAL segment and wait until the archiver has pushed it."""
     with superuser(cluster) as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        segment = backups.switch_wal(conn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]

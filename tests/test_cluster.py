@@ -7,10 +7,11 @@ import threading
 import time
 import urllib.request
 
-import boto3
 import psycopg
 import pytest
 
+from conftest import wait_for_archived
+from pgha.local import backups
 from pgha.spec import PORTS
 
 pytestmark = pytest.mark.cluster
@@ -132,25 +133,12 @@ def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, sample
 
 
 def test_wal_segments_reach_the_s3_bucket(local_cluster):
-    s3 = boto3.client("s3", endpoint_url=local_cluster.s3.url, region_name=local_cluster.s3.region,
-                      aws_access_key_id=local_cluster.s3.access_key, aws_secret_access_key=local_cluster.s3.secret_key,
-                      verify=str(local_cluster.s3.ca_file))
     prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
     primary = leader_ip(local_cluster)
     superuser = local_cluster.dsn(primary, PORTS["default"], user="postgres", dbname="postgres")
     with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS t_wal AS SELECT 1 AS x")
-        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
-    deadline = time.monotonic() + 90
-    keys: list[str] = []
-    while time.monotonic() < deadline:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=local_cluster.bucket, Prefix=prefix)
-        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        if any(segment in k for k in keys):
-            break
-        time.sleep(2)
-    assert any(segment in k for k in keys), f"{segment} not archived; have {keys[-5:]}"
+        segment = backups.switch_wal(conn)
+    wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
 
 
 def test_status_json_gives_a_working_dsn_per_service(local_cluster):

@@ -98,7 +98,7 @@ def test_wal_reaches_s3_and_a_full_backup_succeeds_on_17(local_cluster):
     primary = backups.leader(local_cluster, running=False)
     with psycopg.connect(backups.superuser_dsn(local_cluster, primary), autocommit=True,
                          connect_timeout=5) as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        segment = backups.switch_wal(conn)
     wait_for_archived(local_cluster, segment, local_cluster.bucket, f"{local_cluster.spec.cluster_name}/pgbackrest/archive/")
     deadline = time.monotonic() + 10  # the archiver counts a push once archive_command has returned
     while (backups.archiver(local_cluster)["last_archived_wal"] or "") < segment and time.monotonic() < deadline:

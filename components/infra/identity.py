@@ -27,8 +27,8 @@ CIPHER_PASS = contract.CIPHER_PASS_KEY
 
 
 def stanza_prefix(spec: ClusterSpec) -> str:
-    """The S3 key prefix of the cluster's pgBackRest repository (repo1-path=/<cluster_name>)."""
-    return f"{spec.cluster_name}/"
+    """The S3 key prefix the cluster's members may write: its repository and node files."""
+    return contract.cluster_prefix(spec.cluster_name)
 
 
 class EncryptionKey(pulumi.ComponentResource):

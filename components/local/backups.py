@@ -46,8 +46,8 @@ class BackupError(LocalClusterError):
 def pgbackrest(cluster: LocalCluster, node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``pgbackrest`` with the node's config, as postgres (what the node's units run)."""
     etc, secrets = cluster.node_paths(node)
-    argv = ["/usr/bin/pgbackrest", f"--config={etc}/pgbackrest/pgbackrest.conf",
-            f"--config-include-path={secrets}/pgbackrest", *args]
+    paths = {"pgbackrest_config": f"{etc}/pgbackrest/pgbackrest.conf", "secrets": secrets}
+    argv = contract.pgbackrest_argv(paths, *args, binary="/usr/bin/pgbackrest")
     return cluster.run_on(node, argv, user="postgres", timeout=timeout)
 
 
@@ -249,6 +249,15 @@ def clear_dcs(cluster: LocalCluster) -> None:
 ARCHIVE_WAIT = 150.0
 
 
+def switch_wal(conn: Any) -> str:
+    """Close the current WAL segment; its name. pg_switch_wal() right after another switch (a
+    `pgbackrest check` after a promotion, say) is a no-op that names the open segment, which
+    only archive_timeout (60 s) then closes: the 59 s waits seen after every switchover on
+    2026-12-01. A commit record first makes the switch real."""
+    conn.execute("SELECT txid_current()")  # autocommit: a transaction with an xid logs its commit
+    return str(_one(conn, "SELECT pg_walfile_name(pg_switch_wal())"))
+
+
 def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = ARCHIVE_WAIT) -> None:
     """Close the current WAL segment and wait until the archive has it (so latest is now); a
     restore to "latest" without it would silently miss the last commits, so that is an error."""
@@ -256,7 +265,7 @@ def _switch_and_wait_archived(cluster: LocalCluster, timeout: float = ARCHIVE_WA
 
     primary = leader(cluster, running=False, error=BackupError)
     with psycopg.connect(superuser_dsn(cluster, primary), autocommit=True, connect_timeout=5) as conn:
-        segment = _one(conn, "SELECT pg_walfile_name(pg_switch_wal())")
+        segment = switch_wal(conn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             last = _one(conn, "SELECT last_archived_wal FROM pg_stat_archiver")
