@@ -13,6 +13,7 @@ import pulumi_aws as aws
 
 from ..spec import PORTS, SERVICES, ClusterSpec
 from .common import child, cluster_tags
+from .names import load_balancer_name, target_group_name
 
 
 class Endpoints(pulumi.ComponentResource):
@@ -27,17 +28,20 @@ class Endpoints(pulumi.ComponentResource):
                  member_ips: Mapping[str, str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:infra:Endpoints", name, None, opts)
         nlb = aws.lb.LoadBalancer(
-            f"{name}-nlb", internal=True, load_balancer_type="network", subnets=list(subnet_ids),
+            f"{name}-nlb", name=load_balancer_name(spec.cluster_name), internal=True, load_balancer_type="network", subnets=list(subnet_ids),
             security_groups=[lb_security_group_id], enable_cross_zone_load_balancing=True,
-            tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nlb"), opts=child(self))
+            tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nlb"), opts=child(self, delete_before_replace=True))
         for service in SERVICES:
             port = PORTS[service]
             group = aws.lb.TargetGroup(
-                f"{name}-{service}-tg", port=port, protocol="TCP", target_type="ip", vpc_id=vpc_id,
+                f"{name}-{service}-tg", name=target_group_name(spec.cluster_name, service), port=port,
+                protocol="TCP", target_type="ip", vpc_id=vpc_id,
                 deregistration_delay=10, connection_termination=True,
                 health_check={"protocol": "TCP", "port": "traffic-port", "interval": 10,
                               "healthy_threshold": 2, "unhealthy_threshold": 2},
-                tags=cluster_tags(spec, Name=f"{spec.cluster_name}-{service}"), opts=child(self))
+                tags=cluster_tags(spec, Name=f"{spec.cluster_name}-{service}"),
+                # A fixed name cannot exist twice: a replacement (a new VPC) deletes first.
+                opts=child(self, delete_before_replace=True))
             for member_name, ip in member_ips.items():
                 aws.lb.TargetGroupAttachment(f"{name}-{service}-tg-{member_name}", target_group_arn=group.arn,
                                              target_id=ip, port=port, opts=child(self))
