@@ -19,9 +19,12 @@ def deploy(config_values: Mapping[str, Any], *, stack: str, region: str | None =
     Raises ``SpecError`` listing every problem before anything is declared. Without
     ``region``/``region_azs`` they are read from the aws provider.
     """
+    offerings = None
     if region is None or region_azs is None:
-        from ..infra import resolve_region
+        from ..infra import resolve_offerings, resolve_region
 
         region, region_azs = resolve_region()
-    spec = build_spec(config_values, stack=stack, region=region, region_azs=region_azs, style="config")
+        offerings = resolve_offerings(region_azs)
+    spec = build_spec(config_values, stack=stack, region=region, region_azs=region_azs, style="config",
+                      offerings=offerings)
     REGISTRY[spec.stack_kind](spec)

@@ -26,6 +26,25 @@ ACCOUNT = "123456789012"
 # Values the mocked providers produce for secrets: none may leak into user-data or plain outputs.
 SECRET_MARK = "MOCKSECRET"
 
+
+
+def moto_offerings(region: str = REGION) -> dict[str, set[str]]:
+    """AZ -> instance types EC2 offers there: AWS's own DescribeInstanceTypeOfferings data as moto ships it."""
+    import os
+
+    import moto
+
+    path = os.path.join(os.path.dirname(moto.__file__), "ec2", "resources", "instance_type_offerings",
+                        "availability-zone", f"{region}.json.gz")
+    offered: dict[str, set[str]] = {}
+    for entry in json.loads(gzip.decompress(open(path, "rb").read())):
+        offered.setdefault(entry["Location"], set()).add(entry["InstanceType"])
+    return offered
+
+
+# What getInstanceTypeOfferings answers (a test may take a type out of an AZ).
+OFFERINGS = {zone: types for zone, types in moto_offerings().items() if zone in REGION_AZS}
+
 # Existing network the getVpc/getSubnet invokes know about.
 EXISTING_VPC = {"id": "vpc-0123456789abcdef0", "cidr_block": "10.9.0.0/16"}
 EXISTING_SUBNETS = {
@@ -162,6 +181,11 @@ class Recorder(pulumi.runtime.Mocks):
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"id": REGION, "names": list(REGION_AZS), "zoneIds": [f"use1-az{i}" for i in range(1, 5)],
                     "groupNames": [REGION] * 4, "state": given.get("state")}
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            zones = next((f["values"] for f in given.get("filters") or [] if f["name"] == "location"), REGION_AZS)
+            pairs = [(t, z) for z in zones for t in sorted(OFFERINGS.get(z, ()))]
+            return {"id": REGION, "instanceTypes": [t for t, _ in pairs], "locations": [z for _, z in pairs],
+                    "locationTypes": ["availability-zone"] * len(pairs), "locationType": given.get("locationType")}
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/test", "id": ACCOUNT, "userId": "AID"}
         if token == "aws:ec2/getAmi:getAmi":

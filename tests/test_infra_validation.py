@@ -137,3 +137,25 @@ def test_stack_files_read_offline_match_what_the_cli_would_hand_over() -> None:
     assert region == stack["aws:region"]
     assert build_spec(values, stack="dev", region=REGION, region_azs=REGION_AZS) == \
         build_spec(pgha_values(cli), stack="dev", region=REGION, region_azs=REGION_AZS)
+
+
+@pytest.fixture
+def r8g_gone_from_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra_mocks
+
+    offered = {zone: set(types) for zone, types in infra_mocks.OFFERINGS.items()}
+    offered["us-east-1b"].discard("r8g.large")
+    monkeypatch.setattr(infra_mocks, "OFFERINGS", offered)
+
+
+def test_a_type_not_offered_in_a_chosen_az_declares_nothing(r8g_gone_from_b: None) -> None:
+    error, run = failing_run(lambda: PostgresCluster("db", {
+        "instance_type": "r8g.large", "availability_zones": ["us-east-1a", "us-east-1b", "us-east-1c"]}))
+    assert "r8g.large is not offered in us-east-1b; it is offered in us-east-1a, us-east-1c, us-east-1d" in str(error)
+    assert run.resources == []
+
+
+def test_the_program_places_members_in_azs_that_offer_the_type(r8g_gone_from_b: None) -> None:
+    run = run_main({"pgha:instanceType": "r8g.large"})
+    subnets = {r.inputs["availabilityZone"] for r in run.of_type("aws:ec2/subnet:Subnet")}
+    assert subnets == {"us-east-1a", "us-east-1c", "us-east-1d"}

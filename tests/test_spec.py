@@ -173,3 +173,39 @@ def test_versions_profiles_and_backup_schedules():
     assert "oltp, olap, crit, tiny" in problems["pgha:profile"].allowed
     assert "cron expression" in problems["pgha:backup.fullSchedule"].allowed
     assert "pgha:backup.compression" in problems
+
+
+# AWS's per-AZ offerings for us-east-1 as moto ships them: r8g.large is offered in every AZ but
+# us-east-1e (an old AZ that has no Graviton 4).
+US_EAST_1_AZS = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"]
+
+
+def offerings():
+    from infra_mocks import moto_offerings
+
+    return moto_offerings("us-east-1")
+
+
+def test_a_type_missing_in_a_chosen_az_is_refused_naming_both():
+    assert "r8g.large" not in offerings()["us-east-1e"]
+    problems, text = problems_of({"instanceType": "r8g.large",
+                                  "availabilityZones": ["us-east-1a", "us-east-1b", "us-east-1e"]},
+                                 azs=US_EAST_1_AZS, offerings=offerings())
+    assert "r8g.large is not offered in us-east-1e" in problems["pgha:availabilityZones"].allowed
+    assert "offered in us-east-1a, us-east-1b, us-east-1c, us-east-1d, us-east-1f" in text
+
+
+def test_default_azs_are_the_first_three_that_offer_the_type():
+    offered = offerings()
+    offered["us-east-1b"] = offered["us-east-1b"] - {"r8g.large"}
+    spec = spec_of({"instanceType": "r8g.large"}, azs=US_EAST_1_AZS, offerings=offered)
+    assert spec.availability_zones == ("us-east-1a", "us-east-1c", "us-east-1d")
+    # Without offerings (pgha render offline) the region's first three, unchecked.
+    assert spec_of({"instanceType": "r8g.large"}, azs=US_EAST_1_AZS).availability_zones == tuple(US_EAST_1_AZS[:3])
+
+
+def test_a_type_offered_in_fewer_than_three_azs_is_refused():
+    offered = {zone: types - {"r8g.large"} if zone != "us-east-1a" else types for zone, types in offerings().items()}
+    problems, _ = problems_of({"instanceType": "r8g.large"}, azs=US_EAST_1_AZS, offerings=offered)
+    assert problems["pgha:instanceType"].allowed == ("must be offered in three AZs of us-east-1; "
+                                                     "it is offered in us-east-1a")

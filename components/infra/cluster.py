@@ -155,6 +155,17 @@ def resolve_region(opts: pulumi.ResourceOptions | None = None) -> tuple[str, tup
     return region, tuple(zones.names)
 
 
+def resolve_offerings(zones: tuple[str, ...], opts: pulumi.ResourceOptions | None = None) -> dict[str, set[str]]:
+    """AZ -> the instance types EC2 offers there, for ``zones`` (checked before any resource)."""
+    found = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone", filters=[{"name": "location", "values": list(zones)}],
+        opts=invoke_options(opts))
+    offered: dict[str, set[str]] = {zone: set() for zone in zones}
+    for instance_type, zone in zip(found.instance_types, found.locations):
+        offered.setdefault(zone, set()).add(instance_type)
+    return offered
+
+
 class PostgresCluster(pulumi.ComponentResource):
     """A Patroni/etcd/HAProxy/PgBouncer/pgBackRest PostgreSQL cluster across three AZs.
 
@@ -203,7 +214,7 @@ class PostgresCluster(pulumi.ComponentResource):
         if spec is None:
             region, zones = resolve_region(opts)
             spec = build_spec(dict(args or {}), stack=pulumi.get_stack(), region=region, region_azs=zones,
-                              style="args")
+                              style="args", offerings=resolve_offerings(zones, opts))
         elif args:
             raise TypeError("PostgresCluster takes either args or spec=, not both")
         existing = None if spec.network.creates_vpc else net.lookup_existing(spec, invoke_opts=invoke_options(opts))

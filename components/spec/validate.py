@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from . import image, schema
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
@@ -255,11 +255,13 @@ def _is_cron(value: str) -> bool:
 
 
 def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs: Sequence[str],
-               style: str = "config") -> ClusterSpec:
+               style: str = "config", offerings: Mapping[str, Collection[str]] | None = None) -> ClusterSpec:
     """Validate ``values`` and return the spec, or raise SpecError naming every problem.
 
     ``style`` is ``"config"`` for stack config (camelCase keys, strings and JSON text) and
-    ``"args"`` for component args (snake_case keys, Python values).
+    ``"args"`` for component args (snake_case keys, Python values). ``offerings``: the instance
+    types EC2 offers in each of the region's AZs (DescribeInstanceTypeOfferings); given, the
+    type must be offered in every member's AZ, and the default AZs are the first three that offer it.
     """
     r = _Reader(values, style)
     top_names = list(TOP_KEYS) if style == "config" else list(TOP_KEYS.values())
@@ -282,7 +284,10 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
                                    default=BRANCH_DEFAULT_INSTANCE_TYPE.get(arch) if is_branch and storage.kind == "ebs"
                                    else None)
     replicas = r.integer(["replicas"], schema.field(["replicas"]).branch_default if is_branch else _SCHEMA)
+    problems_before_azs = len(r.problems)
     azs = _availability_zones(r, region, region_azs)
+    if offerings is not None and len(r.problems) == problems_before_azs and instance_type in catalog():
+        azs = _offered_zones(r, instance_type, azs, region, region_azs, offerings)
     postgres_version = r.integer(["postgresVersion"])
     if postgres_version not in SUPPORTED_POSTGRES_VERSIONS:
         r.fail(["postgresVersion"], postgres_version,
@@ -407,6 +412,24 @@ def _availability_zones(r: _Reader, region: str, region_azs: Sequence[str]) -> t
                f"{', '.join(map(str, foreign))} not in region {region} (it has {', '.join(region_azs)})")
         return tuple(region_azs[:3])
     return tuple(given)
+
+
+def _offered_zones(r: _Reader, instance_type: str, azs: tuple[str, ...], region: str, region_azs: Sequence[str],
+                   offerings: Mapping[str, Collection[str]]) -> tuple[str, ...]:
+    """The member AZs, each offering ``instance_type``: EC2 refuses the launch otherwise ("Your
+    requested instance type is not supported in your requested Availability Zone"), after the VPC,
+    bucket, key and secret exist."""
+    offered = [z for z in region_azs if instance_type in offerings.get(z, ())]
+    where = f"offered in {', '.join(offered)}" if offered else f"offered in no AZ of {region}"
+    if r.raw(["availabilityZones"]) is _MISSING:
+        if len(offered) < 3:
+            r.fail(["instanceType"], instance_type, f"must be offered in three AZs of {region}; it is {where}")
+            return azs
+        return tuple(offered[:3])
+    missing = [z for z in azs if z not in offered]
+    if missing:
+        r.fail(["availabilityZones"], list(azs), f"{instance_type} is not offered in {', '.join(missing)}; it is {where}")
+    return azs
 
 
 def _parameters(r: _Reader) -> dict[str, Any]:
