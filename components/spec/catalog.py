@@ -18,6 +18,7 @@ class InstanceType:
     memory_gib: int
     nvme_count: int = 0
     nvme_gib: int = 0
+    auto_recovery: bool = False
 
     @property
     def has_nvme(self) -> bool:
@@ -30,8 +31,10 @@ class InstanceType:
 
 @functools.cache
 def catalog() -> dict[str, InstanceType]:
-    """Every instance type in ``pgha/data/instances.yaml``, by name."""
-    raw = yaml.safe_load(resources.files("pgha.data").joinpath("instances.yaml").read_text())
+    """Every instance type in ``pgha/data/instances.yaml`` (scripts/instance_catalog.py writes it
+    from AWS's DescribeInstanceTypes), by name."""
+    text = resources.files("pgha.data").joinpath("instances.yaml").read_text()
+    raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # ~1,000 types: C is 5x faster
     return {
         name: InstanceType(
             name=name,
@@ -41,6 +44,7 @@ def catalog() -> dict[str, InstanceType]:
             memory_gib=int(entry["memory_gib"]),
             nvme_count=int(entry.get("nvme_count", 0)),
             nvme_gib=int(entry.get("nvme_gib", 0)),
+            auto_recovery=bool(entry.get("auto_recovery", False)),
         )
         for name, entry in raw.items()
     }
