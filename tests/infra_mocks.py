@@ -45,6 +45,9 @@ def moto_offerings(region: str = REGION) -> dict[str, set[str]]:
 # What getInstanceTypeOfferings answers (a test may take a type out of an AZ).
 OFFERINGS = {zone: types for zone, types in moto_offerings().items() if zone in REGION_AZS}
 
+# Network interfaces already in the existing subnets: id -> subnet, addresses, tags, description.
+EXISTING_ENIS: dict[str, dict[str, Any]] = {}
+
 # Existing network the getVpc/getSubnet invokes know about.
 EXISTING_VPC = {"id": "vpc-0123456789abcdef0", "cidr_block": "10.9.0.0/16"}
 EXISTING_SUBNETS = {
@@ -186,6 +189,16 @@ class Recorder(pulumi.runtime.Mocks):
             pairs = [(t, z) for z in zones for t in sorted(OFFERINGS.get(z, ()))]
             return {"id": REGION, "instanceTypes": [t for t, _ in pairs], "locations": [z for _, z in pairs],
                     "locationTypes": ["availability-zone"] * len(pairs), "locationType": given.get("locationType")}
+        if token == "aws:ec2/getNetworkInterfaces:getNetworkInterfaces":
+            want = {f["name"]: set(f["values"]) for f in given.get("filters") or []}
+            ids = [eni_id for eni_id, eni in sorted(EXISTING_ENIS.items())
+                   if eni["subnetId"] in want.get("subnet-id", {eni["subnetId"]})
+                   and set(eni["privateIps"]) & want.get("addresses.private-ip-address", set(eni["privateIps"]))]
+            return {"id": REGION, "ids": ids}
+        if token == "aws:ec2/getNetworkInterface:getNetworkInterface":
+            eni = EXISTING_ENIS[given["id"]]
+            return {"id": given["id"], "privateIp": eni["privateIps"][0], "privateIps": eni["privateIps"],
+                    "subnetId": eni["subnetId"], "tags": eni.get("tags", {}), "description": eni.get("description", "")}
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/test", "id": ACCOUNT, "userId": "AID"}
         if token == "aws:ec2/getAmi:getAmi":

@@ -159,3 +159,29 @@ def test_the_program_places_members_in_azs_that_offer_the_type(r8g_gone_from_b: 
     run = run_main({"pgha:instanceType": "r8g.large"})
     subnets = {r.inputs["availabilityZone"] for r in run.of_type("aws:ec2/subnet:Subnet")}
     assert subnets == {"us-east-1a", "us-east-1c", "us-east-1d"}
+
+
+EXISTING_NETWORK = {"vpc_id": "vpc-0123456789abcdef0",
+                    "subnet_ids": ["subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"]}
+
+
+def test_an_address_another_interface_holds_declares_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra_mocks
+
+    # pg-db-2's fixed address (host 12 of 10.9.1.0/24) belongs to someone else's interface.
+    monkeypatch.setattr(infra_mocks, "EXISTING_ENIS", {"eni-0aaa": {
+        "subnetId": "subnet-0000000000000000b", "privateIps": ["10.9.1.12"], "description": "a build agent",
+        "tags": {"team": "ci"}}})
+    error, run = failing_run(lambda: PostgresCluster("db", {"cluster_name": "pg-db", "network": EXISTING_NETWORK}))
+    assert "pg-db-2's fixed address (host 12 of its subnet) is in use by eni-0aaa (a build agent)" in str(error)
+    assert "10.9.1.12" in str(error) and run.resources == []
+
+
+def test_the_cluster_s_own_interfaces_do_not_block_a_later_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infra_mocks
+
+    monkeypatch.setattr(infra_mocks, "EXISTING_ENIS", {"eni-0bbb": {
+        "subnetId": "subnet-0000000000000000b", "privateIps": ["10.9.1.12"], "description": "pgha pg-db-2",
+        "tags": {"pgha:cluster": "pg-db"}}})
+    run = run_program(lambda: PostgresCluster("db", {"cluster_name": "pg-db", "network": EXISTING_NETWORK}))
+    assert len(run.of_type("aws:ec2/instance:Instance")) == 3

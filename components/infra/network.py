@@ -63,10 +63,33 @@ def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | No
                                                     f"must be the subnet of {expected} (AZ order)"))
     if not problems:
         problems += member_ip_problems(spec, cidrs, key)
+    if not problems:
+        problems += addresses_in_use(spec, cidrs, key, invoke_opts=invoke_opts)
     if problems:
         raise SpecError(problems, spec.key_style)
     return ExistingNetwork(vpc_id=vpc_id, vpc_cidr=vpc.cidr_block, subnet_ids=tuple(spec.network.subnet_ids),
                            subnet_cidrs=tuple(cidrs))
+
+
+def addresses_in_use(spec: ClusterSpec, cidrs: list[str], key: tuple[str, ...], *,
+                     invoke_opts: pulumi.InvokeOptions | None) -> list[Problem]:
+    """Members' fixed addresses that another network interface of the adopted subnets holds
+    (EC2 refuses the ENI half way through `up`). This cluster's own ENIs (its tag) are fine:
+    they hold the addresses on every later `up`."""
+    wanted = {member_ip(cidrs[m.az_index], m): m.name for m in spec.members}
+    found = aws.ec2.get_network_interfaces(
+        filters=[{"name": "subnet-id", "values": list(spec.network.subnet_ids)},
+                 {"name": "addresses.private-ip-address", "values": sorted(wanted)}], opts=invoke_opts)
+    problems = []
+    for eni_id in sorted(found.ids):
+        eni = aws.ec2.get_network_interface(id=eni_id, opts=invoke_opts)
+        if (eni.tags or {}).get("pgha:cluster") == spec.cluster_name:
+            continue
+        for ip in sorted({eni.private_ip, *eni.private_ips} & wanted.keys()):
+            problems.append(Problem(key, ip, f"{wanted[ip]}'s fixed address (host {ip.rsplit('.', 1)[1]} of its "
+                                             f"subnet) is in use by {eni_id} ({eni.description or 'no description'}); "
+                                             "free it or give subnets where it is free"))
+    return problems
 
 
 class Network(pulumi.ComponentResource):
