@@ -75,17 +75,15 @@ def local_cluster():
     cluster.destroy(log=log_to_stderr)
 
 
-# PostgreSQL's archiver gives up after three failed pushes in a row and tries again when the next
-# segment is ready or after 60 s (PGARCH_AUTOWAKE_INTERVAL). A push that fails for a moment (a
-# stanza a new primary is still creating, the AWS stand-in restarted) can therefore hold the
-# archive for a minute: two CI runs on 2026-12-01 missed a 60 s wait by less than a second.
-ARCHIVE_WAIT = 150.0
 
 
-def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", timeout: float = ARCHIVE_WAIT) -> list[str]:
-    """Wait until a key naming ``segment`` is in ``bucket``; fail with the primary's archiver
-    state and pgBackRest's own words if it is not there within ``timeout``."""
+def wait_for_archived(cluster, segment: str, bucket: str, prefix: str = "", timeout: float | None = None) -> list[str]:
+    """Wait until a key naming ``segment`` is in ``bucket`` (at most backups.ARCHIVE_WAIT: the
+    archiver retries a failed push after 60 s); fail with the primary's archiver state and
+    pgBackRest's own words if it is not there."""
     from pgha.local import backups
+
+    timeout = backups.ARCHIVE_WAIT if timeout is None else timeout
 
     def keys() -> list[str]:
         pages = cluster.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
