@@ -45,9 +45,7 @@ class BackupError(LocalClusterError):
 
 def pgbackrest(cluster: LocalCluster, node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``pgbackrest`` with the node's config, as postgres (what the node's units run)."""
-    etc, secrets = cluster.node_paths(node)
-    paths = {"pgbackrest_config": f"{etc}/pgbackrest/pgbackrest.conf", "secrets": secrets}
-    argv = contract.pgbackrest_argv(paths, *args, binary="/usr/bin/pgbackrest")
+    argv = contract.pgbackrest_argv(cluster.node_paths(node), *args, binary="/usr/bin/pgbackrest")
     return cluster.run_on(node, argv, user="postgres", timeout=timeout)
 
 

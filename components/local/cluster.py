@@ -503,9 +503,10 @@ class LocalCluster:
         log(f"{node.member.name}: replaced by {instance_id}")
         return instance_id
 
-    def node_paths(self, node: Node) -> tuple[str, str]:
-        """The node's config and secrets directories as commands run by :meth:`run_on` see them."""
-        return EC2_LAYOUT.etc, EC2_LAYOUT.secrets
+    def node_paths(self, node: Node) -> dict[str, str]:
+        """The node's paths pgBackRest needs (its config, the secrets include) as commands run by
+        :meth:`run_on` see them: EC2's, inside the machine."""
+        return {"pgbackrest_config": EC2_LAYOUT.pgbackrest_config, "secrets": EC2_LAYOUT.secrets}
 
     def run_on(self, node: Node, argv: list[str], *, user: str | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:

@@ -36,6 +36,10 @@ class Layout:
         return self.path("etc/pgha/tls")
 
     @property
+    def pgbackrest_config(self) -> str:
+        return self.path("etc/pgha/pgbackrest/pgbackrest.conf")
+
+    @property
     def bin(self) -> str:
         return self.path("opt/pgha/bin")
 

@@ -115,7 +115,7 @@ def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
         "pgdata": lay.pgdata, "etcd_data": lay.etcd_data, "log": lay.log, "run": lay.run,
         "python": lay.python, "patroni": lay.patroni,
         "pg_bin": lay.pg_bin(postgres_version(spec, ctx)),
-        "pgbackrest_config": lay.etc + "/pgbackrest/pgbackrest.conf",
+        "pgbackrest_config": lay.pgbackrest_config,
     }
 
 
