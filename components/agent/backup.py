@@ -1,7 +1,5 @@
 """`backup`: the member that should takes the pgBackRest backup (timers fire on every member)."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import shlex

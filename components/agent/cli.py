@@ -1,7 +1,5 @@
 """The agent's command line: one module per command (or group), each with register(subparsers)."""
 
-from __future__ import annotations
-
 import argparse
 import logging
 import os

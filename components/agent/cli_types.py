@@ -1,7 +1,5 @@
 """The type of argparse's sub-command registry, which every command module's register() takes."""
 
-from __future__ import annotations
-
 import argparse
 from typing import TYPE_CHECKING
 

@@ -1,7 +1,5 @@
 """`dcs-sync`: bring Patroni's dynamic configuration to the spec this node was rendered with."""
 
-from __future__ import annotations
-
 import argparse
 import hashlib
 import json

@@ -1,7 +1,5 @@
 """EnvironmentFile and libpq conninfo quoting."""
 
-from __future__ import annotations
-
 from typing import Any, Iterable
 
 from .errors import PROG

@@ -1,7 +1,5 @@
 """The agent's logger and its operator-facing error."""
 
-from __future__ import annotations
-
 import logging
 
 from ..contract import AGENT_PROG

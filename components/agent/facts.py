@@ -1,7 +1,5 @@
 """Node facts: node.json, validated against pgha.contract at load."""
 
-from __future__ import annotations
-
 import json
 import pwd
 from typing import cast

@@ -10,8 +10,6 @@ content-addressed key, the sha256 and the file's path and mode. An object whose 
 match is never installed; a file already in place with the right sha256 is not fetched again.
 """
 
-from __future__ import annotations
-
 import argparse
 import hashlib
 import json
@@ -56,7 +54,7 @@ def install(path: str, body: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def s3_client(aws: AwsFacts) -> Any:
+def s3_client(aws: "AwsFacts") -> Any:
     import boto3  # lazily: --help and the tests' fake getters need no boto3
     from botocore.config import Config
 
@@ -94,7 +92,7 @@ def fetch_files(entries: Sequence[Mapping[str, Any]], get: Callable[[str, str], 
     return written
 
 
-def run(manifest: str, aws: AwsFacts) -> list[str]:
+def run(manifest: str, aws: "AwsFacts") -> list[str]:
     try:
         with open(manifest, encoding="utf-8") as fh:
             entries = json.load(fh)
@@ -109,12 +107,12 @@ def run(manifest: str, aws: AwsFacts) -> list[str]:
     return fetch_files(entries, get)
 
 
-def cmd_fetch_files(node: NodeFacts, args: argparse.Namespace) -> int:
+def cmd_fetch_files(node: "NodeFacts", args: argparse.Namespace) -> int:
     run(args.manifest or os.path.join(node["paths"]["etc"], MANIFEST), node["aws"])
     return 0
 
 
-def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+def register(sub: "Subparsers", common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fetch-files", parents=[common], help="fetch the node files delivered through S3",
                        description="Fetch every file of the manifest (bucket, key, sha256, path, mode) from "
                                    "the cluster's bucket; install each atomically once its sha256 matches. "

@@ -1,7 +1,5 @@
 """Files written with their owner and mode from the start, atomically."""
 
-from __future__ import annotations
-
 import os
 import tempfile
 

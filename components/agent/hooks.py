@@ -1,7 +1,5 @@
 """Patroni's hooks: post-bootstrap and the on_start/on_restart/on_role_change callback."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging

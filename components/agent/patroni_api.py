@@ -1,7 +1,5 @@
 """One client of Patroni's REST API: the agent's, and the local runner's (pgha.local)."""
 
-from __future__ import annotations
-
 import base64
 import json
 import os

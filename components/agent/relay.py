@@ -1,7 +1,5 @@
 """A local TCP relay to the primary's pgBackRest TLS server."""
 
-from __future__ import annotations
-
 import socket
 import threading
 

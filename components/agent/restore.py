@@ -1,7 +1,5 @@
 """Restores: `restore-bootstrap` (Patroni's custom bootstrap) and `archive-get-source`."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import shlex

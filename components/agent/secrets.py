@@ -1,7 +1,5 @@
 """`secrets`: fetch the cluster secret, write the node's secret files."""
 
-from __future__ import annotations
-
 import argparse
 import base64
 import hashlib

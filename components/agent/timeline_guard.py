@@ -1,7 +1,5 @@
 """`timeline-guard`: stop a replica stuck on an old timeline, so that Patroni rewinds it."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import subprocess

@@ -1,7 +1,5 @@
 """etcd's v3 JSON gateway and peer API over the cluster's TLS."""
 
-from __future__ import annotations
-
 import json
 import ssl
 import urllib.error

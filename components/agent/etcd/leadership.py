@@ -1,7 +1,5 @@
 """`etcd-leadership`: keep etcd's raft leader on the node whose loss costs least."""
 
-from __future__ import annotations
-
 import argparse
 import ssl
 import time

@@ -1,7 +1,5 @@
 """`etcd` (start, bootstrap or join) and `dcs-ready`."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

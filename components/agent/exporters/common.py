@@ -1,7 +1,5 @@
 """What both exporters share: the HTTP server and metric families."""
 
-from __future__ import annotations
-
 import math
 import signal
 import threading

@@ -1,7 +1,5 @@
 """`pgbackrest-exporter`: metrics from `pgbackrest info`."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import subprocess

@@ -1,7 +1,5 @@
 """`pgbouncer-exporter`: metrics from PgBouncer's admin console."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import time
