@@ -76,8 +76,6 @@ def patroni_get(node: NodeFacts, path: str, timeout: float = 5.0) -> Any:
     client = local_client(node)
     try:
         return client.get(path, timeout=timeout)
-    except PatroniError:
-        raise
     except (OSError, ValueError) as exc:
         raise AgentError(f"cannot ask the local Patroni ({client.base}{path}): {exc}")
 
@@ -102,7 +100,5 @@ def patroni_patch_config(node: NodeFacts, body: dict[str, Any], timeout: float =
     client = local_client(node, auth=rest_credentials(node))
     try:
         return client.patch_config(body, timeout=timeout)
-    except PatroniError:
-        raise
     except (OSError, ValueError) as exc:
         raise AgentError(f"PATCH {client.base}/config: {exc}")
