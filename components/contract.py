@@ -86,6 +86,47 @@ def node_files_prefix(cluster: str) -> str:
     return f"{cluster_prefix(cluster)}node-files/"
 
 
+# -- the node configuration: every file but the boot files, through the bucket ----------------
+# User-data carries only what a boot needs (the bootstrap, the fetcher, boot.json, apt pins).
+# Everything else is one JSON manifest per member at a fixed key, rewritten in place by
+# ``pulumi up``; the agent's ``apply-config`` (a timer) installs what changed and runs the
+# actions each changed file names. A change of it never touches an instance.
+
+CONFIG_FORMAT = 1
+BOOT_FILE = "boot.json"
+# The last manifest applied in full (files installed and their actions run), beside node.json.
+APPLIED_CONFIG_FILE = "applied-config.json"
+
+
+def node_config_prefix(cluster: str) -> str:
+    return f"{cluster_prefix(cluster)}node-config/"
+
+
+def config_key(cluster: str, member: str) -> str:
+    """The S3 key of a member's configuration manifest."""
+    return f"{node_config_prefix(cluster)}{member}.json"
+
+
+# What a changed (or removed) file asks of the node, in the order apply-config runs them:
+# systemd re-reads its units; a sysctl file is loaded; a unit is reloaded (restarted when it
+# cannot reload) or restarted, in each case only if it is running; Patroni's dynamic
+# configuration is brought to patroni.yml's bootstrap.dcs (dcs-sync).
+ACTION_DAEMON_RELOAD = "daemon-reload"
+ACTION_DCS_SYNC = "dcs-sync"
+ACTION_SYSCTL = "sysctl:"
+ACTION_RELOAD = "reload:"
+ACTION_RESTART = "restart:"
+ACTION_ORDER = (ACTION_DAEMON_RELOAD, ACTION_SYSCTL, ACTION_RELOAD, ACTION_RESTART, ACTION_DCS_SYNC)
+
+
+def action_rank(action: str) -> int:
+    """Where ``action`` runs in ACTION_ORDER; ValueError for an action this agent does not know."""
+    for rank, prefix in enumerate(ACTION_ORDER):
+        if (action.startswith(prefix) and len(action) > len(prefix)) if prefix.endswith(":") else action == prefix:
+            return rank
+    raise ValueError(f"unknown action {action!r}")
+
+
 # -- node facts: node.json, written by render, validated by the agent at load -----------------
 
 class NodePaths(TypedDict):
@@ -150,6 +191,22 @@ class RestoreFacts(TypedDict):
     cipher_secret: NotRequired[SecretRef]
 
 
+class ConfigRef(TypedDict):
+    bucket: str
+    key: str
+
+
+class BootFacts(TypedDict):
+    """boot.json: what pgha-fetch needs to fetch the member's configuration (user-data)."""
+
+    cluster: str
+    member: str
+    aws: AwsFacts
+    config: ConfigRef
+    # Where applied-config.json is kept (paths.etc).
+    etc: str
+
+
 class NodeFacts(TypedDict):
     cluster: str
     member: str
@@ -167,6 +224,9 @@ class NodeFacts(TypedDict):
     backup_types: list[str]
     peers: dict[str, Peer]
     restore: RestoreFacts | None
+    # The node's systemd units in start order and its timers (backups, apply-config).
+    units: list[str]
+    timers: list[str]
     # Set by the agent at load (where it read the facts from); never in the file.
     node_json: NotRequired[str]
 

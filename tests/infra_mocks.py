@@ -281,6 +281,21 @@ def decode_user_data(user_data_base64: str) -> str:
     return gzip.decompress(base64.b64decode(user_data_base64)).decode()
 
 
+def member_manifests(run: "Run") -> dict[str, dict[str, Any]]:
+    """Each member's configuration manifest (the node-config bucket object's content), by member."""
+    out = {}
+    for obj in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
+        key = resolve(obj.inputs["key"])[0]
+        if "/node-config/" in key:
+            out[key.rsplit("/", 1)[1].removesuffix(".json")] = json.loads(resolve(obj.inputs["content"])[0])
+    return out
+
+
+def member_files(run: "Run", member: str) -> dict[str, str]:
+    """path -> text of every inline file of ``member``'s configuration."""
+    return {e["path"]: e["content"] for e in member_manifests(run)[member]["files"] if "content" in e}
+
+
 def summary(run: Run) -> list[tuple[str, str, str]]:
     """A comparable description of a run: (type, name, sorted inputs JSON) of every resource."""
     def stable(value: Any) -> str:

@@ -8,7 +8,17 @@ import pulumi
 import pytest
 import yaml
 
-from infra_mocks import ACCOUNT, REGION, REGION_AZS, SECRET_MARK, Run, decode_user_data, resolve, run_program
+from infra_mocks import (
+    ACCOUNT,
+    REGION,
+    REGION_AZS,
+    SECRET_MARK,
+    Run,
+    decode_user_data,
+    member_files,
+    resolve,
+    run_program,
+)
 from pgha import stacks
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -24,13 +34,15 @@ def policies(run: Run) -> dict[str, dict]:
     return {r.name: json.loads(resolve(r.inputs["policy"])[0]) for r in run.of_type(POLICY)}
 
 
-def files_of(instance) -> dict[str, str]:
+def files_of(run: Run, instance) -> dict[str, str]:
+    """The instance's files: its boot files (user-data) and its configuration (the bucket)."""
     document = yaml.safe_load(decode_user_data(resolve(instance.inputs["userDataBase64"])[0]))
-    return {f["path"]: f["content"] for f in document["write_files"]}
+    boot = {f["path"]: f["content"] for f in document["write_files"]}
+    return {**boot, **member_files(run, instance.inputs["tags"]["pgha:member"])}
 
 
 def facts_of(run: Run) -> list[dict]:
-    return [json.loads(files_of(inst)["/etc/pgha/node.json"]) for inst in run.of_type(INSTANCE)]
+    return [json.loads(files_of(run, inst)["/etc/pgha/node.json"]) for inst in run.of_type(INSTANCE)]
 
 
 BRANCH = {"stackKind": "branch", "clusterName": "pg-feature", "branch": {"sourceStack": "acme/pgha/prod",
@@ -61,7 +73,7 @@ def test_branch_from_a_stack_reference_is_one_small_node_restoring_read_only():
 
 def test_branch_user_data_never_names_the_source_in_its_archive_or_config():
     run = deploy(BRANCH)
-    files = files_of(run.of_type(INSTANCE)[0])
+    files = files_of(run, run.of_type(INSTANCE)[0])
     conf = files["/etc/pgha/pgbackrest/pgbackrest.conf"]
     assert "prod-backup-src" not in conf and "pg-source" not in conf
     patroni = files["/etc/pgha/patroni.yml"]
@@ -118,7 +130,7 @@ def test_branch_of_an_encrypted_stack_may_read_its_cipher_secret_and_nothing_els
     (facts,) = facts_of(run)
     assert facts["restore"]["cipher"] == "aes-256-cbc"
     assert facts["restore"]["cipher_secret"] == {"source": "aws", "id": SOURCE_CIPHER_ARN, "region": REGION}
-    files = files_of(run.of_type(INSTANCE)[0])
+    files = files_of(run, run.of_type(INSTANCE)[0])
     assert SECRET_MARK not in json.dumps(files)
     # The source's cipher never reaches the branch's own pgBackRest config (it is the restore's
     # alone), nor does the secret's ARN reach any file but node.json.

@@ -1,5 +1,6 @@
 """PostgresCluster under Pulumi mocks: what it declares for each shape of cluster."""
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -46,7 +47,7 @@ def test_shapes_declare_the_right_resources(arch: str, kind: str) -> None:
     for inst in instances:
         assert inst.inputs["instanceType"] == SHAPES[(arch, kind)]
         assert inst.inputs["ami"] == ("ami-0a" if arch == "arm64" else "ami-0b") + "0" * 15
-        assert inst.ignore_changes == ["ami"]
+        assert inst.ignore_changes == []  # the image the spec says, also when newer than in state
         assert inst.delete_before_replace
         assert inst.inputs["userDataReplaceOnChange"] is True
         assert "primaryNetworkInterface" in inst.inputs and "subnetId" not in inst.inputs
@@ -227,29 +228,93 @@ def test_pinned_ami_is_not_looked_up() -> None:
         assert inst.inputs["ami"] == "ami-0123456789abcdef0" and inst.ignore_changes == []
 
 
-def test_user_data_carries_the_node_context() -> None:
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+
+
+def manifests_by_member(run: Run) -> dict[str, dict[str, Any]]:
+    """Each member's configuration manifest, as the bucket object's content declares it."""
+    out = {}
+    for obj in run.of_type(OBJECT):
+        if "/node-config/" in obj.inputs["key"]:
+            out[obj.inputs["key"].rsplit("/", 1)[1].removesuffix(".json")] = json.loads(obj.inputs["content"])
+    return out
+
+
+def file_text(manifest: dict[str, Any], suffix: str) -> str:
+    return next(e["content"] for e in manifest["files"] if e["path"].endswith(suffix))
+
+
+def test_user_data_names_the_configuration_and_the_manifest_carries_the_node_context() -> None:
     run = cluster({"cluster_name": "pg-ud"})
     ips, _ = resolve(run.result.member_ips)
     bucket, _ = resolve(run.result.bucket_name)
     secret_arn, _ = resolve(run.result.secret_arn)
-    for inst in run.of_type(INSTANCE):
-        text = decode_user_data(inst.inputs["userDataBase64"])
-        assert text.startswith("#cloud-config")
-        assert bucket in text and secret_arn in text and ips[inst.inputs["tags"]["pgha:member"]] in text
-    objects = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
-    assert objects and all(o.inputs["key"].startswith("pg-ud/") for o in objects)
-
-
-def test_each_ebs_node_boots_looking_for_its_own_data_volume() -> None:
-    run = cluster({"cluster_name": "pg-vol"})
-    volumes = {v.inputs["tags"]["pgha:member"]: v for v in run.of_type("aws:ebs/volume:Volume")}
-    assert len(volumes) == 3
+    manifests = manifests_by_member(run)
+    assert sorted(manifests) == sorted(ips)
     for inst in run.of_type(INSTANCE):
         member = inst.inputs["tags"]["pgha:member"]
         text = decode_user_data(inst.inputs["userDataBase64"])
+        assert text.startswith("#cloud-config")
+        # Where the configuration is, and nothing of what it holds.
+        assert bucket in text and f"pg-ud/node-config/{member}.json" in text
+        assert secret_arn not in text and "/etc/pgha/patroni.yml" not in text and "scope:" not in text
+        node_json = json.loads(file_text(manifests[member], "/etc/pgha/node.json"))
+        assert node_json["secret"]["id"] == secret_arn and node_json["ip"] == ips[member]
+        # The member boots only once its manifest is there.
+        config = next(o for o in run.of_type(OBJECT) if o.inputs["key"] == f"pg-ud/node-config/{member}.json")
+        assert config.urn in inst.dependencies
+    key_arn, _ = resolve(run.result.backup_key_arn)
+    for obj in run.of_type(OBJECT):
+        assert obj.inputs["key"].startswith("pg-ud/")
+        # The cluster's own key: "aws:kms" alone would be the account's aws/s3 key.
+        assert obj.inputs["serverSideEncryption"] == "aws:kms" and obj.inputs["kmsKeyId"] == key_arn
+
+
+def test_each_ebs_node_looks_for_its_own_data_volume() -> None:
+    run = cluster({"cluster_name": "pg-vol"})
+    volumes = {v.inputs["tags"]["pgha:member"]: v for v in run.of_type("aws:ebs/volume:Volume")}
+    assert len(volumes) == 3
+    for member, manifest in manifests_by_member(run).items():
+        text = file_text(manifest, "/bin/pgha-host")
         own = f'volume="{volumes[member].name}-id"'
         assert own in text, f"{member} does not look for its own volume"
         assert all(f'volume="{v.name}-id"' not in text for m, v in volumes.items() if m != member)
+
+
+# What `pulumi up` would replace an instance for: its replace-triggering inputs.
+REPLACING_INPUTS = ("userDataBase64", "ami", "instanceType", "primaryNetworkInterface", "iamInstanceProfile",
+                    "rootBlockDevice", "metadataOptions")
+ROUTINE_CHANGES = {
+    "a PostgreSQL parameter": {"parameters": {"work_mem": "64MB", "max_connections": 500}},
+    "a backup schedule": {"backup": {"full_schedule": "0 3 * * 0", "incr_schedule": "0 * * * *"}},
+    "backup retention": {"backup": {"retention_days": 30}},
+    "the pool mode": {"pool_mode": "session"},
+    "the rto preset": {"rto": "safe"},
+    "a third member": {"replicas": 2},
+}
+
+
+@pytest.mark.parametrize("change", sorted(ROUTINE_CHANGES))
+def test_a_routine_change_reaches_the_manifest_and_replaces_no_instance(change: str) -> None:
+    base = {"cluster_name": "pg-roll", "replicas": 1, "rpo": 0}
+    before = cluster(base)
+    after = cluster({**base, **ROUTINE_CHANGES[change]})
+    old, new = instances_by_member(before), instances_by_member(after)
+    assert set(old) <= set(new)
+    for member, inst in old.items():
+        for key in REPLACING_INPUTS:
+            assert new[member].inputs.get(key) == inst.inputs.get(key), f"{change} changes {member}'s {key}"
+    # ... and it did change something: the members' configuration.
+    old_manifests, new_manifests = manifests_by_member(before), manifests_by_member(after)
+    assert any(old_manifests[m]["version"] != new_manifests[m]["version"] for m in old_manifests), change
+
+
+def test_a_boot_time_change_does_replace_instances() -> None:
+    # The converse, so the test above can fail: the instance type is a boot-time fact.
+    base = {"cluster_name": "pg-roll", "instance_type": "r8g.large"}
+    old = instances_by_member(cluster(base))
+    new = instances_by_member(cluster({**base, "instance_type": "r8g.xlarge"}))
+    assert all(new[m].inputs["instanceType"] != old[m].inputs["instanceType"] for m in old)
 
 
 def test_region_from_provider_when_not_configured() -> None:

@@ -154,7 +154,12 @@ def test_iam_policies_are_scoped(run: Run) -> None:
             assert not action.endswith(":*")
             service = action.split(":")[0]
             if service == "s3":
-                assert all(r == bucket_arn or r == f"{bucket_arn}/pg-sec/*" for r in resources)
+                # Read-write: the repository only. The configuration (unit files, the agent) is
+                # read-only to members: one that could write it could run commands on the others.
+                writes = {"s3:PutObject", "s3:DeleteObject", "s3:PutObjectTagging"} & set(actions)
+                allowed = {bucket_arn, f"{bucket_arn}/pg-sec/pgbackrest/*"} | (set() if writes else {
+                    f"{bucket_arn}/pg-sec/node-config/*", f"{bucket_arn}/pg-sec/node-files/*"})
+                assert set(resources) <= allowed, (action, resources)
                 if action == "s3:ListBucket":
                     prefixes = json.dumps(statement["Condition"])
                     assert "pg-sec" in prefixes and '""' not in prefixes
@@ -186,7 +191,8 @@ def test_no_secret_in_user_data_or_plain_outputs(run: Run) -> None:
     for inst in run.of_type("aws:ec2/instance:Instance"):
         assert SECRET_MARK not in decode_user_data(inst.inputs["userDataBase64"])
     for obj in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2"):
-        assert SECRET_MARK not in base64.b64decode(obj.inputs["contentBase64"]).decode(errors="replace")
+        body = obj.inputs.get("content") or base64.b64decode(obj.inputs["contentBase64"]).decode(errors="replace")
+        assert SECRET_MARK not in body
     cluster_obj = run.result
     for attr in ("endpoints", "member_ips", "member_azs", "instance_ids", "vpc_id", "nlb_dns_name", "zone_name",
                  "bucket_name", "secret_arn", "ca_cert_pem", "superuser_password", "app_password"):

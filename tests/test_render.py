@@ -9,10 +9,13 @@ from dataclasses import replace
 import pytest
 import yaml
 
+from pgha import contract
 from pgha.render import (
     EC2_USER_DATA_LIMIT,
     bucket_files,
-    cloud_config,
+    config_manifest,
+    config_manifest_bytes,
+    is_boot_file,
     render_cluster,
     render_node,
     sized_parameters,
@@ -42,27 +45,55 @@ def test_user_data_fits_ec2_limit_for_every_combination(combo):
         assert len(raw) <= EC2_USER_DATA_LIMIT
         document = yaml.safe_load(gzip.decompress(raw).decode().removeprefix("#cloud-config\n"))
         paths = {f["path"] for f in document["write_files"]}
-        assert {"/etc/pgha/patroni.yml", "/etc/pgha/haproxy/haproxy.cfg", "/opt/pgha/bin/pgha-bootstrap",
-                "/etc/pgha/bucket-files.json"} <= paths
+        # The boot files only: the configuration comes from the bucket.
+        assert paths == {"/etc/pgha/boot.json", "/opt/pgha/bin/pgha-bootstrap", "/opt/pgha/bin/pgha-fetch",
+                         "/etc/apt/preferences.d/pgha"}
         assert document["runcmd"] == [["/opt/pgha/bin/pgha-bootstrap"]]
-        assert ("/etc/pgha/etcd/etcd.conf.yml" in paths) == member.runs_etcd
+        boot = json.loads(next(f["content"] for f in document["write_files"] if f["path"].endswith("boot.json")))
+        assert boot["config"] == {"bucket": ctx.bucket, "key": f"{spec.cluster_name}/node-config/{member.name}.json"}
 
 
-def test_files_too_big_for_user_data_come_from_the_bucket_with_their_hash():
+def test_the_manifest_holds_every_other_file_with_its_hash_and_binaries_by_key():
     spec = make_spec(COMBINATIONS["arm64-ebs"])
     ctx = ec2_context(spec)
     member = spec.members[0]
     fetched = bucket_files(spec, member, ctx)
     assert [b.path for b in fetched] == ["/opt/pgha/bin/pgha-node.pyz"]
-    agent = files_of(spec, ctx)["/opt/pgha/bin/pgha-node.pyz"].content
+    files = files_of(spec, ctx)
+    agent = files["/opt/pgha/bin/pgha-node.pyz"].content
     assert isinstance(agent, bytes) and fetched[0].sha256 == hashlib.sha256(agent).hexdigest()
     assert fetched[0].key.startswith(f"{spec.cluster_name}/node-files/")
-    document = yaml.safe_load(cloud_config(spec, member, ctx).removeprefix("#cloud-config\n"))
-    manifest = next(f for f in document["write_files"] if f["path"] == "/etc/pgha/bucket-files.json")
-    assert json.loads(manifest["content"])[0]["sha256"] == fetched[0].sha256
-    assert all(f["path"] != "/opt/pgha/bin/pgha-node.pyz" for f in document["write_files"])
-    # The zipapp's fetcher travels in user-data: the agent's own fetch module.
-    assert any(f["path"] == "/opt/pgha/bin/pgha-fetch" for f in document["write_files"])
+    manifest = config_manifest(spec, member, ctx)
+    entries = {e["path"]: e for e in manifest["files"]}
+    assert set(entries) == {p for p, f in files.items() if not is_boot_file(f)}
+    assert entries["/opt/pgha/bin/pgha-node.pyz"]["key"] == fetched[0].key and "content" not in entries[
+        "/opt/pgha/bin/pgha-node.pyz"]
+    for path, entry in entries.items():
+        body = files[path].content
+        assert entry["sha256"] == hashlib.sha256(body if isinstance(body, bytes) else body.encode()).hexdigest()
+        assert entry["on_change"] == list(files[path].on_change)
+        for action in entry["on_change"]:
+            contract.action_rank(action)  # the agent knows it
+    assert json.loads(config_manifest_bytes(spec, member, ctx)) == manifest
+    # The version moves with any file, and only then.
+    assert config_manifest(spec, member, ctx)["version"] == manifest["version"]
+    other = make_spec({**COMBINATIONS["arm64-ebs"], "parameters": {"work_mem": "32MB"}})
+    assert config_manifest(other, other.members[0], ctx)["version"] != manifest["version"]
+
+
+def test_each_changed_file_asks_for_what_applies_it_without_a_replacement():
+    spec = make_spec(COMBINATIONS["arm64-ebs"])
+    files = files_of(spec, ec2_context(spec))
+    on = {p: set(f.on_change) for p, f in files.items()}
+    assert on["/etc/pgha/patroni.yml"] == {"reload:pgha-patroni.service", "dcs-sync"}
+    assert on["/etc/pgha/pgbouncer/pgbouncer.ini"] == {"reload:pgha-pgbouncer.service"}
+    assert on["/etc/pgha/haproxy/haproxy.cfg"] == {"reload:pgha-haproxy.service"}
+    assert "restart:pgha-timeline-guard.service" in on["/etc/pgha/node.json"]
+    assert on["/etc/systemd/system/pgha-backup-full.timer"] == {"daemon-reload", "restart:pgha-backup-full.timer"}
+    # Restarting these would interrupt the database, its clients or etcd: the unit file waits.
+    for unit in ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy", "pgha-prepare", "pgha-backup-full"):
+        assert on[f"/etc/systemd/system/{unit}.service"] == {"daemon-reload"}, unit
+    assert not {"restart:pgha-patroni.service", "restart:pgha-etcd.service"} & set().union(*on.values())
 
 
 def test_no_private_key_or_password_reaches_rendered_files():
@@ -215,8 +246,9 @@ def test_the_local_rendering_differs_from_ec2_s_only_in_the_context_s_values():
         if text != ec2_files[path]:
             differing.append(path)
     # Beyond the swapped values, only how boto3 and pgBackRest reach the AWS stand-in (its
-    # endpoint URL, its CA, path-style addressing) differs: node facts and pgBackRest's config.
-    assert sorted(differing) == ["/etc/pgha/node.json", "/etc/pgha/pgbackrest/pgbackrest.conf"]
+    # endpoint URL, its CA, path-style addressing) differs: node and boot facts, pgBackRest's config.
+    assert sorted(differing) == ["/etc/pgha/boot.json", "/etc/pgha/node.json", "/etc/pgha/pgbackrest/pgbackrest.conf"]
+    assert json.loads(local_files["/etc/pgha/boot.json"])["aws"] == json.loads(local_files["/etc/pgha/node.json"])["aws"]
     facts = {k: json.loads(v) for k, v in (("ec2", ec2_files["/etc/pgha/node.json"]),
                                            ("local", local_files["/etc/pgha/node.json"]))}
     assert facts["ec2"]["aws"] == {"region": "us-east-1", "endpoint_url": "", "s3_addressing": "virtual"}

@@ -21,7 +21,10 @@ Commands (one module each, see cli.COMMAND_MODULES):
   dcs-sync            bring Patroni's DCS settings (bootstrap.dcs) to this node's spec
   etcd-leadership     keep etcd's raft leader on the node whose loss costs least
   timeline-guard      stop a replica stuck on an old timeline, so that Patroni rewinds it
-  fetch-files         fetch the bucket-delivered node files, checked against their sha256
+  apply-config        install this member's changed configuration from the bucket, run what each
+                      change asks (reloads, restarts), and on the leader restart pending members
+                      one at a time (pgha-config.timer)
+  start-node          the bootstrap's last step: node.json's units in order, then its timers
 
 The node facts come from a JSON file written by the renderer (--node-json, else the
 PGHA_NODE_JSON environment variable, else /etc/pgha/node.json). No secret value is ever logged.

@@ -1,33 +1,40 @@
-"""`fetch-files`: the node files too large for user-data, from the cluster's bucket.
+"""The member's configuration from the cluster's bucket: pgha-fetch at boot, apply-config after.
 
-The bootstrap cannot run the agent zipapp before it has it, so this very module is also
-written from user-data as ``<bin>/pgha-fetch`` and run as a plain script to fetch the zipapp
-(``pgha-bootstrap.sh.j2``). One fetcher, tested once, and no second copy in the bootstrap;
-it costs ~1.5 KiB of the 16 KiB user-data. Hence: stdlib and boto3 only, no pgha imports.
+A member's files (all but the boot files of user-data) are one JSON manifest in the bucket at
+``contract.config_key`` (render.userdata.config_manifest): each entry a path, mode, owner,
+sha256 and the actions its change asks for, with the text inline or, for the agent zipapp, a
+content-addressed key. A file whose bytes do not match its sha256 is never installed; a file
+already in place with the right sha256 is not written again.
 
-Each manifest entry (``bucket-files.json``, written by render.userdata) names a bucket, a
-content-addressed key, the sha256 and the file's path and mode. An object whose bytes do not
-match is never installed; a file already in place with the right sha256 is not fetched again.
+The bootstrap cannot run the agent zipapp before it has it, so this very module is written
+from user-data as ``<bin>/pgha-fetch`` and run as a plain script (``pgha-bootstrap.sh.j2``) to
+install the first configuration; the agent's ``apply-config`` uses the same functions and
+then runs the actions. One fetcher, tested once. Hence: stdlib and boto3 only, no pgha imports.
 """
 
 import argparse
+import grp
 import hashlib
 import json
 import logging
 import os
+import pwd
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
-    from ..contract import AwsFacts, NodeFacts
-    from .cli_types import Subparsers
+    from ..contract import AwsFacts, BootFacts
 
 LOG = logging.getLogger("pgha-node")
 # At boot a mirror, the NAT or the instance role may lag: 5 attempts, 10 s more apart each time.
 ATTEMPTS = 5
 BACKOFF = 10.0
-MANIFEST = "bucket-files.json"
+# pgha.contract's names, spelled again: this file runs without pgha (a test holds them equal).
+CONFIG_FORMAT = 1
+APPLIED_CONFIG_FILE = "applied-config.json"
+Getter = Callable[[str, str], bytes]
 
 
 class FetchError(Exception):
@@ -42,7 +49,7 @@ def sha256_of(path: str) -> str | None:
         return None
 
 
-def install(path: str, body: bytes, mode: int) -> None:
+def install(path: str, body: bytes, mode: int, owner: str = "root") -> None:
     """Write beside the target, then rename: a reader sees the old file or the whole new one."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
@@ -51,7 +58,98 @@ def install(path: str, body: bytes, mode: int) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.chmod(tmp, mode)
+    if os.geteuid() == 0:  # a test as another user installs as itself
+        os.chown(tmp, pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid)
     os.replace(tmp, path)
+
+
+def get_object(get: Getter, bucket: str, key: str, *, attempts: int = ATTEMPTS, backoff: float = BACKOFF,
+               sleep: Callable[[float], None] = time.sleep) -> bytes:
+    for attempt in range(1, attempts + 1):
+        try:
+            return get(bucket, key)
+        except Exception as exc:  # noqa: BLE001 - boto3's errors vary; retried, then one line
+            if attempt == attempts:
+                raise FetchError(f"cannot fetch s3://{bucket}/{key} after {attempts} attempts: {exc}")
+            LOG.warning("fetching %s failed (attempt %d of %d), retrying: %s", key, attempt, attempts, exc)
+            sleep(backoff * attempt)
+    raise AssertionError("unreachable")
+
+
+def load_manifest(boot: "BootFacts", get: Getter, **retry: Any) -> dict[str, Any]:
+    """The member's manifest from the bucket, checked to be one this fetcher reads and this member's."""
+    ref = boot["config"]
+    raw = get_object(get, ref["bucket"], ref["key"], **retry)
+    try:
+        manifest: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        raise FetchError(f"s3://{ref['bucket']}/{ref['key']} is not JSON: {exc}")
+    if manifest.get("format") != CONFIG_FORMAT:
+        raise FetchError(f"s3://{ref['bucket']}/{ref['key']}: format {manifest.get('format')!r}, this fetcher "
+                         f"reads {CONFIG_FORMAT}")
+    if (manifest.get("cluster"), manifest.get("member")) != (boot["cluster"], boot["member"]):
+        raise FetchError(f"s3://{ref['bucket']}/{ref['key']} is the configuration of {manifest.get('member')!r} "
+                         f"of {manifest.get('cluster')!r}, not of {boot['member']!r} of {boot['cluster']!r}")
+    return manifest
+
+
+def read_applied(etc: str) -> dict[str, Any] | None:
+    """The manifest last applied in full, or None (a first boot, or a record that cannot be read)."""
+    try:
+        with open(os.path.join(etc, APPLIED_CONFIG_FILE), encoding="utf-8") as fh:
+            applied: dict[str, Any] = json.load(fh)
+            return applied
+    except (OSError, ValueError):
+        return None
+
+
+def record_applied(etc: str, manifest: Mapping[str, Any]) -> None:
+    install(os.path.join(etc, APPLIED_CONFIG_FILE), (json.dumps(manifest, sort_keys=True) + "\n").encode(), 0o644)
+
+
+@dataclass
+class Sync:
+    """What bringing the files to a manifest did: the entries that differ from the applied
+    record (installed now, or earlier by a run whose actions did not all succeed) and the
+    entries the record had that the manifest no longer has (their files removed)."""
+
+    version: str
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+
+def sync_files(manifest: Mapping[str, Any], applied: Mapping[str, Any] | None, get: Getter, **retry: Any) -> Sync:
+    """Install every file of ``manifest`` whose bytes on disk differ; remove the files of the
+    applied record that the manifest dropped."""
+    before = {e["path"]: e for e in (applied or {}).get("files", [])}
+    result = Sync(str(manifest["version"]))
+    for entry in manifest["files"]:
+        path, digest = entry["path"], entry["sha256"]
+        if sha256_of(path) != digest:
+            if "content" in entry:
+                body = str(entry["content"]).encode()
+            else:
+                body = get_object(get, entry["bucket"], entry["key"], **retry)
+            # A mismatch is a wrong or damaged object (or manifest), which no retry mends.
+            if hashlib.sha256(body).hexdigest() != digest:
+                raise FetchError(f"{entry.get('key', path)}: sha256 mismatch, refusing to install {path}")
+            install(path, body, int(entry["mode"]), str(entry.get("owner", "root")))
+            LOG.info("installed %s (%d bytes, sha256 %s)", path, len(body), digest[:16])
+            result.written.append(path)
+        old = before.get(path)
+        if old is None or old["sha256"] != digest:
+            result.changed.append(entry)
+    kept = {e["path"] for e in manifest["files"]}
+    for path, entry in before.items():
+        if path not in kept:
+            try:
+                os.unlink(path)
+                LOG.info("removed %s (no longer in the configuration)", path)
+            except FileNotFoundError:
+                pass
+            result.removed.append(entry)
+    return result
 
 
 def s3_client(aws: "AwsFacts") -> Any:
@@ -62,76 +160,48 @@ def s3_client(aws: "AwsFacts") -> Any:
                         config=Config(s3={"addressing_style": aws["s3_addressing"]}))
 
 
-def fetch_files(entries: Sequence[Mapping[str, Any]], get: Callable[[str, str], bytes], *,
-                attempts: int = ATTEMPTS, backoff: float = BACKOFF,
-                sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """Install every entry; ``get(bucket, key)`` reads an object. Returns the paths written."""
-    written = []
-    for item in entries:
-        path, digest = item["path"], item["sha256"]
-        if sha256_of(path) == digest:
-            LOG.info("%s is current (sha256 %s)", path, digest[:16])
-            continue
-        for attempt in range(1, attempts + 1):
-            try:
-                body = get(item["bucket"], item["key"])
-                break
-            except Exception as exc:  # noqa: BLE001 - boto3's errors vary; retried, then one line
-                if attempt == attempts:
-                    raise FetchError(f"cannot fetch s3://{item['bucket']}/{item['key']} after {attempts} "
-                                     f"attempts: {exc}")
-                LOG.warning("fetching %s failed (attempt %d of %d), retrying: %s", item["key"], attempt,
-                            attempts, exc)
-                sleep(backoff * attempt)
-        # Content-addressed: a mismatch is a wrong or damaged object, which no retry mends.
-        if hashlib.sha256(body).hexdigest() != digest:
-            raise FetchError(f"{item['key']}: sha256 mismatch, refusing to install it")
-        install(path, body, int(item["mode"]))
-        LOG.info("installed %s (%d bytes, sha256 %s)", path, len(body), digest[:16])
-        written.append(path)
-    return written
-
-
-def run(manifest: str, aws: "AwsFacts") -> list[str]:
-    try:
-        with open(manifest, encoding="utf-8") as fh:
-            entries = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise FetchError(f"cannot read the manifest {manifest}: {exc}")
+def bucket_getter(aws: "AwsFacts") -> Getter:
     client = s3_client(aws)
 
     def get(bucket: str, key: str) -> bytes:
         body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
-    return fetch_files(entries, get)
+    return get
 
 
-def cmd_fetch_files(node: "NodeFacts", args: argparse.Namespace) -> int:
-    run(args.manifest or os.path.join(node["paths"]["etc"], MANIFEST), node["aws"])
-    return 0
+def read_boot(path: str) -> "BootFacts":
+    try:
+        with open(path, encoding="utf-8") as fh:
+            boot: "BootFacts" = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise FetchError(f"cannot read {path}: {exc}")
+    missing = sorted({"cluster", "member", "aws", "config", "etc"} - boot.keys())
+    if missing:
+        raise FetchError(f"{path}: missing {', '.join(missing)}")
+    return boot
 
 
-def register(sub: "Subparsers", common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("fetch-files", parents=[common], help="fetch the node files delivered through S3",
-                       description="Fetch every file of the manifest (bucket, key, sha256, path, mode) from "
-                                   "the cluster's bucket; install each atomically once its sha256 matches. "
-                                   "The bootstrap runs this module as <bin>/pgha-fetch to get the agent.")
-    p.add_argument("--manifest", metavar="PATH", help=f"default <paths.etc>/{MANIFEST}")
-    p.set_defaults(func=cmd_fetch_files)
+def first_boot(boot: "BootFacts", get: Getter, **retry: Any) -> Sync:
+    """The bootstrap's part: install the member's whole configuration and record it applied
+    (nothing runs yet, so no action is due)."""
+    manifest = load_manifest(boot, get, **retry)
+    result = sync_files(manifest, None, get, **retry)
+    record_applied(boot["etc"], manifest)
+    LOG.info("configuration %s installed: %d files written", result.version[:16], len(result.written))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """As <bin>/pgha-fetch: MANIFEST NODE_JSON (the node facts give the AWS region and endpoint)."""
+    """As <bin>/pgha-fetch BOOT_JSON (boot.json: the bucket and key of the manifest, the AWS facts)."""
     logging.basicConfig(format="%(asctime)s pgha-fetch %(levelname)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="pgha-fetch", description="fetch the node files delivered through S3")
-    parser.add_argument("manifest")
-    parser.add_argument("node_json")
+    parser = argparse.ArgumentParser(prog="pgha-fetch", description="install this member's configuration "
+                                     "from the cluster's bucket")
+    parser.add_argument("boot_json")
     args = parser.parse_args(argv)
     try:
-        with open(args.node_json, encoding="utf-8") as fh:
-            aws = json.load(fh)["aws"]
-        run(args.manifest, aws)
+        boot = read_boot(args.boot_json)
+        first_boot(boot, bucket_getter(boot["aws"]))
     except (FetchError, OSError, ValueError, KeyError) as exc:
         LOG.error("%s", exc)
         return 1

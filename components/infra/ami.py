@@ -13,7 +13,7 @@ DEBIAN_ARCH: dict[str, str] = {"arm64": "arm64", "x86_64": "amd64"}
 
 @dataclass(frozen=True)
 class AmiChoice:
-    """The AMI id and whether it was looked up (then instances ignore later changes of it)."""
+    """The AMI id and whether it was looked up (the newest Debian 13) or pinned (``ami_id``)."""
 
     ami_id: pulumi.Input[str]
     looked_up: bool
@@ -28,9 +28,10 @@ def debian_name_pattern(arch: str) -> str:
 def choose_ami(spec: ClusterSpec, *, parent: pulumi.Resource) -> AmiChoice:
     """The members' image.
 
-    A looked-up image changes whenever Debian publishes a point release; the instances
-    ignore changes of ``ami`` so that never replaces a running member. New members (and
-    replaced ones) get the newest image. Pin ``ami_id`` to control upgrades explicitly.
+    A looked-up image changes whenever Debian publishes a point release (security fixes of
+    the kernel and base system): the next ``pulumi up`` then replaces the members with it,
+    one healthy member at a time (infra.node). Every instance runs the image the spec says,
+    never one recorded in state long ago. Pin ``ami_id`` to choose when that happens.
     """
     if spec.ami_id:
         return AmiChoice(ami_id=spec.ami_id, looked_up=False)

@@ -258,11 +258,11 @@ class PostgresCluster(pulumi.ComponentResource):
                 lambda v: dataclasses.replace(v[0], restore_bucket=v[1], restore_stanza=v[2],
                                               restore_cipher_secret=cipher_secret_reference(v[3])))
 
-        files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, member_ips=member_ips, ctx=ctx,
-                                  parent=self)
+        files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, key_arn=key.key_arn,
+                                  member_ips=member_ips, ctx=ctx, parent=self)
 
-        # A node boots only when it can read its secret and files and reach the internet.
-        base: list[pulumi.Resource] = [access, *restore_access, *files,
+        # A node boots only when it can read its secret and configuration and reach the internet.
+        base: list[pulumi.Resource] = [access, *restore_access,
                                        *([network_component] if network_component else [])]
         nodes: dict[str, Node] = {}
         previous: list[pulumi.Resource] = []
@@ -270,7 +270,7 @@ class PostgresCluster(pulumi.ComponentResource):
             node = Node(f"{name}-{member.index}", spec=spec, member=member, subnet_id=refs.subnet_of(member),
                         private_ip=member_ips[member.name], security_group_id=groups.node_sg_id,
                         instance_profile=role.instance_profile_name, key_arn=key.key_arn, ami=ami,
-                        context=ctx, after=[*base, *previous], opts=this)
+                        context=ctx, bucket=backup.bucket_name, files=files, after=[*base, *previous], opts=this)
             nodes[member.name] = node
             previous = node.ready
 

@@ -86,7 +86,12 @@ def s3_statements(spec: ClusterSpec, bucket_arn: str) -> list[dict[str, Any]]:
         {"Sid": "ReadWriteRepo", "Effect": "Allow",
          "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging",
                     "s3:DeleteObject"],
-         "Resource": f"{bucket_arn}/{prefix}*"},
+         "Resource": f"{bucket_arn}{contract.repo_path(spec.cluster_name)}/*"},
+        # The members' configuration (unit files, the agent) is written by `pulumi up` only: a
+        # member that could write it could run commands as root on every other member.
+        {"Sid": "ReadNodeConfig", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": [f"{bucket_arn}/{contract.node_config_prefix(spec.cluster_name)}*",
+                      f"{bucket_arn}/{contract.node_files_prefix(spec.cluster_name)}*"]},
     ]
 
 

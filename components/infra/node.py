@@ -16,6 +16,7 @@ from ..render.context import NodeContext, ec2_context
 from ..spec import ClusterSpec, Member
 from .ami import AmiChoice
 from .common import child, cluster_tags
+from .nodefiles import upload_node_config
 
 DATA_DEVICE = "/dev/sdf"
 ROOT_VOLUME_GIB = 20
@@ -31,20 +32,19 @@ def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pu
                               peer_ips=peer_ips, ca_cert_pem=v["ca"], node_cert_pems=v["certs"]))
 
 
-def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext],
-                   data_volume_id: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
-    """Base64 of the member's gzip'd cloud-config, rendered by ``pgha.render.user_data``.
+def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext]) -> pulumi.Output[str]:
+    """Base64 of the member's gzip'd cloud-config (its boot files), by ``pgha.render.user_data``.
 
-    With ebs storage the bootstrap finds its data volume by id, so the id is part of it.
+    It names only where the member's configuration is, never what it holds: a routine change
+    (a parameter, a schedule, a new member) leaves it byte for byte the same.
     """
     from ..render import user_data  # the renderer is optional until a program actually declares nodes
 
-    return pulumi.Output.all(ctx, data_volume_id).apply(lambda v: user_data(
-        spec, member, replace(v[0], data_volume_ids={member.name: v[1]} if v[1] else {})))
+    return ctx.apply(lambda c: user_data(spec, member, c))
 
 
 class Node(pulumi.ComponentResource):
-    """A member's ENI, instance and (storage kind ebs) data volume + attachment."""
+    """A member's ENI, instance, configuration manifest and (storage kind ebs) data volume + attachment."""
 
     instance_id: pulumi.Output[str]
     private_ip: str
@@ -55,6 +55,7 @@ class Node(pulumi.ComponentResource):
     def __init__(self, name: str, *, spec: ClusterSpec, member: Member, subnet_id: pulumi.Input[str],
                  private_ip: str, security_group_id: pulumi.Input[str], instance_profile: pulumi.Input[str],
                  key_arn: pulumi.Input[str], ami: AmiChoice, context: pulumi.Output[NodeContext],
+                 bucket: pulumi.Input[str], files: Sequence[pulumi.Resource] = (),
                  after: Sequence[pulumi.Resource] = (), opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:infra:Node", name, None, opts)
         tags = cluster_tags(spec, Name=member.name, **{"pgha:member": member.name})
@@ -69,7 +70,13 @@ class Node(pulumi.ComponentResource):
                 encrypted=True, kms_key_id=key_arn, final_snapshot=True,
                 tags={**tags, "Name": f"{member.name}-data"},
                 opts=child(self, protect=True, retain_on_delete=True))
-        user_data_base64 = node_user_data(spec, member, context, volume.id if volume is not None else None)
+        user_data_base64 = node_user_data(spec, member, context)
+        if volume is not None:
+            # pgha-prepare-dirs finds the data volume by its id: part of the configuration.
+            context = pulumi.Output.all(context, volume.id).apply(
+                lambda v: replace(v[0], data_volume_ids={member.name: v[1]}))
+        self.config = upload_node_config(f"{name}", spec=spec, member=member, bucket=bucket, key_arn=key_arn,
+                                         ctx=context, after=files, parent=self)
         eni = aws.ec2.NetworkInterface(
             f"{name}-eni", subnet_id=subnet_id, private_ips=[private_ip], security_groups=[security_group_id],
             description=f"pgha {member.name} (fixed address)", tags=tags, opts=child(self))
@@ -88,8 +95,7 @@ class Node(pulumi.ComponentResource):
             user_data_base64=user_data_base64,
             user_data_replace_on_change=True,
             tags=tags,
-            opts=child(self, delete_before_replace=True, depends_on=list(after),
-                       ignore_changes=["ami"] if ami.looked_up else None))
+            opts=child(self, delete_before_replace=True, depends_on=[*after, self.config]))
         self.ready = [instance]
 
         if volume is not None:

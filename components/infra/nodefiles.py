@@ -1,4 +1,9 @@
-"""Node files too large for user-data, uploaded to the backup bucket (``render.bucket_files``).
+"""The members' configuration in the backup bucket: one manifest per member at a fixed key
+(``render.config_manifest``), updated in place by ``pulumi up``, and the binary files it names
+(``render.bucket_files``: the agent zipapp).
+
+The manifest's key never changes, so a new configuration is an update of one object, which
+the members' ``apply-config`` picks up; no instance input depends on it.
 
 Keys are content-addressed under ``<cluster_name>/node-files/`` (inside the members' S3
 prefix), and the bootstrap verifies each file's sha256, so the same file shared by several
@@ -29,7 +34,7 @@ def provisional_context(member_ips: Mapping[str, str]) -> NodeContext:
                        s3_region="provisional", secret_id="provisional")
 
 
-def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str],
+def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str], key_arn: pulumi.Input[str],
                       member_ips: Mapping[str, str], ctx: pulumi.Output[NodeContext],
                       parent: pulumi.Resource) -> Sequence[aws.s3.BucketObjectv2]:
     """One S3 object per distinct bucket-delivered file of the members."""
@@ -50,8 +55,24 @@ def upload_node_files(name: str, *, spec: ClusterSpec, bucket: pulumi.Input[str]
             # The agent zipapp is binary: base64 on the wire, the object holds the bytes.
             content_base64=found.apply(lambda f: base64.b64encode(f.content).decode()),
             content_type="application/octet-stream",
-            server_side_encryption="aws:kms", opts=child(parent)))
+            # Named: with "aws:kms" alone S3 would use the account's aws/s3 key, not the cluster's.
+            server_side_encryption="aws:kms", kms_key_id=key_arn, opts=child(parent)))
     return objects
+
+
+def upload_node_config(name: str, *, spec: ClusterSpec, member: Member, bucket: pulumi.Input[str],
+                       key_arn: pulumi.Input[str], ctx: pulumi.Output[NodeContext],
+                       after: Sequence[pulumi.Resource], parent: pulumi.Resource) -> aws.s3.BucketObjectv2:
+    """The member's manifest (after the objects it names, so a member never reads a key that
+    is not there yet)."""
+    from .. import contract
+    from ..render import config_manifest_bytes
+
+    return aws.s3.BucketObjectv2(
+        f"{name}-config", bucket=bucket, key=contract.config_key(spec.cluster_name, member.name),
+        content=ctx.apply(lambda c: config_manifest_bytes(spec, member, c).decode()),
+        content_type="application/json", server_side_encryption="aws:kms", kms_key_id=key_arn,
+        opts=child(parent, depends_on=list(after)))
 
 
 def _bucket_file(spec: ClusterSpec, member: Member, path: str, ctx: NodeContext) -> "BucketFile":

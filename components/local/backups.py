@@ -390,7 +390,7 @@ def _roll_back(cluster: LocalCluster, restored: LocalCluster, set_aside: list[No
     # The restored spec rendered patroni.yml and node.json with the restore bootstrap; the
     # original files go back before anything starts. up() starts every member on its old data.
     for node in cluster.nodes:
-        cluster._install_files(node)
+        cluster.apply_config(node)
     cluster.up(timeout=timeout, log=log)
     return leader(cluster, running=False, error=BackupError).member.name
 
@@ -447,7 +447,7 @@ def restore(cluster: LocalCluster, target: str, *, log: Callable[[str], None] = 
                 data.rename(aside)
                 set_aside.append(node)
         for node in restored.nodes:
-            restored._install_files(node)
+            restored.apply_config(node)
         marks = _log_marks(head)
         # PgBouncer and HAProxy wait until the restore has succeeded: no client writes to a
         # leader that a rollback would discard.

@@ -16,8 +16,8 @@ units. Around the members, what AWS provides, stood in for the way AWS provides 
 
 The rendered files differ from EC2's only in what the context carries (addresses, the bucket
 and secret names, the endpoint and its CA); no template knows where it runs. A change of the
-stack's files after boot (a restore, a promotion) is written into the running members and their
-units restarted, where EC2 replaces the instance with the new user-data.
+stack's files after boot (a parameter, a restore, a promotion) reaches running members as on
+EC2: a new manifest in the bucket, applied by the member's own ``apply-config``.
 """
 
 import contextlib
@@ -43,6 +43,7 @@ from ..render import (
     NodeContext,
     NodeFile,
     bucket_files,
+    config_manifest_bytes,
     render_node,
     unit_names,
     user_data_bytes,
@@ -354,10 +355,18 @@ class LocalCluster:
         self._put_secret(self.secret_name, values)
         if CIPHER_PASS_KEY in values:
             self._put_secret(self.cipher_secret_name, {CIPHER_PASS_KEY: values[CIPHER_PASS_KEY]})
-        s3 = self.s3.client()
         for member in self.spec.members:
-            for f in bucket_files(self.spec, member, self.context()):
-                s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content)
+            self.publish_config(member)
+
+    def publish_config(self, member: Member) -> str:
+        """``pulumi up``'s part for one member's configuration: the binary files it names, then
+        its manifest at its fixed key. Returns the manifest's version."""
+        s3, ctx = self.s3.client(), self.context()
+        for f in bucket_files(self.spec, member, ctx):
+            s3.put_object(Bucket=self.bucket, Key=f.key, Body=f.content)
+        body = config_manifest_bytes(self.spec, member, ctx)
+        s3.put_object(Bucket=self.bucket, Key=contract.config_key(self.spec.cluster_name, member.name), Body=body)
+        return str(json.loads(body)["version"])
 
     # -- lifecycle --------------------------------------------------------------------------------
     def up(self, *, timeout: float = 300.0, log: Any = print, hold: Collection[str] = ()) -> float:
@@ -389,7 +398,7 @@ class LocalCluster:
         for node in self.nodes:
             if node.machine.running():
                 if node.member.name not in hold:
-                    self._install_files(node)
+                    self.apply_config(node)
                     self._start(node, log=log)
                 continue
             instance_id = node.machine.instance.get("instance_id") or self.new_instance_id(node.member)
@@ -442,21 +451,14 @@ class LocalCluster:
                 log(f"{node.member.name}: starting {name}")
                 node.systemd.start(name)
 
-    def _install_files(self, node: Node) -> None:
-        """Write the stack's current files into the running member (what a replacement's
-        user-data would carry) and let systemd see changed units."""
-        for f in self.rendered(node):
-            path = node.machine.fs / f.path.lstrip("/")
-            body = f.content.encode() if isinstance(f.content, str) else f.content
-            if path.exists() and path.read_bytes() == body:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(body)
-            os.chmod(tmp, f.mode)
-            os.chown(tmp, *_ids_of(node.machine, f.owner))
-            os.replace(tmp, path)
-        node.machine.systemctl("daemon-reload", check=True)
+    def apply_config(self, node: Node) -> None:
+        """Publish the member's configuration of this cluster's spec and apply it now: what the
+        member's pgha-config.timer does within its period on EC2 after ``pulumi up``."""
+        self.publish_config(node.member)
+        res = node.machine.systemctl("start", "pgha-config.service", timeout=3600)
+        if res.returncode != 0:
+            tail = node.machine.run(["tail", "-n", "5", f"{EC2_LAYOUT.log}/config.log"], timeout=30).stdout
+            raise LocalClusterError(f"{node.member.name}: apply-config failed: {res.stderr.strip()}\n{tail}")
 
     def stop_database(self, *, log: Any = print) -> None:
         """Stop every unit but etcd's, every Patroni at once (stopping replicas first makes the

@@ -139,3 +139,5 @@ class NodeFile:
     content: str | bytes
     mode: int = 0o644
     owner: str = "root"
+    # What the node does when this file changes on a running member (pgha.contract's actions).
+    on_change: tuple[str, ...] = ()

@@ -104,8 +104,38 @@ def backup_schedules(spec: ClusterSpec) -> dict[str, list[str]]:
 
 
 def timer_names(spec: ClusterSpec) -> list[str]:
-    """The node's backup timers (enabled at boot; each starts the oneshot service of its name)."""
-    return [f"pgha-backup-{kind}.timer" for kind in backup_schedules(spec)]
+    """The node's timers (enabled at boot): apply-config's, and each backup type's (it starts
+    the oneshot service of its name)."""
+    return [CONFIG_TIMER] + [f"pgha-backup-{kind}.timer" for kind in backup_schedules(spec)]
+
+
+# apply-config's timer: how a changed configuration reaches a running member.
+CONFIG_TIMER = "pgha-config.timer"
+# How soon a change in the bucket reaches a running member, at most (one S3 GET per period).
+CONFIG_POLL_SECONDS = 30
+# Long-running agent commands: they read node.json and the agent's code at start.
+AGENT_DAEMONS = ("pgha-timeline-guard.service", "pgha-etcd-leadership.service", "pgha-pgbouncer-exporter.service",
+                 "pgha-pgbackrest-exporter.service")
+# Units whose restart would interrupt the database, its clients or etcd's quorum, or would stop
+# every unit that Requires= them: a change of their unit file takes effect at their next start
+# (a replacement or a reboot). Their configuration files are reloaded instead.
+NOT_RESTARTED_ON_CHANGE = frozenset({"pgha-host.service", "pgha-prepare.service", "pgha-etcd.service",
+                                     "pgha-patroni.service", "pgha-pgbouncer.service", "pgha-haproxy.service"})
+
+
+def _unit_on_change(unit: str, units: list[str]) -> tuple[str, ...]:
+    """A changed unit file: systemd re-reads it; a daemon that may restart does, a timer too."""
+    if unit in NOT_RESTARTED_ON_CHANGE or unit.startswith("pgha-backup-") and unit.endswith(".service"):
+        return (contract.ACTION_DAEMON_RELOAD,)  # a running backup is never cut short
+    return (contract.ACTION_DAEMON_RELOAD, contract.ACTION_RESTART + unit)
+
+
+def _restart(units: list[str], *names: str) -> tuple[str, ...]:
+    return tuple(contract.ACTION_RESTART + n for n in names if n in units)
+
+
+def _reload(units: list[str], *names: str) -> tuple[str, ...]:
+    return tuple(contract.ACTION_RELOAD + n for n in names if n in units)
 
 
 def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
@@ -211,6 +241,15 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         # primary's data directory and socket to pgBackRest (pg1) through the TLS server.
         "peers": {m.name: _peer(spec, m, ctx) for m in spec.members},
         "restore": restore,
+        "units": unit_names(spec, member, ctx),
+        "timers": timer_names(spec),
+    }
+    boot_facts = {
+        "cluster": spec.cluster_name,
+        "member": member.name,
+        "aws": node_facts["aws"],
+        "config": {"bucket": ctx.bucket, "key": contract.config_key(spec.cluster_name, member.name)},
+        "etc": paths["etc"],
     }
     max_connections = int(params["max_connections"])
     return {
@@ -258,6 +297,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "data_volume_id": ctx.data_volume_ids.get(member.name, ""),
         "nr_hugepages": 0 if spec.profile == "tiny" else int(shared_buffers_mb / 2 * 1.1) + 16,
         "node_facts": node_facts,
+        "boot_facts": boot_facts,
         "directories": _directories(paths),
         "scrape_jobs": [
             ("node", PORTS["node_exporter"], "/metrics"),
@@ -271,6 +311,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
                   "postgres_packages": image.postgres_packages(postgres_version(spec, ctx))},
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
+        "config_poll_seconds": CONFIG_POLL_SECONDS,
         "backup_schedules": backup_schedules(spec),
         "restore": restore,
     }
@@ -295,40 +336,60 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
     def render(template: str) -> str:
         return env.get_template(template).render(view)
 
+    units = view["units"]
+    agent_restarts = _restart(units, *AGENT_DAEMONS)
+    tls_change = (*_reload(units, "pgha-patroni.service", "pgha-pgbouncer.service"),
+                  *_restart(units, "pgha-pgbackrest-server.service"))
     files = [
-        NodeFile(paths["etc"] + "/node.json", render("node.json.j2")),
-        NodeFile(paths["etc"] + "/patroni.yml", render("patroni.yml.j2")),
-        NodeFile(paths["etc"] + "/pgbouncer/pgbouncer.ini", render("pgbouncer.ini.j2")),
-        NodeFile(paths["etc"] + "/pgbouncer/pgb_hba.conf", render("pgb_hba.conf.j2")),
-        NodeFile(paths["etc"] + "/haproxy/haproxy.cfg", render("haproxy.cfg.j2")),
-        NodeFile(paths["pgbackrest_config"], render("pgbackrest.conf.j2")),
-        NodeFile(paths["etc"] + "/prometheus/targets.yml", render("prometheus-targets.yml.j2")),
-        NodeFile(paths["tls"] + "/ca.crt", ctx.ca_cert_pem),
-        NodeFile(paths["tls"] + "/node.crt", ctx.node_cert_pems.get(member.name, "")),
-        NodeFile(paths["bin"] + "/pgha-prepare-dirs", render("pgha-prepare-dirs.sh.j2"), mode=0o755),
-        # Not templates: the agent zipapp (bucket-delivered, run by paths.python) and the
-        # bootstrap's fetcher of it (pgha/agent/fetch.py itself, in user-data).
-        NodeFile(contract.agent_path(paths), agent_zipapp()),
+        # Boot files (user-data): what a first boot needs to fetch the rest (render.userdata).
+        NodeFile(paths["etc"] + "/" + contract.BOOT_FILE, render("boot.json.j2")),
+        NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
+        # Verbatim: pgha/agent/fetch.py, the fetcher of everything below.
         NodeFile(f"{paths['bin']}/{contract.FETCHER_FILE}", fetcher_source(), mode=0o755),
-        NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2")),
+        NodeFile(lay.path(APT_PREFERENCES_PATH), apt_preferences()),
+        # The configuration (the bucket's manifest), each file with what its change asks for.
+        NodeFile(paths["etc"] + "/node.json", render("node.json.j2"), on_change=agent_restarts),
+        NodeFile(paths["etc"] + "/patroni.yml", render("patroni.yml.j2"),
+                 on_change=(*_reload(units, "pgha-patroni.service"), contract.ACTION_DCS_SYNC)),
+        NodeFile(paths["etc"] + "/pgbouncer/pgbouncer.ini", render("pgbouncer.ini.j2"),
+                 on_change=_reload(units, "pgha-pgbouncer.service")),
+        NodeFile(paths["etc"] + "/pgbouncer/pgb_hba.conf", render("pgb_hba.conf.j2"),
+                 on_change=_reload(units, "pgha-pgbouncer.service")),
+        NodeFile(paths["etc"] + "/haproxy/haproxy.cfg", render("haproxy.cfg.j2"),
+                 on_change=_reload(units, "pgha-haproxy.service")),
+        NodeFile(paths["pgbackrest_config"], render("pgbackrest.conf.j2"),
+                 on_change=_restart(units, "pgha-pgbackrest-server.service", "pgha-pgbackrest-exporter.service")),
+        NodeFile(paths["etc"] + "/prometheus/targets.yml", render("prometheus-targets.yml.j2")),
+        NodeFile(paths["tls"] + "/ca.crt", ctx.ca_cert_pem, on_change=tls_change),
+        NodeFile(paths["tls"] + "/node.crt", ctx.node_cert_pems.get(member.name, ""), on_change=tls_change),
+        # Runs at every boot (pgha-prepare): nothing to redo while the member runs.
+        NodeFile(paths["bin"] + "/pgha-prepare-dirs", render("pgha-prepare-dirs.sh.j2"), mode=0o755),
+        # Not a template: the agent zipapp (run by paths.python; bucket-delivered by key).
+        NodeFile(contract.agent_path(paths), agent_zipapp(), on_change=agent_restarts),
+        NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2"),
+                 on_change=(contract.ACTION_SYSCTL + lay.path("etc/sysctl.d/90-pgha.conf"),)),
         NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
     ]
     if member.runs_etcd:
+        # etcd reads it at start only; a running member learns of new peers through etcd's own
+        # member API (agent etcd/membership.py).
         files.append(NodeFile(paths["etc"] + "/etcd/etcd.conf.yml", render("etcd.conf.yml.j2")))
-    files += [
-        NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755),
-        NodeFile(paths["bin"] + "/pgha-bootstrap", render("pgha-bootstrap.sh.j2"), mode=0o755),
-        NodeFile(lay.path(APT_PREFERENCES_PATH), apt_preferences()),
-    ]
-    for unit in view["units"]:
-        files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2")))
+    files.append(NodeFile(paths["bin"] + "/pgha-host", render("pgha-host.sh.j2"), mode=0o755))
+    for unit in units:
+        files.append(NodeFile(lay.units + "/" + unit, render(f"systemd/{unit}.j2"),
+                              on_change=_unit_on_change(unit, units)))
+    for suffix in ("service", "timer"):
+        name = CONFIG_TIMER.removesuffix(".timer") + "." + suffix
+        files.append(NodeFile(lay.units + "/" + name, render(f"systemd/{name}.j2"),
+                              on_change=_unit_on_change(name, units)))
     # A service per backup type (`pgha backup run` starts them too); a timer per scheduled type.
     for kind in BACKUP_TYPES:
         job = {**view, "backup_type": kind}
         suffixes = ("service", "timer") if kind in view["backup_schedules"] else ("service",)
         for suffix in suffixes:
             text = env.get_template(f"systemd/pgha-backup.{suffix}.j2").render(job)
-            files.append(NodeFile(f"{lay.units}/pgha-backup-{kind}.{suffix}", text))
+            name = f"pgha-backup-{kind}.{suffix}"
+            files.append(NodeFile(f"{lay.units}/{name}", text, on_change=_unit_on_change(name, units)))
     return files
 
 

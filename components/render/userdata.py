@@ -1,6 +1,11 @@
-"""EC2 user-data: the rendered files of one member in a gzip'd cloud-config.
+"""EC2 user-data (the boot files) and the member's configuration manifest (the rest).
 
-cloud-init writes the files and runs ``pgha-bootstrap`` once per instance; every later boot
+User-data carries only what a first boot needs: the bootstrap, the fetcher, boot.json (where
+the configuration is) and the apt pins of the image. A routine change (a parameter, a backup
+schedule, one more replica) changes the manifest only, which ``pulumi up`` rewrites in place
+in the bucket and the agent's ``apply-config`` applies; no instance is replaced for it.
+
+cloud-init writes the boot files and runs ``pgha-bootstrap`` once per instance; every later boot
 is carried by the systemd units themselves. EC2 allows 16 KB of user-data (before base64),
 so the document is compressed; ``user_data_size`` lets tests and benchmarks hold that line.
 """
@@ -10,16 +15,20 @@ import gzip
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
+from .. import contract
 from ..contract import AGENT_FILE, node_files_prefix
 from ..spec import ClusterSpec, Member
-from .context import NodeContext
-from .files import render_node
+from .context import NodeContext, NodeFile
+from .files import APT_PREFERENCES_PATH, render_node
 
 EC2_USER_DATA_LIMIT = 16 * 1024
-# Static files too large for user-data travel through the cluster's bucket instead.
+BOOT_SUFFIXES: tuple[str, ...] = ("/" + contract.BOOT_FILE, "/pgha-bootstrap", "/" + contract.FETCHER_FILE,
+                                  APT_PREFERENCES_PATH)
+# Binary files travel as content-addressed objects of their own; the manifest names their key.
 S3_DELIVERED_SUFFIXES: tuple[str, ...] = ("/" + AGENT_FILE,)
 
 
@@ -34,8 +43,12 @@ class BucketFile:
     content: bytes
 
 
+def is_boot_file(f: NodeFile) -> bool:
+    return f.path.endswith(BOOT_SUFFIXES)
+
+
 def bucket_files(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[BucketFile]:
-    """The files of ``member`` that the bootstrap fetches from the bucket (upload these)."""
+    """The binary files of ``member``'s configuration, uploaded under their own keys (upload these)."""
     out = []
     for f in render_node(spec, member, ctx):
         if f.path.endswith(S3_DELIVERED_SUFFIXES):
@@ -45,6 +58,35 @@ def bucket_files(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Bu
             out.append(BucketFile(f.path, f"{node_files_prefix(spec.cluster_name)}{digest[:16]}/{name}", digest,
                                   f.mode, body))
     return out
+
+
+def config_manifest(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
+    """The member's configuration: every file but the boot files, with its sha256, mode, owner
+    and the actions its change asks for; text inline, binaries by key. ``version`` is the
+    sha256 of the rest, so it changes exactly when a file (or an action) does."""
+    by_path = {b.path: b for b in bucket_files(spec, member, ctx)}
+    entries = []
+    for f in render_node(spec, member, ctx):
+        if is_boot_file(f):
+            continue
+        body = f.content.encode() if isinstance(f.content, str) else f.content
+        entry: dict[str, Any] = {"path": f.path, "mode": f.mode, "owner": f.owner,
+                                 "sha256": hashlib.sha256(body).hexdigest(), "on_change": list(f.on_change)}
+        if f.path in by_path:
+            entry.update(bucket=ctx.bucket, key=by_path[f.path].key)
+        else:
+            assert isinstance(f.content, str), f.path
+            entry["content"] = f.content
+        entries.append(entry)
+    manifest: dict[str, Any] = {"format": contract.CONFIG_FORMAT, "cluster": spec.cluster_name,
+                                "member": member.name, "files": entries}
+    manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return manifest
+
+
+def config_manifest_bytes(spec: ClusterSpec, member: Member, ctx: NodeContext) -> bytes:
+    """The manifest as uploaded to ``contract.config_key``: stable bytes (no spurious diffs)."""
+    return (json.dumps(config_manifest(spec, member, ctx), sort_keys=True, indent=1) + "\n").encode()
 
 
 class _LiteralDumper(yaml.SafeDumper):
@@ -61,16 +103,11 @@ _LiteralDumper.add_representer(str, _str_presenter)
 
 
 def cloud_config(spec: ClusterSpec, member: Member, ctx: NodeContext) -> str:
-    """The cloud-config document (uncompressed) for ``member``."""
-    files = [f for f in render_node(spec, member, ctx) if not f.path.endswith(S3_DELIVERED_SUFFIXES)]
-    fetched = [{"path": b.path, "bucket": ctx.bucket, "key": b.key, "sha256": b.sha256, "mode": b.mode}
-               for b in bucket_files(spec, member, ctx)]
-    manifest = ctx.layout.etc + "/bucket-files.json"
+    """The cloud-config document (uncompressed) for ``member``: its boot files, then the bootstrap."""
+    files = [f for f in render_node(spec, member, ctx) if is_boot_file(f)]
     bootstrap = next(f.path for f in files if f.path.endswith("/pgha-bootstrap"))
     entries = [{"path": f.path, "owner": f"{f.owner}:{f.owner}", "permissions": f"0{f.mode:o}", "content": f.content}
                for f in files]
-    entries.append({"path": manifest, "owner": "root:root", "permissions": "0644",
-                    "content": json.dumps(fetched, indent=1) + "\n"})
     document = {
         "write_files": entries,
         "runcmd": [[bootstrap]],

@@ -76,6 +76,8 @@ def make_node(base: Path, **overrides) -> dict:
         "peers": {"pg-x-1": {"ip": "127.0.0.1", "pgdata": str(base / "data" / "pg" / "data"),
                              "socket": str(base / "run" / "postgres"), "etcd": True}},
         "restore": None,
+        "units": ["pgha-patroni.service", "pgha-pgbouncer.service"],
+        "timers": ["pgha-config.timer", "pgha-backup-full.timer"],
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(node.get(key), dict):

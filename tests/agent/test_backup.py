@@ -70,8 +70,9 @@ def test_every_node_gets_a_timer_per_schedule_and_a_service_per_type():
     files = files_of(spec, ctx)
     assert "OnCalendar=Sun *-*-* 01:00:00 UTC" in files["/etc/systemd/system/pgha-backup-full.timer"]
     assert "backup --type incr" in files["/etc/systemd/system/pgha-backup-incr.service"]
-    assert timer_names(spec) == ["pgha-backup-full.timer", "pgha-backup-incr.timer"]
-    assert "systemctl enable --now pgha-backup-full.timer pgha-backup-incr.timer" in files["/opt/pgha/bin/pgha-bootstrap"]
+    assert timer_names(spec) == ["pgha-config.timer", "pgha-backup-full.timer", "pgha-backup-incr.timer"]
+    # start-node enables node.json's timers at boot.
+    assert json.loads(files["/etc/pgha/node.json"])["timers"] == timer_names(spec)
     # Backups are not daemons: not started with the node, only by their timers.
     assert not [u for u in unit_names(spec, spec.members[0], ctx) if u.startswith("pgha-backup")]
 
