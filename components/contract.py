@@ -3,12 +3,13 @@
 Stdlib only: the node agent (``pgha.agent``, shipped in ``pgha-node.pyz``) imports this module
 on Debian's python3, where no other pgha layer (pulumi, jinja2, cryptography) exists. Every
 name both sides must agree on is spelled here once: the node facts (``node.json``), the keys
-of the cluster secret, backup types, the agent's command line, pgBackRest's base command line
-and the S3 layout.
+of the cluster secret, backup types, the agent's command line, pgBackRest's base command line,
+the S3 layout and the member status parameter.
 """
 
 
-from typing import Any, Mapping, NotRequired, TypedDict
+import json
+from typing import Any, Mapping, NotRequired, TypedDict, cast
 
 # -- the node agent ---------------------------------------------------------------------------
 
@@ -125,6 +126,87 @@ def action_rank(action: str) -> int:
         if (action.startswith(prefix) and len(action) > len(prefix)) if prefix.endswith(":") else action == prefix:
             return rank
     raise ValueError(f"unknown action {action!r}")
+
+
+# -- a member's readiness: an SSM parameter the node writes and `pulumi up` waits on ----------
+
+# The states a member publishes: the bootstrap says booting (and failed when it cannot get
+# past a step); `pgha-node await-ready` says ready once the member streams on the leader's
+# timeline within the lag bound with its etcd member healthy, failed when it gives up.
+STATUS_BOOTING = "booting"
+STATUS_READY = "ready"
+STATUS_FAILED = "failed"
+STATUS_STATES: tuple[str, ...] = (STATUS_BOOTING, STATUS_READY, STATUS_FAILED)
+# A standard SSM parameter holds 4 KB: the message (a log tail) gets half, and the whole
+# document is trimmed to fit.
+STATUS_MESSAGE_MAX = 2048
+STATUS_VALUE_MAX = 4096
+
+
+def status_parameter(cluster: str, member: str) -> str:
+    """The SSM parameter (String) a member publishes its status to."""
+    return f"/pgha/{cluster}/{member}/status"
+
+
+def status_parameter_prefix(cluster: str) -> str:
+    """Every member's status parameter is under this path (the node role may write it)."""
+    return f"/pgha/{cluster}/"
+
+
+class MemberStatus(TypedDict):
+    """The JSON value of a status parameter.
+
+    ``instance_id`` is the EC2 instance that wrote it: a waiter for a new instance ignores a
+    status its predecessor left. ``at`` is ISO 8601 UTC. ``timeline`` and ``lag_bytes`` are
+    Patroni's (the member's timeline, its lag behind the leader; 0 on the leader) when known."""
+
+    instance_id: str
+    state: str
+    message: str
+    at: str
+    timeline: int | None
+    lag_bytes: int | None
+
+
+def status_value(instance_id: str, state: str, message: str, at: str, *, timeline: int | None = None,
+                 lag_bytes: int | None = None) -> str:
+    """The parameter's value: the JSON of a MemberStatus, its message cut (keeping the end, where
+    a log tail's error is) so the message stays within STATUS_MESSAGE_MAX and the whole within
+    STATUS_VALUE_MAX bytes."""
+    if state not in STATUS_STATES:
+        raise ValueError(f"status state must be one of {', '.join(STATUS_STATES)}, not {state!r}")
+    text = message.encode("utf-8", errors="replace")[-STATUS_MESSAGE_MAX:].decode("utf-8", errors="ignore")
+    status: MemberStatus = {"instance_id": instance_id, "state": state, "message": "", "at": at,
+                            "timeline": timeline, "lag_bytes": lag_bytes}
+    budget = STATUS_VALUE_MAX - len(json.dumps(status, sort_keys=True, ensure_ascii=False).encode())
+    if budget < 0:
+        raise ValueError(f"a status of instance {instance_id!r} does not fit {STATUS_VALUE_MAX} bytes")
+    # JSON escapes (quotes, control characters) can make the message longer than its bytes:
+    # keep the longest end of it that fits, escaped (each character escapes on its own).
+    keep, size = len(text), 0
+    for i in range(len(text) - 1, -1, -1):
+        size += len(json.dumps(text[i], ensure_ascii=False).encode()) - 2
+        if size > budget:
+            break
+        keep = i
+    status["message"] = text[keep:]
+    return json.dumps(status, sort_keys=True, ensure_ascii=False)
+
+
+def parse_status(value: str) -> MemberStatus | None:
+    """A status parameter's value, or None when it is not a status document."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    if (not isinstance(data, dict) or not isinstance(data.get("instance_id"), str)
+            or data.get("state") not in STATUS_STATES):
+        return None
+    return cast(MemberStatus, {"instance_id": data["instance_id"], "state": data["state"],
+                               "message": str(data.get("message") or ""), "at": str(data.get("at") or ""),
+                               "timeline": data.get("timeline") if isinstance(data.get("timeline"), int) else None,
+                               "lag_bytes": data.get("lag_bytes") if isinstance(data.get("lag_bytes"), int)
+                               else None})
 
 
 # -- node facts: node.json, written by render, validated by the agent at load -----------------

@@ -167,6 +167,10 @@ def test_iam_policies_are_scoped(run: Run) -> None:
                 assert resources == [secret_arn]
             elif service == "kms":
                 assert all(r.startswith("arn:aws:kms:") for r in resources)
+            elif service == "ssm":
+                # Only the cluster's status parameters, in this account and region.
+                assert action in ("ssm:PutParameter", "ssm:GetParameter")
+                assert resources == ["arn:aws:ssm:us-east-1:123456789012:parameter/pgha/pg-sec/*"]
             else:
                 pytest.fail(f"unexpected action {action}")
     attachments = run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")

@@ -3,7 +3,8 @@
 * one KMS key (rotation on) encrypts the root and data volumes, the backup bucket and the
   secret; it is protected and retained because the retained backups are unreadable without it;
 * the node role gets SSM core, read access to the cluster secret only, S3 access to the
-  backup bucket limited to the stanza prefix ``<cluster_name>/`` and use of the key;
+  backup bucket limited to the stanza prefix ``<cluster_name>/``, use of the key, and
+  PutParameter/GetParameter on the cluster's status parameters ``/pgha/<cluster_name>/*``;
 * the passwords are ``pulumi_random`` passwords and travel only inside the Secrets Manager
   secret, whose JSON also carries every member's TLS private key;
 * with backup encryption the pgBackRest cipher pass is also kept in a secret of its own (same
@@ -95,14 +96,29 @@ def s3_statements(spec: ClusterSpec, bucket_arn: str) -> list[dict[str, Any]]:
     ]
 
 
+def status_parameters_arn(spec: ClusterSpec, *, account_arn: str) -> str:
+    """The ARN pattern of the cluster's member status parameters (pgha.contract.status_parameter).
+    The account is the one of ``account_arn`` (an ARN of the cluster's own, e.g. its secret's):
+    no caller-identity lookup, and no account wildcard."""
+    parts = account_arn.split(":")
+    if len(parts) < 6 or not parts[4]:
+        raise ValueError(f"not an ARN with an account: {account_arn!r}")
+    return (f"arn:{partition(spec.region)}:ssm:{spec.region}:{parts[4]}:parameter"
+            f"{contract.status_parameter_prefix(spec.cluster_name)}*")
+
+
 def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str, key_arn: str) -> str:
-    """The members' inline policy: their secret, their bucket prefix, their key. No ``*`` resources."""
+    """The members' inline policy: their secret, their bucket prefix, their key, their status
+    parameters. No ``*`` resources."""
     statements = [
         {"Sid": "ReadClusterSecret", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": secret_arn},
         *s3_statements(spec, bucket_arn),
         {"Sid": "UseClusterKey", "Effect": "Allow",
          "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], "Resource": key_arn},
+        # Readiness: each member publishes /pgha/<cluster>/<member>/status, which `pulumi up` waits on.
+        {"Sid": "PublishMemberStatus", "Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
+         "Resource": status_parameters_arn(spec, account_arn=secret_arn)},
     ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 

@@ -85,3 +85,24 @@ def etcd_peer_members(endpoint: str, context: Any, timeout: float = 3.0) -> list
              "clientURLs": m.get("clientURLs") or []} for m in raw]
 
 
+
+
+def etcd_health(endpoint: str, context: Any, timeout: float = 3.0) -> dict:
+    """etcd's own health verdict (GET /health: a raft leader, no alarm, a linearizable read):
+    ``{"health": "true"|"false", "reason": ...}``, also from the 503 it answers when unhealthy."""
+    try:
+        with urllib.request.urlopen(endpoint + "/health", context=context, timeout=timeout) as reply:
+            raw = reply.read()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        if not raw:
+            raise AgentError(f"etcd {endpoint}/health: HTTP {exc.code}")
+    except OSError as exc:
+        raise AgentError(f"etcd {endpoint}/health: {exc}")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise AgentError(f"etcd {endpoint}/health: not JSON: {raw[:100]!r}")
+    if not isinstance(data, dict):
+        raise AgentError(f"etcd {endpoint}/health: not a JSON object: {raw[:100]!r}")
+    return data
