@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import contract
@@ -61,6 +62,19 @@ def _local(args: argparse.Namespace) -> int:
             cluster.down()
         elif args.action == "destroy":
             cluster.destroy()
+        elif args.action == "replace":
+            if not args.member:
+                print("pgha local replace: name the member (e.g. pg-dev-2)", file=sys.stderr)
+                return 2
+            cluster.up(timeout=args.timeout)  # the nodes of the stack's spec, every member running
+            node = next((n for n in cluster.nodes if n.member.name == args.member), None)
+            if node is None:
+                names = ", ".join(n.member.name for n in cluster.nodes)
+                print(f"pgha local replace: no member {args.member!r} (members: {names})", file=sys.stderr)
+                return 2
+            began = time.monotonic()
+            instance_id = cluster.replace(node, wipe_data=args.wipe_data, timeout=max(args.timeout, 900.0))
+            print(f"{args.member} replaced by {instance_id} and ready in {time.monotonic() - began:.1f}s")
     except LocalClusterError as error:
         print(f"pgha local {args.action}: {error}", file=sys.stderr)
         return 1
@@ -237,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
     local = sub.add_parser("local", parents=[cluster_at],
                            help="the stack's members as booted machines of the node image, with the user-data EC2 gets")
-    local.add_argument("action", choices=("up", "status", "down", "destroy"),
-                       help="down powers the members off and keeps their volumes; destroy removes everything")
+    local.add_argument("action", choices=("up", "status", "down", "destroy", "replace"),
+                       help="down powers the members off and keeps their volumes; destroy removes everything; "
+                            "replace MEMBER does to one member what pulumi up does to its instance")
+    local.add_argument("member", nargs="?", help="replace: the member (pg-dev-2)")
+    local.add_argument("--wipe-data", action="store_true",
+                       help="replace: boot the new instance on a blank data volume (metal, a lost EBS volume)")
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")
     local.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a healthy cluster")
     local.set_defaults(func=_local)

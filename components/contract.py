@@ -143,6 +143,10 @@ STATUS_MESSAGE_MAX = 2048
 STATUS_VALUE_MAX = 4096
 
 
+# The unit that runs await-ready at every boot (start-node starts it without waiting for it).
+READY_UNIT = "pgha-ready.service"
+
+
 def status_parameter(cluster: str, member: str) -> str:
     """The SSM parameter (String) a member publishes its status to."""
     return f"/pgha/{cluster}/{member}/status"

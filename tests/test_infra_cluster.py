@@ -122,17 +122,27 @@ def test_two_clusters_in_one_program_do_not_collide() -> None:
     assert len({r.urn for r in run.resources}) == len(run.resources)
 
 
-def test_rolling_order_replicas_first_primary_last() -> None:
+READY = "pulumi-python:dynamic/pgha:MemberReady"
+
+
+def test_rolling_order_replicas_first_primary_last_each_after_the_previous_is_ready() -> None:
     run = cluster({"cluster_name": "pg-roll", "replicas": 3})
     inst = instances_by_member(run)
     attach = {r.name: r for r in run.of_type(ATTACHMENT)}
+    ready = {r.inputs["parameter_name"].split("/")[3]: r for r in run.of_type(READY)}
+    assert sorted(ready) == sorted(inst)
     urn_of = {name: r.urn for name, r in inst.items()}
-    # member k waits for member k+1 (instance and its volume attachment); member 4 waits for none.
-    assert not any(u in inst["pg-roll-4"].dependencies for u in urn_of.values())
+    for member, r in ready.items():
+        # The wait is for this member's instance, once its data volume is attached.
+        assert r.inputs["parameter_name"] == f"/pgha/pg-roll/{member}/status"
+        assert r.inputs["instance_id"] == f"{inst[member].name}-id" and r.inputs["region"] == "us-east-1"
+        assert urn_of[member] in r.dependencies
+        assert any(a.urn in r.dependencies for a in attach.values() if a.name.startswith(inst[member].name[:-9]))
+    # member k waits for member k+1 to be ready; member 4 waits for no member.
+    assert not any(r.urn in inst["pg-roll-4"].dependencies for r in ready.values())
     for k in (3, 2, 1):
         deps = inst[f"pg-roll-{k}"].dependencies
-        assert urn_of[f"pg-roll-{k + 1}"] in deps
-        assert any(a.urn in deps for a in attach.values() if a.name.startswith(f"db-{k + 1}-"))
+        assert ready[f"pg-roll-{k + 1}"].urn in deps
         assert all(urn_of[f"pg-roll-{j}"] not in deps for j in range(1, k + 1))
 
 

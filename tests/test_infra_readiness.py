@@ -149,31 +149,38 @@ PROPS = {"parameter_name": PARAMETER, "instance_id": "i-0new", "region": REGION,
          "endpoint_url": None, "profile": None}
 
 
-def test_diff_replaces_on_a_new_instance_and_on_nothing_else():
+def test_diff_updates_on_a_new_instance_and_on_nothing_else():
     provider = MemberReadyProvider()
     same = provider.diff("id", PROPS, {**PROPS, "timeout_seconds": 900, "endpoint_url": "https://x"})
     assert same.changes is False and not same.replaces
     new = provider.diff("id", PROPS, {**PROPS, "instance_id": "i-0newer"})
-    assert new.changes is True and new.replaces == ["instance_id"] and new.delete_before_replace is False
+    # An update (which waits), not a replacement: the engine would otherwise delete this
+    # resource before the instance it depends on, and create it without waiting.
+    assert new.changes is True and not new.replaces
     # In a preview the new instance's id is not known yet: that is a new instance too.
     unknown = provider.diff("id", PROPS, {**PROPS, "instance_id": pulumi.runtime.rpc.UNKNOWN})
-    assert unknown.replaces == ["instance_id"]
+    assert unknown.changes is True
 
 
-def test_create_waits_for_ready_and_returns_the_status(ssm):
+def test_the_first_instance_is_not_waited_for(ssm):
+    # A new cluster's members boot together; one alone never becomes ready (no etcd quorum).
+    result = MemberReadyProvider().create(dict(PROPS))
+    assert result.id == PARAMETER and result.outs["state"] == "created"
+
+
+def test_a_new_instance_is_waited_for_and_returns_the_status(ssm):
     publish(ssm, "i-0new", "ready", "ready after 9 s: timeline 2", timeline=2, lag_bytes=512)
     # As Pulumi runs it: the provider pickled with dill, unpickled in the provider process.
     provider = dill.loads(base64.b64decode(pulumi.dynamic.dynamic.serialize_provider(MemberReadyProvider())))
-    result = provider.create(dict(PROPS))
-    assert result.id == f"{PARAMETER}@i-0new"
+    result = provider.update(PARAMETER, {**PROPS, "instance_id": "i-0old"}, dict(PROPS))
     assert result.outs["state"] == "ready" and result.outs["timeline"] == 2
     assert result.outs["instance_id"] == "i-0new" and result.outs["parameter_name"] == PARAMETER
 
 
-def test_create_fails_with_the_nodes_message(ssm):
+def test_a_new_instance_that_fails_fails_the_update_with_the_nodes_message(ssm):
     publish(ssm, "i-0new", "failed", "bootstrap: E: Unable to locate package etcd-server")
     with pytest.raises(MemberNotReady, match="Unable to locate package etcd-server"):
-        MemberReadyProvider().create(dict(PROPS))
+        MemberReadyProvider().update(PARAMETER, {**PROPS, "instance_id": "i-0old"}, dict(PROPS))
 
 
 # -- the node role may write the status parameters, and only the cluster's -------------------------

@@ -315,7 +315,8 @@ def cmd_start_node(node: NodeFacts, args: argparse.Namespace) -> int:
     if problem:
         raise AgentError(problem)
     for unit in node["units"]:
-        problem = _systemctl(_run, "start", unit)
+        # The readiness unit waits for the cluster to take this member in: not the boot's job.
+        problem = _systemctl(_run, "start", *(["--no-block"] if unit == contract.READY_UNIT else []), unit)
         if problem:
             raise AgentError(problem)
         LOG.info("started %s", unit)

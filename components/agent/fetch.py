@@ -161,10 +161,19 @@ def s3_client(aws: "AwsFacts") -> Any:
 
 
 def bucket_getter(aws: "AwsFacts") -> Getter:
-    client = s3_client(aws)
+    """GetObject with a client made again after a failure: a boto3 client resolves its
+    credentials once, so one made while the instance role was not served yet (a first boot,
+    seen 2026-12-01 as "Unable to locate credentials" five times over) would never get any."""
+    clients: list[Any] = []
 
     def get(bucket: str, key: str) -> bytes:
-        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if not clients:
+            clients.append(s3_client(aws))
+        try:
+            body: bytes = clients[0].get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception:
+            clients.clear()
+            raise
         return body
 
     return get

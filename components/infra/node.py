@@ -12,14 +12,19 @@ from typing import Mapping, Sequence
 import pulumi
 import pulumi_aws as aws
 
+from .. import contract
 from ..render.context import NodeContext, ec2_context
 from ..spec import ClusterSpec, Member
 from .ami import AmiChoice
 from .common import child, cluster_tags
 from .nodefiles import upload_node_config
+from .readiness import MemberReady
 
 DATA_DEVICE = "/dev/sdf"
 ROOT_VOLUME_GIB = 20
+# Longer than the node's own wait (agent status.DEFAULT_TIMEOUT, 30 min), so that the update
+# fails with the member's reason, not with this timeout.
+READY_TIMEOUT_SECONDS = 2400
 
 
 def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pulumi.Input[str],
@@ -96,14 +101,21 @@ class Node(pulumi.ComponentResource):
             user_data_replace_on_change=True,
             tags=tags,
             opts=child(self, delete_before_replace=True, depends_on=[*after, self.config]))
-        self.ready = [instance]
-
+        booted: list[pulumi.Resource] = [instance]
         if volume is not None:
             # Stopping first lets PostgreSQL shut down cleanly before its disk goes away.
             attachment = aws.ec2.VolumeAttachment(
                 f"{name}-data-attachment", device_name=DATA_DEVICE, volume_id=volume.id, instance_id=instance.id,
                 stop_instance_before_detaching=True, opts=child(self))
-            self.ready.append(attachment)
+            booted.append(attachment)
+        # What the next member's instance waits for: this member published ready from this
+        # instance (a replaced one: streaming on the leader's timeline, its etcd member healthy).
+        # The member's own reason fails the update if it cannot get there (infra.readiness).
+        self.member_ready = MemberReady(
+            f"{name}-ready", parameter_name=contract.status_parameter(spec.cluster_name, member.name),
+            instance_id=instance.id, region=spec.region, timeout_seconds=READY_TIMEOUT_SECONDS,
+            opts=child(self, depends_on=booted))
+        self.ready = [self.member_ready]
 
         self.instance_id = instance.id
         self.private_ip = private_ip
@@ -114,14 +126,10 @@ class Node(pulumi.ComponentResource):
 def rolling_order(spec: ClusterSpec) -> list[Member]:
     """Members in the order a change reaches them: replicas first, member 1 (initial primary) last.
 
-    Each member's instance ``depends_on`` the previous one in this order, so Pulumi creates,
-    updates or replaces at most one instance at a time. Limits:
-
-    * Patroni may have moved the primary since the cluster was created; member 1 is only
-      the initial primary, so the current primary can be replaced before some replicas.
-    * Pulumi waits for the EC2 instance (and its volume attachment), not for PostgreSQL to
-      be healthy and caught up; a node that boots but never joins does not stop the roll.
-      For production changes, roll with ``pulumi up --target`` one member at a time and
-      check ``patronictl list`` in between, or switch over first.
+    Each member's instance ``depends_on`` the previous member's readiness (``MemberReady``), so
+    ``pulumi up`` replaces one instance at a time and starts the next only once the replaced
+    member is back: streaming on the leader's timeline within the lag bound, its etcd member
+    healthy. The primary may have moved since creation; wherever it is, its member hands
+    leadership to the synchronous standby before its instance stops (pgha-handover).
     """
     return sorted(spec.members, key=lambda m: -m.index)

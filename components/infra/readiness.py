@@ -98,21 +98,31 @@ _INPUTS = ("parameter_name", "instance_id", "region", "timeout_seconds", "endpoi
 
 
 class MemberReadyProvider(pulumi.dynamic.ResourceProvider):
-    """Creation waits for the member; only a new instance id replaces (waits again)."""
+    """A new instance id (a replaced instance) waits for the member; the first one does not.
+
+    Members of a new cluster boot together: one alone never gets ready (etcd has no quorum
+    and no leader), so a wait at creation would hold the next member back forever. A member
+    replaced later is waited for before the next replacement starts."""
+
+    def _outs(self, props: dict[str, Any], status: contract.MemberStatus | None) -> dict[str, Any]:
+        outs = {key: props.get(key) for key in _INPUTS}
+        outs.update(state=status["state"] if status else "created", timeline=status["timeline"] if status else None)
+        return outs
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
-        client = ssm_client(props["region"], props.get("endpoint_url"), props.get("profile"))
-        status = wait_for_member(client, props["parameter_name"], props["instance_id"],
-                                 timeout=float(props["timeout_seconds"]))
-        outs = {key: props.get(key) for key in _INPUTS}
-        outs.update(state=status["state"], timeline=status["timeline"])
-        return pulumi.dynamic.CreateResult(id_=f"{props['parameter_name']}@{props['instance_id']}", outs=outs)
+        return pulumi.dynamic.CreateResult(id_=str(props["parameter_name"]), outs=self._outs(props, None))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        client = ssm_client(news["region"], news.get("endpoint_url"), news.get("profile"))
+        status = wait_for_member(client, news["parameter_name"], news["instance_id"],
+                                 timeout=float(news["timeout_seconds"]))
+        return pulumi.dynamic.UpdateResult(outs=self._outs(news, status))
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         # An unknown id (the instance is being replaced in this preview) differs too. Any other
         # input (the timeout, the endpoint) changes nothing about the member: no wait again.
         if olds.get("instance_id") != news.get("instance_id"):
-            return pulumi.dynamic.DiffResult(changes=True, replaces=["instance_id"], delete_before_replace=False)
+            return pulumi.dynamic.DiffResult(changes=True, replaces=[], delete_before_replace=False)
         return pulumi.dynamic.DiffResult(changes=False)
 
 

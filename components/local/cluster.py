@@ -493,16 +493,33 @@ class LocalCluster:
             node.machine.destroy()
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=False)
 
-    def replace(self, node: Node, *, log: Any = print, timeout: float = 300.0) -> str:
-        """Terminate the member's instance and boot a new one from the stack's current
-        user-data, on the same volume (EBS) or on blank instance stores (metal), as a
-        replacement by ``pulumi up`` does; returns the new instance's id."""
+    def replace(self, node: Node, *, wipe_data: bool = False, log: Any = print, timeout: float = 900.0) -> str:
+        """What ``pulumi up`` does to one member's instance: a graceful stop (the member hands
+        leadership over first if it leads: pgha-handover), a new instance with a new id and the
+        stack's current user-data, on the same data volume, or on a blank one with
+        ``wipe_data`` (metal, or a lost volume); then the wait for the member's own readiness
+        signal, the SSM status parameter EC2 members publish (``infra.readiness``). Returns the
+        new instance's id; raises with the member's own reason if it never gets ready."""
+        from ..infra.readiness import MemberNotReady, wait_for_member
+
         if node.machine.running():
+            log(f"{node.member.name}: stopping {node.machine.instance.get('instance_id')}")
             node.machine.poweroff()
+        if wipe_data:
+            node.machine.discard_volumes()
+            log(f"{node.member.name}: its data volume is blank now")
         instance_id = self.new_instance_id(node.member)
         self.boot(node, instance_id)
-        node.machine.wait_booted(timeout)
-        log(f"{node.member.name}: replaced by {instance_id}")
+        try:
+            node.machine.wait_booted(timeout)
+        except MachineError as error:
+            raise LocalClusterError(str(error)) from None
+        parameter = contract.status_parameter(self.spec.cluster_name, node.member.name)
+        try:
+            status = wait_for_member(self.aws_client("ssm"), parameter, instance_id, timeout=timeout, poll=1.0)
+        except MemberNotReady as error:
+            raise LocalClusterError(str(error)) from None
+        log(f"{node.member.name}: replaced by {instance_id}, ready: {status['message']}")
         return instance_id
 
     def node_paths(self, node: Node) -> dict[str, str]:

@@ -257,6 +257,15 @@ class Machine:
                 volume.file.unlink(missing_ok=True)
         self.log(f"{self.name}: new instance {instance_id}")
 
+    def discard_volumes(self) -> None:
+        """Every volume blank again (a lost EBS volume, a metal instance's wiped stores); the
+        machine must be off. The next boot attaches new, empty files."""
+        if self.running():
+            raise MachineError(f"{self.name}: cannot discard the volumes of a running machine")
+        for volume in self.volumes:
+            self._detach(volume)
+            volume.file.unlink(missing_ok=True)
+
     def _mount_overlay(self) -> None:
         for part in ("upper", "work", "root"):
             (self.home / part).mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,8 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
     ]
     if member.runs_etcd:
         units.append("pgha-etcd-leadership.service")
+    # Last: it publishes the member's readiness once the rest is up (started without waiting).
+    units.append(contract.READY_UNIT)
     return units
 
 
@@ -275,6 +277,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "etcd_initial_cluster": ",".join(
             f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
         "agent": agent,
+        "agent_file": contract.agent_path(paths),
         "callback": agent("on-role-change"),
         "pgbackrest_cmd": pgbackrest_cmd,
         "stanza": spec.cluster_name,

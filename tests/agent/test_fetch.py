@@ -134,3 +134,28 @@ def test_the_bootstrap_fetcher_is_the_same_module_run_as_a_script(base):
     res = subprocess.run([sys.executable, "-I", str(script), str(incomplete)], capture_output=True, text=True,
                          cwd="/", env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"})
     assert res.returncode == 1 and "missing aws, config, etc, member" in res.stderr
+
+
+def test_a_failed_get_makes_a_new_client(monkeypatch):
+    # boto3 resolves credentials once per client: one made before the instance role was served
+    # would fail forever, so each retry after a failure gets a fresh client.
+    made = []
+
+    class Client:
+        def __init__(self, works: bool) -> None:
+            self.works = works
+
+        def get_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803 (boto3's names)
+            if not self.works:
+                raise RuntimeError("Unable to locate credentials")
+            return {"Body": type("B", (), {"read": lambda self: b"body"})()}
+
+    def factory(aws: Any) -> Client:
+        made.append(aws)
+        return Client(works=len(made) > 1)
+
+    monkeypatch.setattr(fetch, "s3_client", factory)
+    get = fetch.bucket_getter({"region": "us-east-1", "endpoint_url": "", "s3_addressing": "path"})
+    assert fetch.get_object(get, "b", "k", sleep=lambda s: None) == b"body"
+    assert len(made) == 2
+    assert get("b", "k") == b"body" and len(made) == 2  # a working client is kept

@@ -332,13 +332,16 @@ def test_the_unit_runs_await_ready_after_patroni_and_never_requires_it():
 
     spec = make_spec({"clusterName": "pg-unit"})
     ctx = ec2_context(spec)
-    template = files._environment().get_template("systemd/pgha-ready.service.j2")
     for member in spec.members:
         view = files._view(spec, member, ctx)
-        text = template.render(view)
-        lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        assert view["units"][-1] == contract.READY_UNIT  # started last, without waiting for it
+        text = next(f.content for f in files.render_node(spec, member, ctx) if f.path.endswith(contract.READY_UNIT))
+        pairs = [line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")]
+        lines = dict(pairs)
         assert lines["Type"] == "oneshot" and lines["RemainAfterExit"] == "yes"
         assert shlex.split(lines["ExecStart"]) == contract.agent_argv(view["paths"], "await-ready")
-        after = lines["After"].split()
+        # Not holding back multi-user.target (and cloud-init's final stage) at boot.
+        assert lines["DefaultDependencies"] == "no" and "shutdown.target" in lines["Conflicts"]
+        after = [unit for key, value in pairs if key == "After" for unit in value.split()]
         assert "pgha-patroni.service" in after and ("pgha-etcd.service" in after) == member.runs_etcd
         assert "Requires" not in lines and lines["User"] == "postgres"

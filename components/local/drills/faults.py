@@ -258,8 +258,50 @@ def s_replicas(ctx: Context) -> None:
     ctx.revive()
 
 
+def _replace(ctx: Context, node: Node, *, wipe_data: bool = False) -> None:
+    """``pulumi up``'s replacement of one member's instance, as ``pgha local replace`` does it."""
+    began = ctx.now()
+    instance_id = ctx.cluster.replace(node, wipe_data=wipe_data, log=ctx.log)
+    ctx.notes.append(f"{node.member.name} replaced by {instance_id}{' (blank volume)' if wipe_data else ''}: "
+                     f"ready after {ctx.now() - began:.1f}s")
+    if node not in ctx.failed:
+        ctx.failed.append(node)
+
+
+def s_replace_primary(ctx: Context) -> None:
+    ctx.extra["fault_at"] = ctx.now()
+    _replace(ctx, ctx.primary)
+
+
+def _a_replica(ctx: Context) -> Node:
+    # The synchronous standby: the member whose loss a synchronous commit feels.
+    return sync_standby(ctx.cluster) or next(n for n in ctx.cluster.nodes if n is not ctx.primary)
+
+
+def s_replace_replica(ctx: Context) -> None:
+    ctx.extra["fault_at"] = ctx.now()
+    _replace(ctx, _a_replica(ctx))
+
+
+def s_replace_replica_wiped(ctx: Context) -> None:
+    ctx.extra["fault_at"] = ctx.now()
+    _replace(ctx, _a_replica(ctx), wipe_data=True)
+
+
+def s_roll(ctx: Context) -> None:
+    """Every member replaced in turn, as a change of instance type or AMI rolls: replicas first
+    (highest member first), the member that leads when its turn comes last."""
+    ctx.extra["fault_at"] = ctx.now()
+    began = ctx.now()
+    order = sorted((n for n in ctx.cluster.nodes if n is not ctx.primary), key=lambda n: -n.member.index)
+    for node in [*order, ctx.primary]:
+        _replace(ctx, node)
+    ctx.extra["roll_s"] = round(ctx.now() - began, 1)
+
+
 # Scenarios whose fault reaches the failed node's etcd member (killed, frozen or cut off).
-ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition"})
+ETCD_FAULTS = frozenset({"primary-node", "primary-hang", "replica-node", "etcd-member", "partition", "replace-primary",
+                         "replace-replica", "replace-replica-wiped", "roll"})
 
 SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "primary-node": (s_primary_node, "kill the primary's machine (every process at once, etcd member included); "
@@ -276,4 +318,11 @@ SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "switchover": (s_switchover, "planned switchover through Patroni's REST API"),
     "replicas": (s_replicas, "both replica databases die and stay down 15 s; writes stop (rpo 0, strict) or "
                  "continue (rpo > 0)"),
+    "replace-primary": (s_replace_primary, "pulumi up replaces the primary's instance: graceful stop, a new "
+                        "instance on its volume, wait for its readiness signal"),
+    "replace-replica": (s_replace_replica, "pulumi up replaces the synchronous standby's instance"),
+    "replace-replica-wiped": (s_replace_replica_wiped, "the synchronous standby's instance replaced on a blank "
+                              "volume (metal): it rebuilds from the repository or a peer"),
+    "roll": (s_roll, "every member replaced in turn, replicas first, the leader last, each after the previous "
+             "one's readiness signal"),
 }
