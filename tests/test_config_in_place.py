@@ -65,6 +65,8 @@ def test_a_parameter_that_needs_a_restart_is_rolled_replicas_first_without_repla
     wanted = str(int(show(cluster, cluster.nodes[0], "max_connections")) + 7)
     changed = cluster.with_spec(dataclasses.replace(spec, parameters={**spec.parameters, "max_connections": int(wanted)}))
     try:
+        for node in changed.nodes:  # pulumi up writes every manifest; the members apply them
+            changed.publish_config(node.member)
         for node in changed.nodes:
             changed.apply_config(node)
         # dcs-sync puts it in the DCS; Patroni flags the pending restart; the leader's next
@@ -81,6 +83,8 @@ def test_a_parameter_that_needs_a_restart_is_rolled_replicas_first_without_repla
         cluster.wait_healthy(timeout=120)
     finally:
         original = show(cluster, cluster.nodes[0], "max_connections")
+        for node in cluster.nodes:
+            cluster.publish_config(node.member)
         for node in cluster.nodes:
             cluster.apply_config(node)
         if original == wanted:  # rolled back the same way, before the next test runs

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from pgha import contract
+from pgha.local.cluster import LocalClusterError
 from pgha.local.drills import run_drill
 from pgha.render import USERS
 from pgha.spec import PORTS
@@ -76,3 +77,25 @@ def test_a_roll_of_every_member_loses_no_row(local_cluster):
     check(result, len(cluster.nodes))
     assert all(n.machine.instance["instance_id"] != ids[n.member.name] for n in cluster.nodes)
     assert system_identifier(cluster) == before
+
+
+def test_a_member_that_cannot_boot_fails_the_wait_with_its_own_words(local_cluster):
+    # Its secret unreadable (an object without the passwords): pgha-prepare fails, the
+    # bootstrap reports failed with its log's end, and the wait stops with that, not a timeout.
+    cluster = local_cluster
+    values = cluster._ensure_secrets()
+    replica = next(n for n in cluster.nodes if n.member.name != cluster.wait_for_leader(timeout=60))
+    cluster._put_secret(cluster.secret_name, {})
+    try:
+        with pytest.raises(LocalClusterError) as failed:
+            cluster.replace(replica, timeout=600)
+    finally:
+        cluster._put_secret(cluster.secret_name, values)
+    message = str(failed.value)
+    assert f"/pgha/{cluster.spec.cluster_name}/{replica.member.name}/status" in message
+    assert "failed" in message and "pgha-prepare.service" in message, message
+    assert status_of(cluster, replica.member.name)["state"] == "failed"
+    # With its secret back, a new instance comes up and publishes ready.
+    cluster.replace(replica, timeout=900)
+    assert status_of(cluster, replica.member.name)["state"] == "ready"
+    cluster.wait_healthy(timeout=120)

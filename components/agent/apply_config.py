@@ -193,17 +193,21 @@ def restart_order(cluster: Mapping[str, Any], me: str) -> RestartPlan:
         return RestartPlan([])
     replicas = sorted(m["name"] for m in members if m is not leader and m.get("pending_restart"))
     if not leader.get("pending_restart"):
+        # The leader runs its configured values (rolling_restart lets every member notice a
+        # change first): its replicas may restart to them, whichever way they go.
         return RestartPlan(replicas)
-    return RestartPlan(replicas, "first" if _lowers_a_bound(leader) else "last")
+    return RestartPlan(replicas, "first" if any(_lowers_a_bound(m) for m in members) else "last")
 
 
 def switchover_candidate(cluster: Mapping[str, Any], me: str) -> str | None:
-    """Pure: the member to hand leadership to before the leader restarts: a synchronous standby
-    that needs no restart, else the streaming replica with the least lag."""
-    replicas = [m for m in cluster.get("members") or [] if m.get("name") != me and m.get("state") == "streaming"
-                and not m.get("pending_restart") and not (m.get("tags") or {}).get("nofailover")]
-    sync = [m for m in replicas if m.get("role") == "sync_standby"]
-    pool = sync or replicas
+    """Pure: the member to hand leadership to before the leader restarts. With synchronous
+    mode only the synchronous standby may take it (Patroni refuses another: HTTP 412
+    "candidate name does not match with sync_standby"); else the streaming replica with the
+    least lag. Never one that still needs a restart itself."""
+    members = [m for m in cluster.get("members") or [] if m.get("name") != me]
+    sync = [m for m in members if m.get("role") in ("sync_standby", "quorum_standby")]
+    pool = [m for m in (sync or members) if m.get("state") == "streaming" and not m.get("pending_restart")
+            and not (m.get("tags") or {}).get("nofailover")]
     if not pool:
         return None
 
@@ -253,6 +257,17 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
     except (OSError, ValueError, PatroniError) as exc:
         LOG.debug("no rolling restart: cannot read /cluster: %s", exc)
         return []
+    if not restart_order(cluster, me).replicas and not restart_order(cluster, me).leader:
+        return []
+    # Members notice a DCS change a loop apart: let every one flag its pending restart before
+    # the order is chosen (seen 2026-12-01: a replica flagged before the leader was restarted
+    # first, stayed at the primary's higher max_connections and held the roll).
+    try:
+        time.sleep(float(client.get("/config").get("loop_wait", 10)) + 2)
+        cluster = client.get("/cluster")
+    except (OSError, ValueError, PatroniError) as exc:
+        LOG.debug("no rolling restart: cannot read the cluster again: %s", exc)
+        return []
     plan = restart_order(cluster, me)
     if not plan.replicas and not plan.leader:
         return []
@@ -275,14 +290,21 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
     if plan.leader == "first":
         LOG.info("restarting the leader %s first: it lowers a parameter no standby may run below", me)
         restart(me, local_client(node, auth))
-    for name in plan.replicas:
-        LOG.info("restarting %s for its pending parameters", name)
-        restart(name, _member_client(_member(cluster, name), auth))
-    if plan.leader == "last":
+    # Members notice a DCS change a loop apart: a replica flagged after the first look is
+    # restarted in a later round, before the leader hands over.
+    for _ in range(len(cluster.get("members") or []) + 1):
         cluster = client.get("/cluster")
+        pending = [n for n in restart_order(cluster, me).replicas if n not in done]
+        if not pending:
+            break
+        for name in pending:
+            LOG.info("restarting %s for its pending parameters", name)
+            restart(name, _member_client(_member(cluster, name), auth))
+    cluster = client.get("/cluster")
+    if _member(cluster, me).get("pending_restart") and me not in done:
         candidate = switchover_candidate(cluster, me)
         if candidate is None:
-            LOG.warning("the leader's pending restart waits: no streaming replica to hand over to")
+            LOG.warning("the leader's pending restart waits: no restarted, streaming standby to hand over to")
             return done
         LOG.info("switching over to %s before restarting %s", candidate, me)
         status, raw = local_client(node, auth).request("POST", "/switchover", {"leader": me, "candidate": candidate},
@@ -318,7 +340,9 @@ def cmd_start_node(node: NodeFacts, args: argparse.Namespace) -> int:
         # The readiness unit waits for the cluster to take this member in: not the boot's job.
         problem = _systemctl(_run, "start", *(["--no-block"] if unit == contract.READY_UNIT else []), unit)
         if problem:
-            raise AgentError(problem)
+            # The unit's own last words: what `pulumi up` shows when this member cannot boot.
+            journal = _run(["journalctl", "-u", unit, "-n", "8", "-o", "cat", "--no-pager"]).stdout.strip()
+            raise AgentError(f"{problem}\n{journal}" if journal else problem)
         LOG.info("started %s", unit)
     problem = _systemctl(_run, "enable", "--now", *node["timers"])
     if problem:

@@ -149,13 +149,23 @@ def test_a_lowered_primary_bounded_parameter_restarts_the_leader_first():
         c = cluster(m("pg-x-1", "leader", "running", pending_restart=True, pending_restart_reason=reason),
                     m("pg-x-2", "replica", "streaming", pending_restart=True, pending_restart_reason=reason))
         assert apply_config.restart_order(c, "pg-x-1") == apply_config.RestartPlan(["pg-x-2"], leader)
+    # The leader restarted first already (it runs the lower value): its replicas follow.
+    c = cluster(m("pg-x-1", "leader", "running"),
+                m("pg-x-2", "replica", "streaming", pending_restart=True, pending_restart_reason=lower))
+    assert apply_config.restart_order(c, "pg-x-1") == apply_config.RestartPlan(["pg-x-2"])
 
 
-def test_the_leader_hands_over_to_a_restarted_sync_standby_first():
+def test_the_leader_hands_over_to_a_restarted_sync_standby_only():
     c = cluster(m("pg-x-1", "leader", "running", pending_restart=True),
                 m("pg-x-2", "replica", "streaming", lag=0),
                 m("pg-x-3", "sync_standby", "streaming", lag=1024))
     assert apply_config.switchover_candidate(c, "pg-x-1") == "pg-x-3"
+    # Synchronous mode: Patroni refuses any candidate but the sync standby (HTTP 412), so a
+    # sync standby that still needs its restart means no candidate yet, not another replica.
+    c = cluster(m("pg-x-1", "leader", "running", pending_restart=True),
+                m("pg-x-2", "replica", "streaming", lag=0),
+                m("pg-x-3", "sync_standby", "streaming", pending_restart=True))
+    assert apply_config.switchover_candidate(c, "pg-x-1") is None
     c = cluster(m("pg-x-1", "leader", "running"), m("pg-x-2", "replica", "streaming", lag=4096),
                 m("pg-x-3", "replica", "streaming", lag="unknown"), m("pg-x-4", "replica", "streaming", lag=0,
                                                                      tags={"nofailover": True}))
