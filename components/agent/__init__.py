@@ -21,6 +21,8 @@ Commands (one module each, see cli.COMMAND_MODULES):
   dcs-sync            bring Patroni's DCS settings (bootstrap.dcs) to this node's spec
   etcd-leadership     keep etcd's raft leader on the node whose loss costs least
   timeline-guard      stop a replica stuck on an old timeline, so that Patroni rewinds it
+  handover            before this member stops: if it leads, switch over to a healthy standby
+                      (PgBouncer paused meanwhile); pgha-handover.service's ExecStop
   fetch-files         fetch the bucket-delivered node files, checked against their sha256
 
 The node facts come from a JSON file written by the renderer (--node-json, else the

@@ -81,6 +81,8 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-patroni.service",
         "pgha-pgbouncer.service",
         "pgha-haproxy.service",
+        # Started after what it needs at stop, so stopped before them (it switches over).
+        "pgha-handover.service",
         "pgha-node-exporter.service",
         "pgha-postgres-exporter.service",
         "pgha-pgbouncer-exporter.service",

@@ -18,7 +18,7 @@ from .agent_helpers import ZIPAPP, make_node, run_cli, write_json
 
 COMMANDS = ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter", "backup",
             "restore-bootstrap", "archive-get-source", "etcd", "dcs-ready", "dcs-sync", "etcd-leadership",
-            "timeline-guard", "fetch-files")
+            "timeline-guard", "handover", "fetch-files")
 
 
 def test_zipapp_builds_byte_identically():
