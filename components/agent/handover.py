@@ -13,11 +13,11 @@ there by the client (never executed here, so a retry is safe).
 What it costs, measured 2026-12-01 with the drills (rto fast, rpo 0, one writer through 5433,
 3 trials each, 2 cores shared with another cluster): PAUSE drains in 0.1-0.3 s; the candidate
 takes writes 2.65 s after the request (Patroni's graceful demotion, its fixed 1 s wait included,
-then the promotion); the writer waits 5.9 s (median, max 6.0) with 1 failed statement, where a
-plain switchover without the pause took 5.7 s (5.9) with 1-7. The rest is HAProxy: it cuts the
-sessions to this PgBouncer once this member fails /primary (~1.5 s) and the client reconnects
-(~1.5 s). A graceful poweroff of the primary: 5.75 s (5.8) and 1-2 failed statements with the
-handover, 5.1 s (6.0) and 12-17 without it, the units stopping one after the other.
+then the promotion); the writer waits 5.9 s (median, max 6.0) with 1 error (failed statements
+and connections), where a plain switchover without the pause took 5.7 s (5.9) with 1-7. The
+rest is HAProxy: it cuts the sessions to this PgBouncer once this member fails /primary (~1.5 s)
+and the client reconnects (~1.5 s). A graceful poweroff of the primary: 5.75 s (5.8) and 1-2
+errors with the handover, 5.1 s (6.0) and 12-17 without it, the units stopping one by one.
 
 A stop must never hang or fail because of this: when this member is not the leader, or no
 member can take over, it says why and exits 0 at once, and the whole handover is bounded by
