@@ -176,3 +176,19 @@ def test_aggregate_over_trials() -> None:
 def test_as_json_writes_attempts_as_objects() -> None:
     assert json.loads(analysis.as_json({"a": Attempt(1, 0.5)}))["a"] == {
         "id": 1, "sent": 0.5, "acked": None, "error": None, "errored": None, "server": None, "late": False}
+
+
+def test_the_stopping_primary_s_own_patroni_saw_the_new_leader_before_it_went() -> None:
+    # pg-1's Patroni, sampled as it stops: itself leader (9.9, 10.5), pg-2 leader but still
+    # starting (11.0), pg-2 running (12.0, 13.0), then no answer (14.0, 15.0).
+    samples = [(9.9, "pg-1", "running"), (10.5, "pg-1", "running"), (11.0, "pg-2", "starting"),
+               (12.0, "pg-2", "running"), (13.0, "pg-2", "running"), (14.0, None, None), (15.0, None, None)]
+    assert analysis.old_primary_saw_new_leader(samples, FAULT, "pg-1") == (12.0, 13.0)
+    # Gone before any other member led: never saw it (a failover after the stop, not a handover).
+    gone = [(9.9, "pg-1", "running"), (10.5, "pg-1", "running"), (11.0, None, None), (12.0, None, None)]
+    assert analysis.old_primary_saw_new_leader(gone, FAULT, "pg-1") == (None, 10.5)
+    assert analysis.old_primary_saw_new_leader([], FAULT, "pg-1") == (None, None)
+    r = analysis.analyse(trial(scenario="primary-poweroff", extra={"fault_at": FAULT, "old_patroni": samples,
+                                                                    "poweroff_s": 9.5, "handover_log": ["x"]}))
+    assert (r["old_patroni_saw_new_leader_s"], r["old_patroni_last_answer_s"]) == (2.0, 3.0)
+    assert r["poweroff_s"] == 9.5 and r["handover_log"] == ["x"] and "old_patroni" not in r

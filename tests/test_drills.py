@@ -33,6 +33,8 @@ BOUNDS = {
     "replica-node": (5, 5, 90),
     "etcd-member": (3, 3, 30),
     "switchover": (1, 10, 60),
+    "handover": (1, 10, 60),
+    "primary-poweroff": (2, 10, 90),
     "replicas": (None, None, 90),
     "partition": (35, 35, 90),
 }
@@ -55,11 +57,15 @@ def check(result, scenario):
         assert result["max_write_gap_s"] <= gap, result
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "partition"])
+# Each with assertions of its own below.
+OWN_TESTS = ("partition", "primary-poweroff")
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in OWN_TESTS])
 def test_drill(local_cluster, scenario):
     result = run_drill(local_cluster, scenario, log=print)
     check(result, scenario)
-    if scenario in ("primary-node", "primary-hang", "switchover"):
+    if scenario in ("primary-node", "primary-hang", "switchover", "handover"):
         # The ex-primary came back as a replica, not as a second primary.
         assert result["new_primary"] != result["old_primary"]
     if scenario in ("postgres-crash", "patroni-crash", "pgbouncer-crash", "haproxy-crash", "etcd-member",
@@ -105,6 +111,22 @@ def test_partition_the_isolated_primary_steps_down_and_a_replica_takes_over(loca
     # The cut-off primary stopped taking writes well before the majority's leader key expired.
     assert result["isolated_read_only_s"] is not None and result["isolated_read_only_s"] < result["config"]["ttl"]
     assert all(netns.blackholes(prefix, i) == [] for i in (1, 2, 3))  # healed
+
+
+def test_a_primary_shut_down_in_order_hands_leadership_over_before_its_patroni_stops(local_cluster):
+    result = run_drill(local_cluster, "primary-poweroff", log=print)
+    check(result, "primary-poweroff")
+    old, new = result["old_primary"], result["new_primary"]
+    log = "\n".join(result["handover_log"])
+    print(log)
+    # The handover chose the synchronous standby, and it is the one that leads now.
+    assert f"handing leadership to {new} (synchronous standby" in log and f"handed leadership to {new}" in log
+    assert new != old and "PgBouncer paused" in log and "PgBouncer resumed" in log
+    # The old primary's own Patroni named the new leader running, and answered after that: the
+    # leader changed before it stopped (a handover, not a failover after the stop), far within ttl.
+    saw, last = result["old_patroni_saw_new_leader_s"], result["old_patroni_last_answer_s"]
+    assert saw is not None and last is not None and saw < last, result
+    assert saw < result["config"]["ttl"] / 2
 
 
 def test_stopping_the_cluster_does_not_hang_on_the_synchronous_standby(local_cluster):

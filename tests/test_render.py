@@ -91,7 +91,8 @@ def test_each_changed_file_asks_for_what_applies_it_without_a_replacement():
     assert "restart:pgha-timeline-guard.service" in on["/etc/pgha/node.json"]
     assert on["/etc/systemd/system/pgha-backup-full.timer"] == {"daemon-reload", "restart:pgha-backup-full.timer"}
     # Restarting these would interrupt the database, its clients or etcd: the unit file waits.
-    for unit in ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy", "pgha-prepare", "pgha-backup-full"):
+    for unit in ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy", "pgha-prepare", "pgha-backup-full",
+                 "pgha-handover"):  # (its stop is a switchover)
         assert on[f"/etc/systemd/system/{unit}.service"] == {"daemon-reload"}, unit
     assert not {"restart:pgha-patroni.service", "restart:pgha-etcd.service"} & set().union(*on.values())
 

@@ -25,6 +25,8 @@ Commands (one module each, see cli.COMMAND_MODULES):
                       change asks (reloads, restarts), and on the leader restart pending members
                       one at a time (pgha-config.timer)
   start-node          the bootstrap's last step: node.json's units in order, then its timers
+  handover            before this member stops: if it leads, switch over to a healthy standby
+                      (PgBouncer paused meanwhile); pgha-handover.service's ExecStop
 
 The node facts come from a JSON file written by the renderer (--node-json, else the
 PGHA_NODE_JSON environment variable, else /etc/pgha/node.json). No secret value is ever logged.

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from . import apply_config, backup, dcs_sync, fetch, hooks, restore, secrets, status, timeline_guard
+from . import apply_config, backup, dcs_sync, fetch, handover, hooks, restore, secrets, status, timeline_guard
 from .errors import DEFAULT_NODE_JSON, LOG, PROG, AgentError
 from .etcd import leadership, membership
 from .exporters import pgbackrest, pgbouncer
@@ -13,9 +13,9 @@ from .facts import load_node
 
 # Help lists the commands in this order.
 COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, restore, membership, dcs_sync, leadership,
-                   timeline_guard, status, apply_config)
-# A Patroni callback must never fail Patroni.
-ALWAYS_ZERO = ("on-role-change",)
+                   timeline_guard, handover, status, apply_config)
+# A Patroni callback must never fail Patroni; a stop must never fail for the handover.
+ALWAYS_ZERO = ("on-role-change", "handover")
 
 
 class _CommandFormatter(logging.Formatter):

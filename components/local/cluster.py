@@ -462,8 +462,10 @@ class LocalCluster:
 
     def stop_database(self, *, log: Any = print) -> None:
         """Stop every unit but etcd's, every Patroni at once (stopping replicas first makes the
-        synchronous standby wait); the DCS stays up."""
-        keep = ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service", "pgha-host.service")
+        synchronous standby wait); the DCS stays up. The handover unit stays active: stopping it
+        would switch over, and this stops the database, not the member."""
+        keep = ("pgha-patroni.service", "pgha-etcd.service", "pgha-prepare.service", "pgha-host.service",
+                "pgha-handover.service")
         running = [n for n in self.nodes if n.machine.running()]
         for node in running:
             node.machine.systemctl("stop", *[u for u in node.units if u not in keep], *self._timers(node))

@@ -81,6 +81,8 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-patroni.service",
         "pgha-pgbouncer.service",
         "pgha-haproxy.service",
+        # Started after what it needs at stop, so stopped before them (it switches over).
+        "pgha-handover.service",
         "pgha-node-exporter.service",
         "pgha-postgres-exporter.service",
         "pgha-pgbouncer-exporter.service",
@@ -121,8 +123,10 @@ AGENT_DAEMONS = ("pgha-timeline-guard.service", "pgha-etcd-leadership.service", 
 # Units whose restart would interrupt the database, its clients or etcd's quorum, or would stop
 # every unit that Requires= them: a change of their unit file takes effect at their next start
 # (a replacement or a reboot). Their configuration files are reloaded instead.
+# pgha-handover's stop is a switchover: restarting it would move the primary for nothing.
 NOT_RESTARTED_ON_CHANGE = frozenset({"pgha-host.service", "pgha-prepare.service", "pgha-etcd.service",
-                                     "pgha-patroni.service", "pgha-pgbouncer.service", "pgha-haproxy.service"})
+                                     "pgha-patroni.service", "pgha-pgbouncer.service", "pgha-haproxy.service",
+                                     "pgha-handover.service"})
 
 
 def _unit_on_change(unit: str, units: list[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgha.agent import cli, envfile, facts, hooks
+from pgha.agent import cli, envfile, facts, handover, hooks
 from pgha.agent.exporters import pgbackrest as pgbackrest_exporter
 
 from .agent_helpers import (
@@ -261,6 +261,49 @@ def test_on_role_change_reconnects_pgbouncer(bootstrapped):
 
 
 @pytest.mark.usefixtures("_root")
+def waiting(admin: str) -> int:
+    """Clients waiting for a server in PgBouncer (SHOW POOLS' cl_waiting), its console aside."""
+    cols, rows = hooks.admin_query(admin, "SHOW POOLS")
+    return sum(p["cl_waiting"] for p in (dict(zip(cols, r)) for r in rows) if p["database"] != "pgbouncer")
+
+
+def test_handover_pause_lets_a_running_transaction_finish_and_holds_new_ones(bootstrapped):
+    """PgBouncer's PAUSE/RESUME as the handover uses them (pgha.agent.handover)."""
+    s = bootstrapped
+    dsn = tcp_dsn(s, s.pgbport, "dbuser_monitor", PASSWORDS["monitor_password"])
+    admin = hooks.pgbouncer_admin_conninfo(s.node)
+
+    def scenario() -> int:
+        import threading
+
+        with psycopg.connect(dsn, prepare_threshold=None) as running:
+            running.execute("SELECT 1")  # a transaction open on a server connection
+            paused, took = handover.pause_pgbouncer(admin, timeout=1.0)
+            # Still draining: PAUSE waits for the transaction instead of cutting it.
+            assert paused and took >= 1.0, (paused, took)
+            answer: dict = {}
+
+            def new_transaction() -> None:
+                with psycopg.connect(dsn, prepare_threshold=None, autocommit=True) as conn:
+                    answer["row"] = conn.execute("SELECT 2").fetchone()
+
+            waiter = threading.Thread(target=new_transaction, daemon=True)
+            waiter.start()
+            wait_for(lambda: waiting(admin) == 1, timeout=10, what="a client waiting in the pause")
+            assert running.execute("SELECT 3").fetchone() == (3,)
+            running.commit()  # the running transaction finishes normally
+        # The new one waits on: no server for it until RESUME.
+        time.sleep(1.0)
+        assert waiting(admin) == 1 and "row" not in answer
+        handover.resume_pgbouncer(admin)
+        waiter.join(10)
+        assert answer.get("row") == (2,) and waiting(admin) == 0
+        return 0
+
+    rc, out = run_as("postgres", scenario)
+    assert rc == 0, out
+
+
 def test_on_role_change_exits_0_when_pgbouncer_down(base):
     (base / "run" / "pgbouncer").mkdir(parents=True)
     nj = write_json(base / "etc" / "node.json", make_node(base, ports={"pgbouncer": free_port()}))

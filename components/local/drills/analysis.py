@@ -147,6 +147,16 @@ def new_primary_routable(checks: list[Sample], fault: float, old_primary: str) -
     return next((t for t, name, ok in sorted(checks) if t >= fault and ok and name != old_primary), None)
 
 
+def old_primary_saw_new_leader(samples: list[tuple[float, str | None, str | None]], fault: float,
+                               old_primary: str) -> tuple[float | None, float | None]:
+    """From the stopping primary's own Patroni (its /cluster, sampled until it went): (when it
+    first named another member the running leader, when it last answered); None: never."""
+    saw = next((t for t, lead, state in sorted(samples, key=lambda s: s[0])
+                if t >= fault and lead and lead != old_primary and state == "running"), None)
+    last = max((t for t, lead, _ in samples if lead is not None), default=None)
+    return saw, last
+
+
 def isolated_read_only(pg: list[Sample], fault: float, old_primary: str) -> float | None:
     """When the cut-off old primary stopped being writable (down counts), after the fault."""
     return next((t for t, name, writable in sorted(pg) if name == old_primary and t >= fault and not writable),
@@ -204,7 +214,12 @@ def analyse(trial: Trial) -> dict[str, Any]:
     }
     if trial.scenario == "partition":
         result["isolated_read_only_s"] = _since(isolated_read_only(trial.pg, fault, trial.old_primary), fault)
-    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units"):
+    if "old_patroni" in trial.extra:
+        saw, last = old_primary_saw_new_leader(trial.extra["old_patroni"], fault, trial.old_primary)
+        result["old_patroni_saw_new_leader_s"], result["old_patroni_last_answer_s"] = _since(saw, fault), \
+            _since(last, fault)
+    for key in ("writes_during_outage", "acks_during_outage", "synchronous_mode_strict", "revived_units",
+                "handover_s", "poweroff_s", "handover_log"):
         if key in trial.extra:
             result[key] = trial.extra[key]
     return result

@@ -3,12 +3,17 @@ healthy cluster, and the recovery EC2 and systemd provide: a killed machine boot
 that died restarts after its RestartSec."""
 
 import contextlib
+import json
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from ...agent.patroni_api import PatroniClient
+from ...spec import PORTS
 from .. import netns, procfs
 from ..cluster import LocalCluster, Node
 from .load import Client
@@ -225,6 +230,73 @@ def s_switchover(ctx: Context) -> None:
     ctx.failed = [ctx.primary]
 
 
+HANDOVER_UNIT = "pgha-handover.service"
+HANDOVER_LOG = "var/log/pgha/handover.log"
+
+
+def s_handover(ctx: Context) -> None:
+    """What a stopping primary does first, alone: stop its handover unit (whose ExecStop is the
+    agent's handover: PgBouncer PAUSE, switchover, RESUME), then start the unit again."""
+    node = ctx.primary
+    log_path = node.machine.fs / HANDOVER_LOG
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    ctx.extra["fault_at"] = ctx.now()
+    node.machine.systemctl("stop", HANDOVER_UNIT, check=True)
+    ctx.extra["handover_s"] = round(ctx.now() - ctx.extra["fault_at"], 2)
+    ctx.failed = [node]
+    node.machine.systemctl("start", HANDOVER_UNIT, check=True)
+    ctx.extra["handover_log"] = _handover_lines(log_path, offset)
+
+
+def _handover_lines(path: Path, offset: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _sample_old_primary(ctx: Context, node: Node, stop: threading.Event) -> None:
+    """Until ``stop``: what the stopping primary's own Patroni says, every 0.1 s: (time, the
+    leader its /cluster names, that leader's state), or (time, None, None) when it does not answer."""
+    samples: list[tuple[float, str | None, str | None]] = ctx.extra.setdefault("old_patroni", [])
+    client = PatroniClient(node.ip, PORTS["patroni"])
+    while not stop.is_set():
+        leader_name = state = None
+        with contextlib.suppress(OSError, ValueError):
+            status, raw = client.request("GET", "/cluster", timeout=0.5)
+            if status == 200:
+                lead: dict[str, Any] = next((m for m in json.loads(raw).get("members", [])
+                                             if m.get("role") == "leader"), {})
+                leader_name, state = lead.get("name", ""), lead.get("state", "")
+        samples.append((ctx.now(), leader_name, state))
+        stop.wait(0.1)
+
+
+def s_primary_poweroff(ctx: Context) -> None:
+    """The primary's machine shut down in order (EC2's stop or terminate: SIGTERM to nspawn,
+    systemd stops every unit, pgha-handover first), then booted again on its volume. Records
+    what the old primary's own Patroni said until it went (``old_patroni``) and its handover log."""
+    node = ctx.primary
+    log_path = node.machine.fs / HANDOVER_LOG
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_old_primary, args=(ctx, node, stop), daemon=True)
+    sampler.start()
+    ctx.extra["fault_at"] = ctx.now()
+    ctx.failed = [node]
+    try:
+        node.machine.poweroff()
+    finally:
+        stop.set()
+        sampler.join(5)
+    ctx.extra["poweroff_s"] = round(ctx.now() - ctx.extra["fault_at"], 2)
+    # The overlay stays mounted after the machine stopped: its log is there to read.
+    ctx.extra["handover_log"] = _handover_lines(node.machine.root / HANDOVER_LOG, offset)
+    ctx.revive(node)
+
+
 REPLICA_UNITS = ("pgha-patroni.service", "pgha-pgbouncer.service")
 
 
@@ -316,6 +388,10 @@ SCENARIOS: dict[str, tuple[Callable[[Context], None], str]] = {
     "partition": (s_partition, "cut the primary off from both replicas, both ways (network namespaces); "
                   "clients still reach every node; heal past ttl"),
     "switchover": (s_switchover, "planned switchover through Patroni's REST API"),
+    "handover": (s_handover, "the primary's handover alone (pgha-handover's stop: PgBouncer PAUSE, switchover, "
+                 "RESUME)"),
+    "primary-poweroff": (s_primary_poweroff, "shut the primary's machine down in order (its handover first); "
+                         "boot it again"),
     "replicas": (s_replicas, "both replica databases die and stay down 15 s; writes stop (rpo 0, strict) or "
                  "continue (rpo > 0)"),
     "replace-primary": (s_replace_primary, "pulumi up replaces the primary's instance: graceful stop, a new "
