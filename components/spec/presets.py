@@ -33,9 +33,11 @@ class RtoPlan:
 # synchronous_mode Patroni only moves synchronous_standby_names to the surviving replica on its
 # next loop (commits wait meanwhile: replica loss paused writes 4-5 s with loop_wait 5) and only
 # notices a crashed PostgreSQL on its next loop (postgres-crash RTO 10.2 s with loop_wait 5).
-# fast also re-admits a new primary sooner in HAProxy (downinter 500ms, rise 2).
+# fast also re-admits a new primary sooner in HAProxy (downinter 500ms, rise 1: one 200 from
+# Patroni's /primary, which only the leader-lock holder answers, is enough; with rise 2 a
+# replaced primary's switchover paused writes 5.8 s, 2026-12-01, tests/test_replace.py).
 RTO_PLANS: dict[str, RtoPlan] = {
-    "fast": RtoPlan(20, 2, 5, 15, 5, "1s", "500ms", "500ms", 2, 3, "10s"),
+    "fast": RtoPlan(20, 2, 5, 15, 5, "1s", "500ms", "500ms", 1, 3, "10s"),
     "norm": RtoPlan(30, 2, 10, 25, 5, "2s", "1s", "2s", 3, 3, "15s"),
     "safe": RtoPlan(60, 10, 20, 45, 10, "3s", "1500ms", "3s", 3, 3, "30s"),
     "wide": RtoPlan(120, 20, 30, 95, 15, "4s", "2s", "4s", 3, 3, "60s"),
