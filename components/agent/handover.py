@@ -24,6 +24,7 @@ member can take over, it says why and exits 0 at once, and the whole handover is
 ``--timeout`` (below the unit's TimeoutStopSec)."""
 
 import argparse
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -159,6 +160,24 @@ def resume_pgbouncer(dsn: str) -> None:
         LOG.warning("PgBouncer RESUME failed: %s", str(exc).strip())
 
 
+def shutdown_pgbouncer(dsn: str) -> None:
+    """SHUTDOWN: PgBouncer closes every client and exits (its unit stops with the node)."""
+    try:
+        admin_query(dsn, "SHUTDOWN")
+    except Exception as exc:  # noqa: BLE001 - the connection ends with PgBouncer: expected
+        LOG.debug("PgBouncer SHUTDOWN: %s", str(exc).strip())
+
+
+def system_stopping(run: Any = subprocess.run) -> bool:
+    """systemd is shutting the machine down (EC2's stop or terminate, a poweroff), as opposed to
+    this unit alone being stopped."""
+    try:
+        state = run(["systemctl", "is-system-running"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return state == "stopping"
+
+
 def _leader_routable(node: NodeFacts, candidate: str) -> bool:
     """The DCS names ``candidate`` the running leader and its Patroni answers /primary (what
     HAProxy routes writes by)."""
@@ -233,7 +252,13 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
     try:
         failed = switch_over(node, candidate, deadline)
     finally:
-        if paused:
+        if paused and failed is None and system_stopping():
+            # The node is going down: close this pooler now. Its clients reconnect at once and
+            # HAProxy, finding the port closed, redispatches them to the new primary instead of
+            # to this one until its check fails (RESUME cost ~3 s more, 2026-12-01 bench/replace.py).
+            shutdown_pgbouncer(dsn)
+            LOG.info("PgBouncer shut down after %.2f s paused (the node is stopping)", time.monotonic() - paused_at)
+        elif paused:
             # After a switchover what still waits goes to this member, a replica now (or restarting
             # as one): a write fails there unexecuted, unless HAProxy has moved its client already.
             # Waiting longer gains nothing (seen 2026-12-01): HAProxy cuts those clients either

@@ -306,3 +306,22 @@ def test_the_unit_stops_before_what_the_handover_needs_and_outlasts_its_bound():
         # Started after what it is ordered after (the bootstrap starts them in this order).
         units = unit_names(spec, m, ctx)
         assert all(units.index(u) < units.index("pgha-handover.service") for u in after if u in units)
+
+
+def test_only_a_machine_shutting_down_closes_its_pooler_after_the_handover():
+    import subprocess as sp
+
+    from pgha.agent import handover as mod
+
+    def answering(state: str):
+        return lambda argv, **kw: sp.CompletedProcess(argv, 0 if state == "running" else 1, state + "\n", "")
+
+    assert mod.system_stopping(answering("stopping")) is True
+    # The unit stopped alone (a drill, an operator): the pooler resumes and keeps serving.
+    assert mod.system_stopping(answering("running")) is False
+    assert mod.system_stopping(answering("degraded")) is False
+
+    def missing(argv, **kw):
+        raise FileNotFoundError("systemctl")
+
+    assert mod.system_stopping(missing) is False
