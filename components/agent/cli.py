@@ -5,15 +5,15 @@ import logging
 import os
 import sys
 
-from . import backup, dcs_sync, fetch, hooks, restore, secrets, timeline_guard
+from . import backup, bootstrap, dcs_sync, fetch, hooks, restore, secrets, timeline_guard
 from .errors import DEFAULT_NODE_JSON, LOG, PROG, AgentError
 from .etcd import leadership, membership
 from .exporters import pgbackrest, pgbouncer
 from .facts import load_node
 
 # Help lists the commands in this order.
-COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, restore, membership, dcs_sync, leadership,
-                   timeline_guard, fetch)
+COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, bootstrap, restore, membership, dcs_sync,
+                   leadership, timeline_guard, fetch)
 # A Patroni callback must never fail Patroni.
 ALWAYS_ZERO = ("on-role-change",)
 
