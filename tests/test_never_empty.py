@@ -2,7 +2,10 @@
 lost rebuilds from the repository while the DCS has a leader, and a cluster that lost its DCS
 and every member's data restores its own repository's newest backup to the end of the archive
 instead of running initdb (the agent's `bootstrap`). The data volumes are lost the way EC2
-loses them: each member powered off, its volume replaced by a blank one, booted again."""
+loses them: each member powered off, its volume replaced by a blank one, booted again. Last, a
+metal cluster of its own (PGHA_TEST_METAL_ADDRESSES, default 10.217.0.; moto on
+PGHA_TEST_S3_PORT + 40) stopped and started whole: etcd keeps its data on the root volume, the
+instance stores come back blank, and every member rebuilds from the repository."""
 
 import os
 import re
@@ -15,9 +18,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
-from conftest import wait_for_archived
+from conftest import REPO, cluster_args, log_to_stderr, wait_for_archived, wipe_test_root
 from pgha.local import backups
+from pgha.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -204,4 +209,68 @@ def test_a_repository_out_of_reach_fails_the_bootstrap_until_it_answers_and_noth
     assert paths == ["repository"], paths
     patroni = "".join(new_log(n, "patroni.log", marks) for n in cluster.nodes)
     assert "removing initialize key after failed attempt to bootstrap the cluster" in patroni
+    assert cluster.health_problems() == []
+
+
+@pytest.fixture(scope="module")
+def metal_cluster(tmp_path_factory):
+    """The dev stack on metal: c7gd.large members (4 GiB like the dev stack's, one instance-store NVMe)."""
+    project = tmp_path_factory.mktemp("metal-project")
+    shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
+    stack = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
+    stack["config"]["pgha:instanceType"] = "c7gd.large"
+    stack["config"]["pgha:storage"] = {"kind": "metal"}
+    (project / "Pulumi.metal.yaml").write_text(yaml.safe_dump(stack))
+    args = cluster_args("metal", "10.217.0.", port_offset=40)
+    wipe_test_root(args["root"], stack="dev", address_prefix=args["address_prefix"], s3_http_port=args["s3_http_port"])
+    cluster = LocalCluster(project_dir=project, stack="metal", log=log_to_stderr, **args)
+    cluster.up(timeout=300, log=log_to_stderr)
+    yield cluster
+    if not os.environ.get("PGHA_TEST_KEEP"):
+        cluster.destroy(log=log_to_stderr)
+
+
+def etcd_ids(cluster) -> dict[str, str]:
+    proc = cluster.etcdctl("member", "list", "-w", "json")
+    assert proc.returncode == 0, proc.stderr
+    return {m["name"]: m["ID"] for m in yaml.safe_load(proc.stdout)["members"]}
+
+
+def test_a_metal_cluster_stopped_and_started_whole_keeps_its_dcs_and_rebuilds_from_the_repository(metal_cluster):
+    cluster = metal_cluster
+    assert cluster.spec.storage.kind == "metal"
+    assert cluster.nodes[0].layout.etcd_data("metal") == str(cluster.nodes[0].machine.fs) + "/var/lib/pgha-etcd"
+    backups.run_backup(cluster, "full", log=lambda _: None)
+    with su(cluster) as conn:
+        conn.execute("CREATE TABLE metal_marks (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO metal_marks VALUES (1)")
+        segment = backups.switch_wal(conn)
+    wait_for_archived(cluster, segment, cluster.bucket)
+    sysid, timeline = facts(cluster)
+    members = etcd_ids(cluster)
+    marks = log_marks(cluster)
+    etcd_marks = {n.member.name: (Path(n.layout.log) / "etcd.log").stat().st_size for n in cluster.nodes}
+    # `aws ec2 stop-instances` of every member, then start: the instance stores come back blank.
+    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+        list(pool.map(lambda n: n.machine.poweroff(), cluster.nodes))
+    cluster.up(timeout=600, log=lambda _: None)
+
+    # etcd kept its data: the same members, none re-added; so the DCS kept the cluster.
+    assert etcd_ids(cluster) == members
+    for node in cluster.nodes:
+        with open(Path(node.layout.log) / "etcd.log", "rb") as fh:
+            fh.seek(etcd_marks[node.member.name])
+            assert "etcd start: this member has etcd data" in fh.read().decode(errors="replace")
+    # Every member's data was gone and came from the repository, with no leader to clone from
+    # (no bootstrap: the DCS knows the cluster).
+    for node in cluster.nodes:
+        log = new_log(node, "patroni.log", marks)
+        assert "(without leader)" in log and "replica has been created using pgbackrest" in log
+        host = node.machine.run(["journalctl", "-b", "-u", "pgha-host.service", "-o", "cat"]).stdout
+        assert "formatting blank device" in host
+        assert "bootstrap path" not in new_log(node, "patroni.stdout.log", marks)
+    with su(cluster) as conn:
+        assert conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0] == sysid
+        assert conn.execute("SELECT id FROM metal_marks").fetchall() == [(1,)]
+    assert facts(cluster)[1] > timeline
     assert cluster.health_problems() == []
