@@ -247,7 +247,7 @@ def test_a_restore_that_fails_after_its_checks_is_rolled_back(local_cluster):
     # The original files are back, the restored data and the set-aside copies are gone, and the
     # failed attempt left no backup behind.
     for node in local_cluster.nodes:
-        assert "pgha_restore" not in open(f"{node.layout.etc}/patroni.yml").read()
+        assert json.loads(open(f"{node.layout.etc}/node.json").read())["restore"] is None
         data = Path(node.layout.pgdata)
         assert (data / "PG_VERSION").exists()
         assert not data.with_name("data.pre-restore").exists() and not data.with_name("data.failed").exists()

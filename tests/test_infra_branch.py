@@ -77,7 +77,8 @@ def test_branch_user_data_never_names_the_source_in_its_archive_or_config():
     conf = files["/etc/pgha/pgbackrest/pgbackrest.conf"]
     assert "prod-backup-src" not in conf and "pg-source" not in conf
     patroni = files["/etc/pgha/patroni.yml"]
-    assert "method: pgha_restore" in patroni and "restore-bootstrap" in patroni
+    assert "method: pgha_bootstrap" in patroni and "pgha-node.pyz --node-json /etc/pgha/node.json bootstrap" in patroni
+    assert json.loads(files["/etc/pgha/node.json"])["restore"]["stanza"] == "pg-source"
     assert "--stanza=pg-feature archive-push" in patroni
     # Asynchronous: a single node never waits for a synchronous standby.
     assert "synchronous_mode: false" in patroni

@@ -157,6 +157,27 @@ def test_a_new_instance_keeps_its_ebs_volume_and_loses_metal_s_instance_store(tm
     assert not (tmp_path / "m" / "upper").exists()  # the next boot starts from the image alone
 
 
+def test_a_stopped_instance_started_again_keeps_its_root_and_ebs_volumes_and_loses_its_instance_store(tmp_path):
+    """EC2's stop/start: the root volume (metal's etcd data is there) and EBS stay, the instance
+    store is blank again."""
+    from pgha.local.machine import Machine, Volume
+
+    ebs, store = tmp_path / "ebs.img", tmp_path / "nvme0.img"
+    for path in (ebs, store):
+        path.write_bytes(b"data written before the stop")
+    machine = Machine("pg-x-1", tmp_path / "m", image_root=tmp_path / "image", netns="unused", log=lambda _: None,
+                      volumes=[Volume(ebs, 1, "nvme-Amazon_Elastic_Block_Store_vol0"),
+                               Volume(store, 1, "nvme-Amazon_EC2_NVMe_Instance_Storage_0", persistent=False)])
+    root_file = tmp_path / "m" / "upper" / "var" / "lib" / "pgha-etcd" / "member"
+    root_file.parent.mkdir(parents=True)
+    root_file.write_text("etcd's data")
+    (tmp_path / "m" / "instance.json").write_text('{"instance_id": "i-0same"}')
+    machine._start_instance("i-0same")
+    assert ebs.read_bytes() == b"data written before the stop"
+    assert not store.exists()
+    assert root_file.read_text() == "etcd's data"
+
+
 def test_metal_members_get_instance_store_devices_under_ec2_s_names(tmp_path):
     from dataclasses import replace
 

@@ -35,7 +35,7 @@ def test_a_member_whose_etcd_data_is_gone_rejoins_by_itself(local_cluster):
     lost = local_cluster.nodes[2]
     before = {m["name"]: m["ID"] for m in etcd_members(local_cluster, local_cluster.nodes[0])}
     lost.machine.systemctl("stop", *reversed(lost.units), check=True)
-    shutil.rmtree(lost.layout.etcd_data)  # a replaced node whose volume is new
+    shutil.rmtree(lost.layout.etcd_data(local_cluster.spec.storage.kind))  # a replaced node whose volume is new
     local_cluster.up(timeout=240, log=lambda _: None)
     after = {m["name"]: m["ID"] for m in etcd_members(local_cluster, local_cluster.nodes[0])}
     assert started(etcd_members(local_cluster, local_cluster.nodes[0])) == sorted(before)

@@ -14,7 +14,8 @@ Commands (one module each, see cli.COMMAND_MODULES):
   pgbouncer-exporter  Prometheus exporter for PgBouncer's admin console
   pgbackrest-exporter Prometheus exporter for `pgbackrest info`
   backup              take a pgBackRest backup if this member is the one that should (timers)
-  restore-bootstrap   Patroni custom bootstrap of a branch/restored cluster: pgbackrest restore
+  bootstrap           Patroni custom bootstrap of every cluster: its restore source, else the newest
+                      backup of its own repository, else (no stanza or no backup) initdb
   archive-get-source  restore_command of a branch restoring from an encrypted source repository
   etcd                start this member's etcd: restart, bootstrap the initial cluster, or join
   dcs-ready           Patroni's ExecStartPre: wait until etcd has decided its cluster version

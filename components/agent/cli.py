@@ -5,15 +5,27 @@ import logging
 import os
 import sys
 
-from . import apply_config, backup, dcs_sync, fetch, handover, hooks, restore, secrets, status, timeline_guard
+from . import (
+    apply_config,
+    backup,
+    bootstrap,
+    dcs_sync,
+    fetch,
+    handover,
+    hooks,
+    restore,
+    secrets,
+    status,
+    timeline_guard,
+)
 from .errors import DEFAULT_NODE_JSON, LOG, PROG, AgentError
 from .etcd import leadership, membership
 from .exporters import pgbackrest, pgbouncer
 from .facts import load_node
 
 # Help lists the commands in this order.
-COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, restore, membership, dcs_sync, leadership,
-                   timeline_guard, handover, status, apply_config)
+COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, bootstrap, restore, membership, dcs_sync,
+                   leadership, timeline_guard, handover, status, apply_config)
 # A Patroni callback must never fail Patroni; a stop must never fail for the handover.
 ALWAYS_ZERO = ("on-role-change", "handover")
 

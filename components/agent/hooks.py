@@ -99,14 +99,14 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
                 cur.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}").format(
                     sql.Identifier(auth_user)))
             LOG.info("function pgbouncer.get_auth present in %s", conn.info.dbname)
-    if node.get("restore"):
-        # pgBackRest wrote the source's restore_command and the recovery target into
-        # postgresql.auto.conf: a member cloned from this one must not follow the source's archive.
-        with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
-            for name in RESTORE_SETTINGS:
-                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
-            conn.execute("SELECT pg_reload_conf()")
-        LOG.info("restore settings removed from postgresql.auto.conf")
+    # A restored cluster (a source's or its own repository's backup): pgBackRest wrote its
+    # restore_command and any recovery target into postgresql.auto.conf, which a member cloned from
+    # this one must not follow. After an initdb there is nothing to reset.
+    with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
+        for name in RESTORE_SETTINGS:
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+        conn.execute("SELECT pg_reload_conf()")
+    LOG.info("restore settings absent from postgresql.auto.conf")
     if create_app_db:
         with psycopg.connect(args.connstring, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(APP_DATABASE),

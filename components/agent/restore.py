@@ -1,4 +1,5 @@
-"""Restores: `restore-bootstrap` (Patroni's custom bootstrap) and `archive-get-source`."""
+"""Restores from a source repository (a branch, a whole-cluster restore): what `bootstrap` runs when
+node.json names one, and `archive-get-source`."""
 
 import argparse
 import os
@@ -140,10 +141,10 @@ def scrub_restored_config(pgdata: str) -> list[str]:
     return removed
 
 
-def cmd_restore_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
-    r = node.get("restore")
-    if not r:
-        raise AgentError("node facts have no 'restore': this cluster bootstraps with initdb")
+def restore_source(node: NodeFacts, binary: str = "pgbackrest") -> None:
+    """Restore node.json's restore source to its target into the empty data directory, then scrub
+    the source's settings from the copy (bootstrap's source path)."""
+    r = restore_facts(node)
     pgdata = node["paths"]["pgdata"]
     # First: a missing source cipher pass fails here, before pgBackRest touches anything.
     env = source_cipher_env(node)
@@ -151,10 +152,9 @@ def cmd_restore_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
     if env:
         LOG.info("the source repository is encrypted: its cipher pass from %s, in the environment",
                  source_cipher_path(node))
-    run_pgbackrest(restore_argv(node, binary=args.pgbackrest), f"restore of {r['stanza']}", env=env)
+    run_pgbackrest(restore_argv(node, binary=binary), f"restore of {r['stanza']}", env=env)
     for what in scrub_restored_config(pgdata):
         LOG.info("removed from the restored copy: %s", what)
-    return 0
 
 
 # PostgreSQL aborts recovery on an exit status above 125 (as for "command not found"); 1 to
@@ -182,19 +182,12 @@ def cmd_archive_get_source(node: NodeFacts, args: argparse.Namespace) -> int:
     return ARCHIVE_GET_ABORT
 
 
-
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("restore-bootstrap", parents=[common], help="Patroni custom bootstrap from a backup",
-                       description="pgbackrest restore of node.json's restore source into the empty data "
-                                   "directory (target time/LSN/latest, then promote), and scrub the source's "
-                                   "archive/sync settings from the copy.")
-    p.add_argument("--pgbackrest", default="pgbackrest", metavar="PATH", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_restore_bootstrap)
     p = sub.add_parser("archive-get-source", parents=[common],
                        help="restore_command of a branch of an encrypted source",
                        description="pgbackrest archive-get WAL from node.json's restore source, with the "
                                    "source's cipher pass (written by `secrets`) in pgBackRest's environment. "
-                                   "Set as restore_command by restore-bootstrap; exits 126 (PostgreSQL "
+                                   "Set as restore_command by bootstrap; exits 126 (PostgreSQL "
                                    "aborts recovery) when the pass cannot be read.")
     p.add_argument("wal", help="WAL file name (%%f)")
     p.add_argument("destination", help="where PostgreSQL wants it (%%p)")

@@ -155,7 +155,7 @@ def render_secret_files(node: NodeFacts, secret: dict) -> dict[str, tuple[str, s
 
 
 # A branch of an encrypted source keeps the source repository's cipher pass here (postgres,
-# 0600); restore-bootstrap hands it to pgBackRest in the environment, never on a command line.
+# 0600); bootstrap hands it to pgBackRest in the environment, never on a command line.
 SOURCE_CIPHER_FILE = "source-cipher-pass"
 
 

@@ -1,5 +1,5 @@
 """Backups, restore and PITR of the local cluster, through the very units and agent the
-nodes run (``pgha-backup-<type>.service``, ``pgha-node restore-bootstrap``).
+nodes run (``pgha-backup-<type>.service``, ``pgha-node bootstrap``).
 
 * :func:`run_backup` starts the backup service on every member, as the timers do on EC2: each
   member's agent asks Patroni and only the chosen one (the sync standby) backs up, then expires.

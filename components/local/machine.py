@@ -9,7 +9,8 @@ instance from outside its user-data, the machine is given from outside too:
   namespace (``pgha.local.imds``);
 * its data volume: a loop device over a file that outlives the instance, seen inside under
   the name EC2's NVMe driver gives it (``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...``),
-  or for metal an instance-store device discarded with the instance;
+  or for metal an instance-store device discarded whenever the instance stops (a stop/start or a
+  replacement: EC2 wipes instance stores then);
 * a fresh instance id per instance, so cloud-init runs the user-data once per instance.
 
 The image stays read-only: each instance is a new overlay upper layer over it, so replacing an
@@ -62,7 +63,7 @@ class Volume:
     size_gib: int
     # The name the device has inside under /dev/disk/by-id (what EC2's NVMe driver names it).
     by_id: str
-    # EBS volumes outlive the instance; an instance store is discarded with it.
+    # EBS volumes outlive the instance; an instance store is blank at every start of it.
     persistent: bool = True
 
 
@@ -159,8 +160,7 @@ class Machine:
         if self.running():
             raise MachineError(f"{self.name} is already running")
         self.home.mkdir(parents=True, exist_ok=True)
-        if self.instance.get("instance_id") != instance_id:
-            self._new_instance(instance_id)
+        self._start_instance(instance_id)
         self._mount_overlay()
         seed = self.root / SEED_DIR
         seed.mkdir(parents=True, exist_ok=True)
@@ -246,16 +246,28 @@ class Machine:
         except OSError:
             return "(no console output)"
 
+    def _start_instance(self, instance_id: str) -> None:
+        """What EC2 does to the disks of an instance that starts: a new instance gets a new root
+        volume (upper layer); a stopped one started again keeps its root volume, and either gets
+        blank instance stores (a stop/start wipes them, as a termination does)."""
+        if self.instance.get("instance_id") != instance_id:
+            self._new_instance(instance_id)
+        else:
+            self._discard_instance_stores()
+
     def _new_instance(self, instance_id: str) -> None:
         """Discard the last instance's upper layer and its instance-store volumes."""
         self._umount_overlay()
         for part in ("upper", "work"):
             subprocess.run(["rm", "-rf", "--one-file-system", str(self.home / part)], check=True)
+        self._discard_instance_stores()
+        self.log(f"{self.name}: new instance {instance_id}")
+
+    def _discard_instance_stores(self) -> None:
         for volume in self.volumes:
             if not volume.persistent:
                 self._detach(volume)
                 volume.file.unlink(missing_ok=True)
-        self.log(f"{self.name}: new instance {instance_id}")
 
     def discard_volumes(self) -> None:
         """Every volume blank again (a lost EBS volume, a metal instance's wiped stores); the

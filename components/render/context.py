@@ -52,9 +52,12 @@ class Layout:
     def pgdata(self) -> str:
         return self.data + "/pg/data"
 
-    @property
-    def etcd_data(self) -> str:
-        return self.data + "/etcd"
+    def etcd_data(self, storage_kind: str) -> str:
+        """etcd's data directory: on the data volume with EBS, which outlives the instance, so a
+        replaced node keeps its etcd membership; on the root volume with metal, whose data
+        volume is the instance store that a stop/start wipes (a cluster stopped and started
+        whole would come back to an empty DCS)."""
+        return self.data + "/etcd" if storage_kind == "ebs" else self.path("var/lib/pgha-etcd")
 
     @property
     def log(self) -> str:

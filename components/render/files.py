@@ -148,7 +148,7 @@ def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
     lay = ctx.layout
     return {
         "etc": lay.etc, "secrets": lay.secrets, "tls": lay.tls, "bin": lay.bin, "data": lay.data,
-        "pgdata": lay.pgdata, "etcd_data": lay.etcd_data, "log": lay.log, "run": lay.run,
+        "pgdata": lay.pgdata, "etcd_data": lay.etcd_data(spec.storage.kind), "log": lay.log, "run": lay.run,
         "python": lay.python, "patroni": lay.patroni,
         "pg_bin": lay.pg_bin(postgres_version(spec, ctx)),
         "pgbackrest_config": lay.pgbackrest_config,

@@ -17,7 +17,7 @@ from pgha.render import agentzip
 from .agent_helpers import ZIPAPP, make_node, run_cli, write_json
 
 COMMANDS = ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter", "backup",
-            "restore-bootstrap", "archive-get-source", "etcd", "dcs-ready", "dcs-sync", "etcd-leadership",
+            "bootstrap", "archive-get-source", "etcd", "dcs-ready", "dcs-sync", "etcd-leadership",
             "timeline-guard", "report-status", "await-ready", "handover", "apply-config", "start-node")
 
 

@@ -92,9 +92,14 @@ def test_replicas_are_created_from_the_repository_first():
     pg = patroni["postgresql"]
     assert pg["create_replica_methods"] == ["pgbackrest", "basebackup"]
     assert pg["pgbackrest"]["keep_data"] is True and pg["pgbackrest"]["no_params"] is True
+    assert pg["pgbackrest"]["no_leader"] is True  # a DCS that outlived every member's data
     assert "--delta --type=standby" in pg["pgbackrest"]["command"]
     assert "archive-get" in pg["recovery_conf"]["restore_command"]
-    assert "method" not in patroni["bootstrap"]
+    # Even a cluster without a restore source bootstraps through the agent, never Patroni's initdb.
+    boot = patroni["bootstrap"]
+    assert boot["method"] == "pgha_bootstrap" and "initdb" not in boot
+    assert boot["pgha_bootstrap"]["command"].endswith("pgha-node.pyz --node-json /etc/pgha/node.json bootstrap")
+    assert boot["pgha_bootstrap"]["initdb"] == "--encoding=UTF8 --locale=C.UTF-8 --data-checksums"
 
 
 def test_peers_carry_each_members_address_and_paths():

@@ -1,4 +1,4 @@
-"""restore-bootstrap and archive-get-source: the source's cipher pass, in pgBackRest's environment only."""
+"""bootstrap of a branch (its source path) and archive-get-source: the source's cipher pass, in pgBackRest's environment only."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ exit "${FAKE_RC:-0}"
 
 
 @pytest.mark.usefixtures("_root")
-def test_restore_bootstrap_and_archive_get_source_give_pgbackrest_the_pass_in_its_environment_only(base, monkeypatch):
+def test_bootstrap_of_a_branch_and_archive_get_source_give_pgbackrest_the_pass_in_its_environment_only(base, monkeypatch):
     monkeypatch.delenv("PGBACKREST_REPO1_CIPHER_PASS", raising=False)  # only the agent may set it
     fake = base / "pgbackrest"
     fake.write_text(FAKE_PGBACKREST)
@@ -29,7 +29,7 @@ def test_restore_bootstrap_and_archive_get_source_give_pgbackrest_the_pass_in_it
     (sec / "source-cipher-pass").write_text(SOURCE_PASS + "\n")
     out = base / "call"
     env = {"FAKE_OUT": str(out)}
-    res = run_cli("--node-json", str(nj), "restore-bootstrap", "--pgbackrest", str(fake), env=env)
+    res = run_cli("--node-json", str(nj), "bootstrap", "--pgbackrest", str(fake), env=env)
     assert res.returncode == 0, res.stderr
     argv = Path(f"{out}.argv").read_text().splitlines()
     assert Path(f"{out}.env").read_text() == SOURCE_PASS

@@ -245,7 +245,7 @@ def test_an_unreadable_source_cipher_secret_is_a_warning_and_the_restore_fails_c
     err = capfd.readouterr().err
     assert "WARNING" in err and "cipher pass was not fetched" in err and "gone.json" in err
     # The restore stops before pgBackRest runs, naming the file.
-    assert cli.main(["--node-json", str(nj), "restore-bootstrap", "--pgbackrest", "/bin/false"]) == 1
+    assert cli.main(["--node-json", str(nj), "bootstrap", "--pgbackrest", "/bin/false"]) == 1
     err = capfd.readouterr().err
     assert "source-cipher-pass cannot be read" in err and "running" not in err
     # As restore_command: an exit status PostgreSQL takes as fatal, not as the end of the archive.
