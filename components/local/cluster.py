@@ -446,6 +446,10 @@ class LocalCluster:
             names = names[: names.index(until)]
         if only is not None:
             names = [n for n in names if n in only]
+        if until is None and only is None:
+            # Every unit: the timers too (stop_database stops them; apply-config's timer is how
+            # a changed configuration reaches the member at all).
+            names = [*names, *self._timers(node)]
         for name in names:
             if not node.systemd.is_active(name):
                 log(f"{node.member.name}: starting {name}")
