@@ -57,8 +57,8 @@ def check(result, scenario):
         assert result["max_write_gap_s"] <= gap, result
 
 
-# Each with assertions of its own below.
-OWN_TESTS = ("partition", "primary-poweroff")
+# Each with assertions of its own below (the replacements: tests/test_replace.py).
+OWN_TESTS = ("partition", "primary-poweroff", "replace-primary", "replace-replica", "replace-replica-wiped", "roll")
 
 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in OWN_TESTS])

@@ -37,7 +37,9 @@ from .hooks import admin_query, pgbouncer_admin_conninfo
 from .patroni_api import PatroniClient, PatroniError, local_client, patroni_get, rest_credentials
 
 # The whole handover, PAUSE to RESUME; pgha-handover.service's TimeoutStopSec (45 s) is above it.
-HANDOVER_TIMEOUT = 30.0
+# A switchover takes ~3 s; when every member stops at once (pgha local down) no candidate ever
+# takes over, and the whole stop waits this long (CI, 2026-12-01: down took 36 s with 30).
+HANDOVER_TIMEOUT = 15.0
 # How much of it PAUSE may take to drain running transactions. A transaction still running then
 # is cut by the demotion, as a plain stop would cut it: a long one must not cost the handover.
 PAUSE_TIMEOUT = 10.0

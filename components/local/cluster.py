@@ -349,14 +349,16 @@ class LocalCluster:
         except client.exceptions.ResourceNotFoundException:
             client.create_secret(Name=name, SecretString=json.dumps(values))
 
-    def _publish(self, values: dict[str, Any]) -> None:
-        """pulumi up's part: the bucket, the cluster secret (and the cipher secret), the node files."""
+    def _publish(self, values: dict[str, Any], hold: Collection[str] = ()) -> None:
+        """pulumi up's part: the bucket, the cluster secret (and the cipher secret), the node files
+        (but the held members': their configuration stays as it is until they are replaced)."""
         self.s3.create_bucket(self.bucket)
         self._put_secret(self.secret_name, values)
         if CIPHER_PASS_KEY in values:
             self._put_secret(self.cipher_secret_name, {CIPHER_PASS_KEY: values[CIPHER_PASS_KEY]})
         for member in self.spec.members:
-            self.publish_config(member)
+            if member.name not in hold:
+                self.publish_config(member)
 
     def publish_config(self, member: Member) -> str:
         """``pulumi up``'s part for one member's configuration: the binary files it names, then
@@ -393,7 +395,7 @@ class LocalCluster:
         netns_mod.setup(self.address_prefix, [self.host_number(n.member) for n in self.nodes])
         log(f"AWS (moto: S3, Secrets Manager) over TLS at {self.s3.url}")
         self.s3.start()
-        self._publish(values)
+        self._publish(values, hold)
         booting = []
         for node in self.nodes:
             if node.machine.running():
@@ -515,6 +517,7 @@ class LocalCluster:
             node.machine.discard_volumes()
             log(f"{node.member.name}: its data volume is blank now")
         instance_id = self.new_instance_id(node.member)
+        self.publish_config(node.member)  # what the new instance fetches: the stack's current files
         self.boot(node, instance_id)
         try:
             node.machine.wait_booted(timeout)
