@@ -24,6 +24,7 @@ member can take over, it says why and exits 0 at once, and the whole handover is
 ``--timeout`` (below the unit's TimeoutStopSec)."""
 
 import argparse
+import os
 import subprocess
 import threading
 import time
@@ -40,6 +41,8 @@ from .patroni_api import PatroniClient, PatroniError, local_client, patroni_get,
 # A switchover takes ~3 s; when every member stops at once (pgha local down) no candidate ever
 # takes over, and the whole stop waits this long (CI, 2026-12-01: down took 36 s with 30).
 HANDOVER_TIMEOUT = 15.0
+# In <paths.run>: every member is being stopped at once (no one could take over): skip it.
+NO_HANDOVER_FLAG = "no-handover"
 # How much of it PAUSE may take to drain running transactions. A transaction still running then
 # is cut by the demotion, as a plain stop would cut it: a long one must not cost the handover.
 PAUSE_TIMEOUT = 10.0
@@ -235,6 +238,9 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
     """Hand leadership over if this member leads; the new leader's name, or None."""
     began = time.monotonic()
     deadline = began + timeout
+    if os.path.exists(os.path.join(node["paths"]["run"], NO_HANDOVER_FLAG)):
+        LOG.info("no handover: the whole cluster is stopping (%s)", NO_HANDOVER_FLAG)
+        return None
     try:
         cluster = patroni_get(node, "/cluster", timeout=3.0)
         config = patroni_get(node, "/config", timeout=3.0)

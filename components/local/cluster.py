@@ -486,8 +486,11 @@ class LocalCluster:
     def down(self, *, log: Any = print) -> None:
         """Power every member off (systemd stops each unit in order) and stop the AWS stand-in;
         the volumes keep the data, and ``up`` boots the same instances again."""
+        running = [n for n in self.nodes if n.machine.running()]
+        for node in running:  # every member stops: no one could take the primary's leadership over
+            node.machine.run(["touch", f"{EC2_LAYOUT.run}/no-handover"], timeout=30)
         with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
-            list(pool.map(lambda n: n.machine.poweroff(), [n for n in self.nodes if n.machine.running()]))
+            list(pool.map(lambda n: n.machine.poweroff(), running))
         log(f"{self.spec.cluster_name}: members powered off")
         if self.owns_s3 and self.s3.haproxy_cfg.exists():
             self.s3.stop()
