@@ -27,7 +27,7 @@ from .cli_types import Subparsers
 from .dcs_sync import start_dcs_sync
 from .errors import LOG, AgentError
 from .facts import load_node
-from .patroni_api import LEADER_ROLES, PatroniClient, PatroniError, local_client, rest_credentials
+from .patroni_api import LEADER_ROLES, PatroniClient, PatroniError, local_client, member_client, rest_credentials
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 # A restarted member must stream again within this, or the roll stops (and says so).
@@ -218,13 +218,6 @@ def switchover_candidate(cluster: Mapping[str, Any], me: str) -> str | None:
     return str(min(pool, key=lambda m: (lag(m), m["name"]))["name"])
 
 
-def _member_client(member: Mapping[str, Any], auth: tuple[str, str]) -> PatroniClient:
-    # api_url: http://IP:PORT/patroni
-    host_port = str(member["api_url"]).split("//", 1)[1].split("/", 1)[0]
-    host, _, port = host_port.rpartition(":")
-    return PatroniClient(host, int(port), auth=auth)
-
-
 def _wait(client: PatroniClient, done: Callable[[Mapping[str, Any]], bool], what: str, timeout: float,
           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
     deadline = clock() + timeout
@@ -257,7 +250,8 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
     except (OSError, ValueError, PatroniError) as exc:
         LOG.debug("no rolling restart: cannot read /cluster: %s", exc)
         return []
-    if not restart_order(cluster, me).replicas and not restart_order(cluster, me).leader:
+    first_look = restart_order(cluster, me)
+    if not first_look.replicas and not first_look.leader:
         return []
     # Members notice a DCS change a loop apart: let every one flag its pending restart before
     # the order is chosen (seen 2026-12-01: a replica flagged before the leader was restarted
@@ -299,7 +293,10 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
             break
         for name in pending:
             LOG.info("restarting %s for its pending parameters", name)
-            restart(name, _member_client(_member(cluster, name), auth))
+            client_of_member = member_client(_member(cluster, name), auth)
+            if client_of_member is None:
+                raise AgentError(f"{name}: no plain-HTTP REST API to ask for its restart")
+            restart(name, client_of_member)
     cluster = client.get("/cluster")
     if _member(cluster, me).get("pending_restart") and me not in done:
         candidate = switchover_candidate(cluster, me)

@@ -28,14 +28,13 @@ import os
 import subprocess
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 from ..contract import NodeFacts
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
 from .hooks import admin_query, pgbouncer_admin_conninfo
-from .patroni_api import PatroniClient, PatroniError, local_client, patroni_get, rest_credentials
+from .patroni_api import PatroniError, local_client, member_client, patroni_get, rest_credentials
 
 # The whole handover, PAUSE to RESUME; pgha-handover.service's TimeoutStopSec (45 s) is above it.
 # A switchover takes ~3 s; when every member stops at once (pgha local down) no candidate ever
@@ -120,14 +119,6 @@ def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any])
     return name, f"{kind}, lag {lag} B"
 
 
-def _api_client(member: dict[str, Any]) -> PatroniClient | None:
-    """A client of the member's own REST API (its api_url), when that is plain HTTP."""
-    url = urllib.parse.urlsplit(str(member.get("api_url") or ""))
-    if url.scheme != "http" or not url.hostname:
-        return None
-    return PatroniClient(url.hostname, url.port or 8008)
-
-
 def pause_pgbouncer(dsn: str, timeout: float) -> tuple[bool, float]:
     """PAUSE this node's PgBouncer: new transactions wait, running ones finish and PgBouncer lets
     its server connections go. (paused, seconds the drain took); paused is also True when the
@@ -190,7 +181,7 @@ def _leader_routable(node: NodeFacts, candidate: str) -> bool:
     member = next((m for m in cluster.get("members") or [] if m.get("name") == candidate), None)
     if member is None or member.get("role") != "leader" or member.get("state") != "running":
         return False
-    client = _api_client(member)
+    client = member_client(member)
     if client is None:
         return True  # no plain-HTTP API to ask: the DCS's word
     try:

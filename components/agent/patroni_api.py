@@ -5,8 +5,9 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Mapping
 
 from ..contract import NodeFacts
 from .envfile import env_unquote
@@ -65,6 +66,14 @@ class PatroniClient:
                                raw.decode(errors="replace"))
         result: dict[str, Any] = json.loads(raw or b"{}")
         return result
+
+
+def member_client(member: Mapping[str, Any], auth: tuple[str, str] | None = None) -> PatroniClient | None:
+    """A client of a /cluster member's own REST API (its api_url), when that is plain HTTP."""
+    url = urllib.parse.urlsplit(str(member.get("api_url") or ""))
+    if url.scheme != "http" or not url.hostname:
+        return None
+    return PatroniClient(url.hostname, url.port or 8008, auth=auth)
 
 
 def local_client(node: NodeFacts, auth: tuple[str, str] | None = None) -> PatroniClient:
