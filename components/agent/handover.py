@@ -24,6 +24,7 @@ member can take over, it says why and exits 0 at once, and the whole handover is
 ``--timeout`` (below the unit's TimeoutStopSec)."""
 
 import argparse
+import json
 import os
 import subprocess
 import threading
@@ -33,8 +34,8 @@ from typing import Any
 from ..contract import NodeFacts
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
-from .hooks import admin_query, pgbouncer_admin_conninfo
-from .patroni_api import PatroniError, local_client, member_client, patroni_get, rest_credentials
+from .hooks import admin_query, pause_pgbouncer, pgbouncer_admin_conninfo, resume_pgbouncer
+from .patroni_api import PRIMARY_ROLES, PatroniClient, local_client, member_client, patroni_get, rest_credentials
 
 # The whole handover, PAUSE to RESUME; pgha-handover.service's TimeoutStopSec (45 s) is above it.
 # A switchover takes ~3 s; when every member stops at once (pgha local down) no candidate ever
@@ -45,7 +46,7 @@ NO_HANDOVER_FLAG = "no-handover"
 # How much of it PAUSE may take to drain running transactions. A transaction still running then
 # is cut by the demotion, as a plain stop would cut it: a long one must not cost the handover.
 PAUSE_TIMEOUT = 10.0
-POLL_INTERVAL = 0.2
+POLL_INTERVAL = 0.1
 # Patroni's default when the DCS has no maximum_lag_on_failover.
 DEFAULT_MAXIMUM_LAG = 1048576
 SYNC_ROLES = ("sync_standby", "quorum_standby")
@@ -119,43 +120,6 @@ def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any])
     return name, f"{kind}, lag {lag} B"
 
 
-def pause_pgbouncer(dsn: str, timeout: float) -> tuple[bool, float]:
-    """PAUSE this node's PgBouncer: new transactions wait, running ones finish and PgBouncer lets
-    its server connections go. (paused, seconds the drain took); paused is also True when the
-    drain is still going at ``timeout`` (PgBouncer is then pausing, and RESUME ends that too)."""
-    outcome: dict[str, BaseException | None] = {}
-
-    def run() -> None:
-        try:
-            admin_query(dsn, "PAUSE")
-            outcome["error"] = None
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
-            outcome["error"] = exc
-
-    began = time.monotonic()
-    # PAUSE returns only once every server connection is released: a thread bounds the wait.
-    worker = threading.Thread(target=run, name="pgbouncer-pause", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    took = time.monotonic() - began
-    if "error" not in outcome:
-        LOG.warning("PgBouncer still draining after %.1f s; switching over anyway (what still runs is cut "
-                    "by the demotion, as a plain stop would cut it)", took)
-        return True, took
-    error = outcome["error"]
-    if error is not None:
-        LOG.warning("PgBouncer not paused (%s): switching over without it", str(error).strip())
-        return False, took
-    return True, took
-
-
-def resume_pgbouncer(dsn: str) -> None:
-    try:
-        admin_query(dsn, "RESUME")
-    except Exception as exc:  # noqa: BLE001 - never fail the stop for it; PgBouncer stops next
-        LOG.warning("PgBouncer RESUME failed: %s", str(exc).strip())
-
-
 def shutdown_pgbouncer(dsn: str) -> None:
     """SHUTDOWN: PgBouncer closes every client and exits (its unit stops with the node)."""
     try:
@@ -174,24 +138,26 @@ def system_stopping(run: Any = subprocess.run) -> bool:
     return state == "stopping"
 
 
-def _leader_routable(node: NodeFacts, candidate: str) -> bool:
-    """The DCS names ``candidate`` the running leader and its Patroni answers /primary (what
-    HAProxy routes writes by)."""
+def takes_writes(client: PatroniClient, timeout: float = 1.0) -> bool:
+    """The member behind ``client`` holds the leader key and its PostgreSQL is out of recovery.
+    Patroni's /primary answers 200 as soon as the member holds the key, before its promotion
+    ends (seen 2026-12-01: 1.0-1.2 s earlier); the body's role comes from pg_is_in_recovery()."""
+    try:
+        status, raw = client.request("GET", "/primary", timeout=timeout)
+        return status == 200 and json.loads(raw or b"{}").get("role") in PRIMARY_ROLES
+    except (OSError, ValueError):
+        return False
+
+
+def _dcs_names_leader(node: NodeFacts, candidate: str) -> bool:
+    """This node's Patroni names ``candidate`` the running leader (the DCS's word, for a
+    candidate whose own API this agent cannot ask)."""
     cluster = patroni_get(node, "/cluster", timeout=2.0)
     member = next((m for m in cluster.get("members") or [] if m.get("name") == candidate), None)
-    if member is None or member.get("role") != "leader" or member.get("state") != "running":
-        return False
-    client = member_client(member)
-    if client is None:
-        return True  # no plain-HTTP API to ask: the DCS's word
-    try:
-        client.get("/primary", timeout=2.0)
-    except (PatroniError, OSError, ValueError):
-        return False
-    return True
+    return member is not None and member.get("role") == "leader" and member.get("state") == "running"
 
 
-def switch_over(node: NodeFacts, candidate: str, deadline: float) -> str | None:
+def switch_over(node: NodeFacts, candidate: str, deadline: float, candidate_api: PatroniClient | None) -> str | None:
     """POST /switchover to this (leading) member's Patroni and wait until ``candidate`` leads and
     takes writes, at most until ``deadline``. None when it does, else why not."""
     client = local_client(node, auth=rest_credentials(node))
@@ -207,7 +173,8 @@ def switch_over(node: NodeFacts, candidate: str, deadline: float) -> str | None:
             answer["reply"] = (0, f"no answer: {exc}")
 
     # Patroni answers once it sees the new leader, polling in whole seconds: ask the candidate
-    # meanwhile, so that PgBouncer resumes as soon as it takes writes.
+    # itself meanwhile (not this demoting member's Patroni, slow to answer while it stops its
+    # PostgreSQL), so that the pooler lets its clients go as soon as the candidate takes writes.
     poster = threading.Thread(target=post, name="switchover", daemon=True)
     poster.start()
     while time.monotonic() < deadline:
@@ -215,12 +182,14 @@ def switch_over(node: NodeFacts, candidate: str, deadline: float) -> str | None:
         if status not in (0, 200):
             return f"Patroni refused: POST /switchover: {status} {reply} ({time.monotonic() - began:.1f} s)"
         try:
-            if _leader_routable(node, candidate):
-                LOG.info("%s takes writes %.2f s after the switchover request (Patroni: %s)", candidate,
-                         time.monotonic() - began, " ".join(map(str, answer["reply"])) if answer else "no answer yet")
-                return None
+            done = takes_writes(candidate_api) if candidate_api is not None else _dcs_names_leader(node, candidate)
         except AgentError as exc:
             LOG.debug("waiting for %s: %s", candidate, exc)
+            done = False
+        if done:
+            LOG.info("%s takes writes %.2f s after the switchover request (Patroni: %s)", candidate,
+                     time.monotonic() - began, " ".join(map(str, answer["reply"])) if answer else "no answer yet")
+            return None
         time.sleep(POLL_INTERVAL)
     return f"{candidate} did not take writes within the handover's bound"
 
@@ -243,13 +212,14 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
         LOG.info("no handover: %s", why)
         return None
     LOG.info("this member leads and is stopping: handing leadership to %s (%s)", candidate, why)
+    candidate_api = next((member_client(m) for m in cluster.get("members") or [] if m.get("name") == candidate), None)
     dsn = pgbouncer_admin_conninfo(node)
     paused_at = time.monotonic()
     paused, drain = pause_pgbouncer(dsn, min(PAUSE_TIMEOUT, timeout / 3))
     if paused:
         LOG.info("PgBouncer paused (drained in %.2f s)", drain)
     try:
-        failed = switch_over(node, candidate, deadline)
+        failed = switch_over(node, candidate, deadline, candidate_api)
     finally:
         if paused and failed is None and system_stopping():
             # The node is going down: close this pooler now. Its clients reconnect at once and

@@ -7,7 +7,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 from ..contract import APP_DATABASE, NodeFacts
 from .cli_types import Subparsers
@@ -170,12 +172,94 @@ def start_stanza_create(node: NodeFacts, binary: str = "pgbackrest") -> subproce
 SETTLE_TIMEOUT = 900.0
 
 
+def pause_pgbouncer(dsn: str, timeout: float) -> tuple[bool, float]:
+    """PAUSE this node's PgBouncer: new transactions wait, running ones finish and PgBouncer lets
+    its server connections go. (paused, seconds the drain took); paused is also True when the
+    drain is still going at ``timeout`` (PgBouncer is then pausing, and RESUME ends that too)."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def run() -> None:
+        try:
+            admin_query(dsn, "PAUSE")
+            outcome["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+            outcome["error"] = exc
+
+    began = time.monotonic()
+    # PAUSE returns only once every server connection is released: a thread bounds the wait.
+    worker = threading.Thread(target=run, name="pgbouncer-pause", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    took = time.monotonic() - began
+    if "error" not in outcome:
+        LOG.warning("PgBouncer still draining after %.1f s; going on (what still runs keeps running)", took)
+        return True, took
+    error = outcome["error"]
+    if error is not None:
+        LOG.warning("PgBouncer not paused: %s", str(error).strip())
+        return False, took
+    return True, took
+
+
+def resume_pgbouncer(dsn: str) -> None:
+    try:
+        admin_query(dsn, "RESUME")
+    except Exception as exc:  # noqa: BLE001 - the callers go on either way
+        LOG.warning("PgBouncer RESUME failed: %s", str(exc).strip())
+
+
+# How long a new primary's PgBouncer holds new transactions while PostgreSQL ends its recovery;
+# past it they get the pool as it is (libpq's read-write check refuses it until the promotion
+# ends) instead of waiting longer.
+PROMOTION_HOLD_MAX = 10.0
+SETTLE_POLL = 0.1
+
+
+def settle_pgbouncer(node: NodeFacts, role: str, in_recovery: Callable[[], bool | None], *,
+                     timeout: float = SETTLE_TIMEOUT, hold_max: float = PROMOTION_HOLD_MAX) -> bool:
+    """Bring this node's PgBouncer to ``role`` once PostgreSQL's recovery state matches it:
+    RECONNECT, so that the pool's cached in_hot_standby is the new role's. True when it did.
+
+    Patroni calls on_role_change right after `pg_ctl promote` is issued, before recovery has
+    ended, and HAProxy routes writes here as soon as Patroni holds the leader key: a pooled
+    server connection PgBouncer opens in that window caches in_hot_standby=on for the pool, and
+    libpq's target_session_attrs=read-write refuses the new primary (field note 10). For a new
+    primary PgBouncer is PAUSEd meanwhile (at most ``hold_max``), so those clients wait and then
+    get a primary's session instead of failing (the primary's replacement: 2-5 such errors per
+    trial, 2026-12-01)."""
+    admin = pgbouncer_admin_conninfo(node)
+    want_recovery = role not in PRIMARY_ROLES
+    began = time.monotonic()
+    held = False
+    if not want_recovery:
+        held, _ = pause_pgbouncer(admin, min(hold_max, 5.0))
+    try:
+        while time.monotonic() - began < timeout:
+            try:
+                state = in_recovery()
+            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
+                LOG.debug("settle check: %s", str(exc).strip())
+                state = None
+            if state is not None and state == want_recovery:
+                admin_query(admin, "RECONNECT")
+                LOG.info("PostgreSQL is %s: PgBouncer RECONNECT sent again%s", role,
+                         f" ({time.monotonic() - began:.2f} s held)" if held else "")
+                return True
+            if held and time.monotonic() - began >= hold_max:
+                resume_pgbouncer(admin)
+                held = False
+                LOG.warning("PostgreSQL still in recovery after %.0f s: PgBouncer resumed, RECONNECT later", hold_max)
+            time.sleep(SETTLE_POLL)
+        LOG.warning("PostgreSQL did not become %s within %.0fs; no second RECONNECT", role, timeout)
+        return False
+    finally:
+        if held:
+            resume_pgbouncer(admin)
+
+
 def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = SETTLE_TIMEOUT) -> int:
-    """Patroni calls on_role_change right after `pg_ctl promote` is issued, before recovery has
-    ended: a pooled server connection PgBouncer opens in that window caches in_hot_standby=on
-    for the pool, and libpq's target_session_attrs=read-write then refuses the new primary
-    for good (field note 10). A detached child waits until PostgreSQL's recovery state matches
-    the new role, then sends RECONNECT once more. Returns the child's pid (0 in the child)."""
+    """:func:`settle_pgbouncer` in a detached child (Patroni waits for its callback to end).
+    Returns the child's pid (0 in the child)."""
     pid = os.fork()
     if pid:
         LOG.info("waiting in the background (pid %d) for PostgreSQL to be %s, then RECONNECT again", pid, role)
@@ -195,25 +279,16 @@ def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = 
         for h in list(LOG.handlers) + list(logging.getLogger().handlers):
             if isinstance(h, logging.StreamHandler):
                 h.setStream(sys.stderr)
-        want_recovery = role not in PRIMARY_ROLES
         dsn = conninfo(host=f"{node['paths']['run']}/postgres", port=node["ports"]["postgres"], dbname="postgres",
                        user=node["os_users"]["postgres"], connect_timeout=3)
         import psycopg
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                    if row is not None and row[0] == want_recovery:
-                        admin_query(pgbouncer_admin_conninfo(node), "RECONNECT")
-                        LOG.info("PostgreSQL is %s: PgBouncer RECONNECT sent again", role)
-                        break
-            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
-                LOG.debug("settle check: %s", str(exc).strip())
-            time.sleep(0.5)
-        else:
-            LOG.warning("PostgreSQL did not become %s within %.0fs; no second RECONNECT", role, timeout)
+        def in_recovery() -> bool | None:
+            with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                return None if row is None else bool(row[0])
+
+        settle_pgbouncer(node, role, in_recovery, timeout=timeout)
     except BaseException:  # noqa: BLE001 - the child must never return into the caller
         code = 1
     finally:

@@ -145,6 +145,9 @@ class FakePatroni:
     def __init__(self, view: dict[str, Any], config: dict[str, Any]) -> None:
         self.view, self.config = view, config
         self.switch_status, self.switch_delay, self.promote = 200, 0.2, True
+        # How long the new leader's PostgreSQL stays in recovery after it takes the key: Patroni's
+        # /primary answers 200 meanwhile, with the body's role "replica".
+        self.promotion_takes = 0.0
         self.posts: list[tuple[str, dict[str, Any], str | None]] = []
         self.leader_since: float | None = None
         fake = self
@@ -167,7 +170,8 @@ class FakePatroni:
                     self.reply(200, fake.config)
                 elif self.path == "/primary":
                     leads = fake.leader_since is not None and self.server is fake.servers[1]
-                    self.reply(200 if leads else 503, {"role": "primary" if leads else "replica"})
+                    promoted = leads and time.monotonic() - fake.leader_since >= fake.promotion_takes
+                    self.reply(200 if leads else 503, {"role": "primary" if promoted else "replica"})
                 else:
                     self.reply(404, {})
 
@@ -240,6 +244,18 @@ def test_the_leader_switches_over_and_waits_until_the_standby_takes_writes(base,
     assert "handing leadership to pg-x-2 (synchronous standby, lag 0 B)" in text
     # No PgBouncer here: said, and the switchover went ahead without it.
     assert "PgBouncer not paused" in text and "handed leadership to pg-x-2" in text
+
+
+def test_the_pooler_waits_for_the_end_of_the_promotion_not_for_the_leader_key(base, fake_patroni, caplog):
+    # Clients let go while the new leader's PostgreSQL is still in recovery would reach it
+    # through HAProxy (which routes by /primary's status) and fail as read-only (2026-12-01).
+    fake_patroni.promotion_takes = 1.0
+    node = node_for(base, fake_patroni)
+    caplog.set_level("INFO", logger="pgha-node")
+    assert handover.handover(node, timeout=10) == "pg-x-2"
+    assert fake_patroni.leader_since is not None
+    assert time.monotonic() - fake_patroni.leader_since >= 1.0
+    assert "pg-x-2 takes writes" in caplog.text
 
 
 def test_a_replica_returns_at_once_without_asking_for_anything(base, fake_patroni, caplog):

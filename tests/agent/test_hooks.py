@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgha.agent import cli, envfile, facts, handover, hooks
+from pgha.agent import cli, envfile, facts, hooks
 from pgha.agent.exporters import pgbackrest as pgbackrest_exporter
 
 from .agent_helpers import (
@@ -278,7 +278,7 @@ def test_handover_pause_lets_a_running_transaction_finish_and_holds_new_ones(boo
 
         with psycopg.connect(dsn, prepare_threshold=None) as running:
             running.execute("SELECT 1")  # a transaction open on a server connection
-            paused, took = handover.pause_pgbouncer(admin, timeout=1.0)
+            paused, took = hooks.pause_pgbouncer(admin, timeout=1.0)
             # Still draining: PAUSE waits for the transaction instead of cutting it.
             assert paused and took >= 1.0, (paused, took)
             answer: dict = {}
@@ -295,7 +295,7 @@ def test_handover_pause_lets_a_running_transaction_finish_and_holds_new_ones(boo
         # The new one waits on: no server for it until RESUME.
         time.sleep(1.0)
         assert waiting(admin) == 1 and "row" not in answer
-        handover.resume_pgbouncer(admin)
+        hooks.resume_pgbouncer(admin)
         waiter.join(10)
         assert answer.get("row") == (2,) and waiting(admin) == 0
         return 0
