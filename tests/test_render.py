@@ -194,6 +194,19 @@ def test_etcd_cluster_is_three_members_with_mutual_tls():
     assert patroni["etcd3"]["protocol"] == "https" and len(patroni["etcd3"]["hosts"].split(",")) == 3
 
 
+def test_each_patroni_asks_its_own_nodes_etcd_first_and_keeps_to_that_order():
+    spec = make_spec({"replicas": 4})
+    ctx = ec2_context(spec)
+    etcd = [f"{ctx.member_ips[m.name]}:2379" for m in spec.members[:3]]
+    for index, member in enumerate(spec.members):
+        conf = yaml.safe_load(files_of(spec, ctx, index)["/etc/pgha/patroni.yml"].content)["etcd3"]
+        hosts = conf["hosts"].split(",")
+        assert sorted(hosts) == sorted(etcd) and conf["use_proxies"] is True
+        own = f"{ctx.member_ips[member.name]}:2379"
+        # Members 4-5 run no etcd: the etcd members in their order.
+        assert hosts[0] == own if own in etcd else hosts == etcd
+
+
 @pytest.mark.parametrize("instance, profile, shared_buffers, max_connections", [
     ("r8g.xlarge", "oltp", "8192MB", 500),
     ("r7i.2xlarge", "olap", "16384MB", 200),

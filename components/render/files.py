@@ -6,6 +6,7 @@ addresses and layout differ between the two.
 
 import functools
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -208,6 +209,15 @@ def _services(spec: ClusterSpec) -> tuple[list[dict[str, Any]], list[dict[str, A
     return services, backends
 
 
+
+def own_etcd_first(member: Member, etcd_members: Sequence[Member]) -> list[Member]:
+    """The etcd members in the order this member's Patroni tries them: its own node's first.
+    Patroni otherwise picks one at random; when that one's node stops, every request of that
+    Patroni hangs to its read timeout first (1.7-2.0 s: the third member followed the new leader
+    that late after the primary's replacement, and commits waited on it, 2026-12-01)."""
+    own = [m for m in etcd_members if m.name == member.name]
+    return own + [m for m in etcd_members if m.name != member.name]
+
 def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]:
     """Everything the templates may use, computed once."""
     paths = _paths(spec, ctx)
@@ -277,7 +287,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "maximum_lag_on_failover": spec.rpo if spec.rpo > 0 else 1048576,
         "dcs_parameters": {k: v for k, v in params.items() if k in DCS_ONLY_PARAMETERS},
         "local_parameters": {k: v for k, v in params.items() if k not in DCS_ONLY_PARAMETERS},
-        "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in etcd_members],
+        "etcd_hosts": [f"{ctx.member_ips[m.name]}:{PORTS['etcd_client']}" for m in own_etcd_first(member, etcd_members)],
         "etcd_initial_cluster": ",".join(
             f"{m.name}=https://{ctx.member_ips[m.name]}:{PORTS['etcd_peer']}" for m in etcd_members),
         "agent": agent,
