@@ -13,14 +13,18 @@ then runs the actions. One fetcher, tested once. Hence: stdlib and boto3 only, n
 """
 
 import argparse
+import datetime
 import grp
 import hashlib
+import hmac
 import json
 import logging
 import os
 import pwd
 import sys
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -34,6 +38,9 @@ BACKOFF = 10.0
 # pgha.contract's names, spelled again: this file runs without pgha (a test holds them equal).
 CONFIG_FORMAT = 1
 APPLIED_CONFIG_FILE = "applied-config.json"
+STATUS_MESSAGE_MAX = 2048
+IMDS_ENDPOINT = "http://169.254.169.254/"
+IMDS_TOKEN_TTL = 300
 Getter = Callable[[str, str], bytes]
 
 
@@ -201,17 +208,117 @@ def first_boot(boot: "BootFacts", get: Getter, **retry: Any) -> Sync:
     return result
 
 
+# -- a boot failure before the agent is there ---------------------------------------------------
+# The agent reports a failed boot to the member's status parameter, which `pulumi up` waits on.
+# A boot that fails before it has the agent (apt, the bucket) reports from here, with the
+# standard library only: on a fresh Debian AMI even boto3 may be what failed to install.
+
+def imds_endpoint() -> str:
+    """IMDS's base URL: AWS_EC2_METADATA_SERVICE_ENDPOINT where set (as botocore honours it)."""
+    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_ENDPOINT
+    return base if base.endswith("/") else base + "/"
+
+
+def imds_get(path: str, endpoint: str | None = None, timeout: float = 2.0) -> str:
+    """GET latest/<path> through IMDSv2 (a token PUT first; pgha's instances refuse IMDSv1),
+    never through a proxy."""
+    base = endpoint or imds_endpoint()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    put = urllib.request.Request(base + "latest/api/token", method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)})
+    with opener.open(put, timeout=timeout) as reply:
+        token = reply.read().decode()
+    get = urllib.request.Request(base + "latest/" + path, headers={"X-aws-ec2-metadata-token": token})
+    with opener.open(get, timeout=timeout) as reply:
+        return str(reply.read().decode()).strip()
+
+
+def role_credentials(endpoint: str | None = None) -> dict[str, str]:
+    """The instance role's credentials from IMDS (AccessKeyId, SecretAccessKey, Token)."""
+    role = imds_get("meta-data/iam/security-credentials/", endpoint).splitlines()[0]
+    creds: dict[str, str] = json.loads(imds_get(f"meta-data/iam/security-credentials/{role}", endpoint))
+    return creds
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def sigv4_headers(url: str, body: bytes, headers: Mapping[str, str], *, service: str, region: str,
+                  creds: Mapping[str, str], now: datetime.datetime) -> dict[str, str]:
+    """``headers`` plus Host, X-Amz-Date, X-Amz-Security-Token and Authorization: AWS Signature
+    Version 4 of a POST to ``url`` (no query string), every header signed."""
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    signed = {k.lower(): v.strip() for k, v in headers.items()}
+    signed["host"] = urllib.parse.urlsplit(url).netloc
+    signed["x-amz-date"] = amz_date
+    if creds.get("Token"):
+        signed["x-amz-security-token"] = creds["Token"]
+    names = ";".join(sorted(signed))
+    canonical = "\n".join(["POST", urllib.parse.urlsplit(url).path or "/", "",
+                           "".join(f"{k}:{signed[k]}\n" for k in sorted(signed)), names,
+                           hashlib.sha256(body).hexdigest()])
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _hmac(_hmac(_hmac(_hmac(("AWS4" + creds["SecretAccessKey"]).encode(), day), region), service),
+                "aws4_request")
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out = dict(signed)
+    out["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, "
+                            f"SignedHeaders={names}, Signature={signature}")
+    return out
+
+
+def clean_message(text: str) -> str:
+    """Printable text only (a log may carry terminal escapes), newlines and tabs kept."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text).strip()
+
+
+def failure_status(instance_id: str, message: str, at: str) -> str:
+    """A 'failed' status as pgha.contract.status_value writes it (the message's end kept)."""
+    text = clean_message(message.encode("utf-8", errors="replace")[-STATUS_MESSAGE_MAX:]
+                         .decode("utf-8", errors="ignore"))
+    return json.dumps({"at": at, "instance_id": instance_id, "lag_bytes": None, "message": text,
+                       "state": "failed", "timeline": None}, sort_keys=True, ensure_ascii=False)
+
+
+def report_boot_failure(boot: "BootFacts", message: str, *, imds: str | None = None, timeout: float = 10.0) -> None:
+    """PutParameter of a 'failed' status to this member's parameter (pgha.contract's
+    status_parameter), signed with the instance role: the agent's report, before the agent."""
+    aws = boot["aws"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    value = failure_status(imds_get("meta-data/instance-id", imds), message, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    parameter = f"/pgha/{boot['cluster']}/{boot['member']}/status"
+    body = json.dumps({"Name": parameter, "Value": value, "Type": "String", "Overwrite": True}).encode()
+    url = aws["endpoint_url"] or f"https://ssm.{aws['region']}.amazonaws.com/"
+    headers = sigv4_headers(url, body, {"Content-Type": "application/x-amz-json-1.1",
+                                        "X-Amz-Target": "AmazonSSM.PutParameter"},
+                            service="ssm", region=aws["region"], creds=role_credentials(imds), now=now)
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        reply.read()
+    LOG.info("reported the failed boot to %s", parameter)
+
+
 def main(argv: list[str] | None = None) -> int:
     """As <bin>/pgha-fetch BOOT_JSON (boot.json: the bucket and key of the manifest, the AWS facts)."""
     logging.basicConfig(format="%(asctime)s pgha-fetch %(levelname)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(prog="pgha-fetch", description="install this member's configuration "
                                      "from the cluster's bucket")
     parser.add_argument("boot_json")
+    parser.add_argument("--report-failure", metavar="LOG",
+                        help="instead: report a failed boot (the end of LOG) to this member's status parameter")
     args = parser.parse_args(argv)
     try:
         boot = read_boot(args.boot_json)
+        if args.report_failure:
+            with open(args.report_failure, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 4 * STATUS_MESSAGE_MAX))
+                report_boot_failure(boot, fh.read().decode("utf-8", errors="replace"))
+            return 0
         first_boot(boot, bucket_getter(boot["aws"]))
-    except (FetchError, OSError, ValueError, KeyError) as exc:
+    except (FetchError, OSError, ValueError, KeyError, IndexError) as exc:
         LOG.error("%s", exc)
         return 1
     return 0

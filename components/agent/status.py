@@ -11,7 +11,6 @@ import argparse
 import datetime
 import os
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,10 +19,9 @@ from ..contract import AwsFacts, NodeFacts
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
 from .etcd.client import etcd_client_url, etcd_health, etcd_tls_context
+from .fetch import clean_message, imds_endpoint, imds_get
 from .patroni_api import LEADER_ROLES, PRIMARY_ROLES, patroni_get
 
-IMDS_ENDPOINT = "http://169.254.169.254/"
-IMDS_TOKEN_TTL = 60
 # The bound HAProxy's replica check uses (/replica?lag=16MB).
 DEFAULT_LAG_BYTES = 16 << 20
 # Longer than a replica's restore from the repository of a mid-sized database; the stack's
@@ -99,29 +97,13 @@ def etcd_health_reason(health: dict) -> str | None:
 
 # -- IMDSv2 and SSM ----------------------------------------------------------------------------
 
-def imds_endpoint() -> str:
-    """IMDS's base URL: AWS_EC2_METADATA_SERVICE_ENDPOINT where set (as botocore honours it)."""
-    base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_ENDPOINT
-    return base if base.endswith("/") else base + "/"
-
-
 def imds_instance_id(endpoint: str | None = None, *, attempts: int = 5, timeout: float = 2.0,
                      sleep: Callable[[float], None] = time.sleep) -> str:
-    """This instance's id through IMDSv2 (a token PUT, then the GET with it; pgha's instances
-    refuse IMDSv1). Never through a proxy."""
-    base = endpoint or imds_endpoint()
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """This instance's id through IMDSv2, retried (IMDS may lag at boot)."""
     last = ""
     for attempt in range(1, attempts + 1):
         try:
-            put = urllib.request.Request(base + "latest/api/token", method="PUT",
-                                         headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)})
-            with opener.open(put, timeout=timeout) as reply:
-                token = reply.read().decode()
-            get = urllib.request.Request(base + "latest/meta-data/instance-id",
-                                         headers={"X-aws-ec2-metadata-token": token})
-            with opener.open(get, timeout=timeout) as reply:
-                instance_id = reply.read().decode().strip()
+            instance_id = imds_get("meta-data/instance-id", endpoint, timeout)
             if instance_id:
                 return instance_id
             last = "empty instance-id"
@@ -129,7 +111,7 @@ def imds_instance_id(endpoint: str | None = None, *, attempts: int = 5, timeout:
             last = str(exc)
         if attempt < attempts:
             sleep(min(2.0 * attempt, 5.0))
-    raise AgentError(f"cannot read this instance's id from IMDS at {base}: {last}")
+    raise AgentError(f"cannot read this instance's id from IMDS at {endpoint or imds_endpoint()}: {last}")
 
 
 def ssm_client(aws: AwsFacts) -> Any:
@@ -143,17 +125,18 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def put_status(client: Any, parameter: str, value: str, *, retry_for: float = REPORT_RETRY_FOR,
+def put_status(client: Callable[[], Any], parameter: str, value: str, *, retry_for: float = REPORT_RETRY_FOR,
                sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
     """PutParameter (String, overwrite), retried with backoff until ``retry_for`` has passed:
-    at boot the instance profile may lag, and SSM throttles concurrent updates."""
+    at boot the instance profile may lag, and SSM throttles concurrent updates. ``client()``
+    gives the SSM client for each attempt (see :class:`Reporter`)."""
     import botocore.exceptions
 
     deadline, delay, attempt = clock() + retry_for, 1.0, 0
     while True:
         attempt += 1
         try:
-            client.put_parameter(Name=parameter, Value=value, Type="String", Overwrite=True)
+            client().put_parameter(Name=parameter, Value=value, Type="String", Overwrite=True)
             return
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             left = deadline - clock()
@@ -170,20 +153,37 @@ class Reporter:
     def __init__(self, node: NodeFacts, instance_id: str, client: Any = None) -> None:
         self.parameter = contract.status_parameter(node["cluster"], node["member"])
         self.instance_id = instance_id
-        self.client = client if client is not None else ssm_client(node["aws"])
+        self.aws = node["aws"]
+        self.given = client
+        self._client: Any = None
+
+    def client(self) -> Any:
+        """The SSM client, made again after a failure: a boto3 client resolves its credentials
+        once, so one made before the instance role is served would never get any (the same
+        as the fetcher's, pgha.agent.fetch.bucket_getter)."""
+        if self.given is not None:
+            return self.given
+        if self._client is None:
+            self._client = ssm_client(self.aws)
+        return self._client
+
+    def forget_client(self) -> None:
+        self._client = None
 
     def report(self, state: str, message: str, *, timeline: int | None = None, lag_bytes: int | None = None,
                retry_for: float = REPORT_RETRY_FOR) -> str:
         value = contract.status_value(self.instance_id, state, message, utc_now(), timeline=timeline,
                                       lag_bytes=lag_bytes)
-        put_status(self.client, self.parameter, value, retry_for=retry_for)
+        def client() -> Any:
+            if attempts:
+                self.forget_client()  # the previous attempt failed
+            attempts.append(1)
+            return self.client()
+
+        attempts: list[int] = []
+        put_status(client, self.parameter, value, retry_for=retry_for)
         LOG.info("%s: %s (%s)", self.parameter, state, message.splitlines()[-1] if message else "")
         return value
-
-
-def clean_message(text: str) -> str:
-    """Printable text only (a log may carry terminal escapes), newlines and tabs kept."""
-    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text).strip()
 
 
 def tail_of(path: str, lines: int) -> str:

@@ -345,3 +345,87 @@ def test_the_unit_runs_await_ready_after_patroni_and_never_requires_it():
         after = [unit for key, value in pairs if key == "After" for unit in value.split()]
         assert "pgha-patroni.service" in after and ("pgha-etcd.service" in after) == member.runs_etcd
         assert "Requires" not in lines and lines["User"] == "postgres"
+
+
+def test_a_client_that_failed_is_made_again_for_the_next_attempt(base: Path, mocked_aws, monkeypatch):
+    # A first boot can make the client before the instance role is served: it never gets
+    # credentials, so each retry needs a new one (as the fetcher's bucket_getter does).
+    import botocore.exceptions
+
+    class NoCredentials:
+        def put_parameter(self, **kwargs: Any) -> None:
+            raise botocore.exceptions.NoCredentialsError()
+
+    made: list[Any] = []
+
+    def ssm_client(aws: Any) -> Any:
+        made.append(NoCredentials() if not made else boto3.client("ssm", region_name="us-east-1"))
+        return made[-1]
+
+    monkeypatch.setattr(status, "ssm_client", ssm_client)
+    node = make_node(base, member=ME)
+    status.Reporter(node, "i-0new").report("booting", "starting", retry_for=30)
+    assert len(made) == 2 and isinstance(made[0], NoCredentials)
+    parameter = contract.status_parameter(node["cluster"], node["member"])
+    value = boto3.client("ssm", region_name="us-east-1").get_parameter(Name=parameter)["Parameter"]["Value"]
+    assert contract.parse_status(value)["state"] == "booting"
+
+
+# -- a failed boot before the agent is there (pgha-fetch --report-failure) -----------------------
+
+def test_the_fetchers_signature_is_aws_signature_version_4_as_botocore_computes_it():
+    import datetime
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from pgha.agent import fetch
+
+    now = datetime.datetime(2026, 12, 1, 19, 5, 7, tzinfo=datetime.timezone.utc)
+    creds = {"AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+             "Token": "session-token"}
+    url, body = "https://ssm.eu-west-1.amazonaws.com/", b'{"Name": "/pgha/pg-x/pg-x-1/status"}'
+    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "AmazonSSM.PutParameter"}
+    mine = fetch.sigv4_headers(url, body, headers, service="ssm", region="eu-west-1", creds=creds, now=now)
+
+    request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
+    request.context["timestamp"] = now.strftime("%Y%m%dT%H%M%SZ")
+    signer = SigV4Auth(Credentials("AKIDEXAMPLE", creds["SecretAccessKey"], "session-token"), "ssm", "eu-west-1")
+    signer._modify_request_before_signing(request)  # Host, X-Amz-Date, the token: what it signs
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    assert mine["authorization"].endswith(f"Signature={expected}")
+    assert f"SignedHeaders={signer.signed_headers(signer.headers_to_sign(request))}" in mine["authorization"]
+
+
+def test_a_boot_that_fails_before_the_agent_reports_through_the_fetcher(tmp_path: Path, imds: Path):
+    from moto.server import ThreadedMotoServer
+
+    from pgha.agent import fetch
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boot = write_json(tmp_path / "boot.json", {
+            "cluster": "pg-x", "member": ME, "etc": str(tmp_path),
+            "aws": {"region": "us-east-1", "endpoint_url": endpoint, "s3_addressing": "path"},
+            "config": {"bucket": "b", "key": "k"}})
+        log = tmp_path / "bootstrap.log"
+        log.write_text("pgha-bootstrap: start\n" + "x" * 9000 + "\nE: Unable to locate package postgresql-17\n"
+                       "pgha-bootstrap: failed at line 44\n")
+        assert fetch.main(["--report-failure", str(log), str(boot)]) == 0
+        ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        value = ssm.get_parameter(Name=contract.status_parameter("pg-x", ME))["Parameter"]["Value"]
+    finally:
+        server.stop()
+    reported = contract.parse_status(value)
+    assert reported is not None and reported["state"] == "failed" and reported["instance_id"] == "i-0new"
+    assert reported["message"].endswith("E: Unable to locate package postgresql-17\npgha-bootstrap: failed at line 44")
+    assert len(reported["message"].encode()) <= contract.STATUS_MESSAGE_MAX
+    assert len(value.encode()) <= contract.STATUS_VALUE_MAX
+    # The same status the agent writes (pgha.contract.status_value), only spelled without pgha.
+    assert value == contract.status_value("i-0new", "failed", reported["message"], reported["at"])
+    assert fetch.STATUS_MESSAGE_MAX == contract.STATUS_MESSAGE_MAX
