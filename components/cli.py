@@ -11,7 +11,7 @@ from . import contract
 from .local import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT
 from .spec import SpecError, build_spec, member_ip
 from .spec.stackfile import StackFileError, read_stack_config
-from .spec.validate import check_bucket_name, check_secret_id
+from .spec.validate import CLUSTER_NAME_RE, check_bucket_name, check_secret_id
 
 PLACEHOLDER_BUCKET = "BUCKET-FROM-PULUMI-UP"
 PLACEHOLDER_SECRET = "SECRET-ARN-FROM-PULUMI-UP"
@@ -346,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_targets(args: argparse.Namespace) -> None:
-    """``--to`` of restore and branch create, checked before any cluster is touched."""
+    """A branch's name and the ``--to`` of restore and branch create, checked before any cluster is touched."""
+    name = getattr(args, "name", None)
+    if args.command == "branch" and name is not None and (not CLUSTER_NAME_RE.fullmatch(name) or len(name) > 24):
+        raise UsageError(f"branch name {name!r}: lowercase letters, digits and '-', starting with a letter and "
+                         "not ending with '-', at most 24 characters (it is the branch's cluster name and stanza)")
     to = getattr(args, "to", None)
     if to is None or args.command not in ("restore", "branch"):
         return

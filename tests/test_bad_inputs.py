@@ -486,6 +486,18 @@ def test_bad_to_exits_2_before_any_cluster_is_touched(command: list[str], tmp_pa
     assert not (tmp_path / "no-root").exists()
 
 
+@pytest.mark.parametrize("name", ["pg-x;rm -rf /", "b1\n", "B1", "b1-", "b" * 25, "../b1"])
+@pytest.mark.parametrize("action", ["create", "promote", "delete"])
+def test_bad_branch_names_exit_2_before_any_cluster_is_touched(name: str, action: str, tmp_path: Path,
+                                                               capsys) -> None:
+    write_stack(tmp_path, {}, "ok")
+    argv = ["--project-dir", str(tmp_path), "--stack", "ok", "branch", action, name, "--root", str(tmp_path / "no-root")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"branch name {name!r}: lowercase letters" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no-root").exists()
+
+
 def test_good_lsns_and_times_still_pass() -> None:
     assert parse_lsn("0/3000060") == 0x3000060 and _lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
     assert parse_lsn("FFFFFFFF/FFFFFFFF") == (1 << 64) - 1
