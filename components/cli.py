@@ -11,7 +11,7 @@ from . import contract
 from .local import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT
 from .spec import SpecError, build_spec, member_ip
 from .spec.stackfile import StackFileError, read_stack_config
-from .spec.validate import CLUSTER_NAME_RE, check_bucket_name, check_secret_id
+from .spec.validate import CLUSTER_NAME_RE, check_bucket_name, check_secret_id, offline_region_azs
 
 PLACEHOLDER_BUCKET = "BUCKET-FROM-PULUMI-UP"
 PLACEHOLDER_SECRET = "SECRET-ARN-FROM-PULUMI-UP"
@@ -19,15 +19,6 @@ PLACEHOLDER_SECRET = "SECRET-ARN-FROM-PULUMI-UP"
 
 class UsageError(ValueError):
     """A bad flag or path: one line on stderr, exit status 2."""
-
-
-def _offline_azs(region: str, given: object) -> list[str]:
-    """The region's AZs offline: its a, b and c, plus any given (validation judges the given list:
-    duplicates or foreign zones are reported as such, never as a region with too few AZs)."""
-    zones = [f"{region}a", f"{region}b", f"{region}c"]
-    if isinstance(given, list):
-        zones += [z for z in given if isinstance(z, str) and z not in zones]
-    return zones
 
 
 def _output_dir(out: Path) -> Path:
@@ -53,7 +44,7 @@ def _render(args: argparse.Namespace) -> int:
     out = _output_dir(Path(args.out))
     values, region = read_stack_config(args.project_dir, args.stack)
     spec = build_spec(values, stack=args.stack, region=region,
-                      region_azs=_offline_azs(region, values.get("availabilityZones")))
+                      region_azs=offline_region_azs(region, values.get("availabilityZones")))
     if not spec.network.creates_vpc:
         print("pgha render: the stack uses existing subnets; member IPs are known only to `pulumi up`",
               file=sys.stderr)

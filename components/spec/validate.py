@@ -650,6 +650,17 @@ _SECRET_ARN_RE = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}
 _KEY_ARN_RE = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+")
 
 
+def offline_region_azs(region: str, given: Any) -> list[str]:
+    """The region's AZs where AWS cannot be asked (``pgha render``, the rehearsal): its a, b and c,
+    plus any given. Validation judges the given list itself: duplicates or foreign zones are
+    reported as such, never as a region with too few AZs."""
+    zones = [f"{region}a", f"{region}b", f"{region}c"]
+    given = _decode(given)
+    if isinstance(given, list):
+        zones += [z for z in given if isinstance(z, str) and z not in zones]
+    return zones
+
+
 def check_bucket_name(value: Any) -> str | None:
     """Why ``value`` is not an S3 bucket name, or None."""
     if isinstance(value, str) and _BUCKET_RE.fullmatch(value) and ".." not in value:
