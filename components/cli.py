@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,16 +10,41 @@ from pathlib import Path
 from . import contract
 from .local import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT
 from .spec import SpecError, build_spec, member_ip
-from .spec.stackfile import read_stack_config
+from .spec.stackfile import StackFileError, read_stack_config
+from .spec.validate import CLUSTER_NAME_RE, check_bucket_name, check_secret_id, offline_region_azs
+
+PLACEHOLDER_BUCKET = "BUCKET-FROM-PULUMI-UP"
+PLACEHOLDER_SECRET = "SECRET-ARN-FROM-PULUMI-UP"
+
+
+class UsageError(ValueError):
+    """A bad flag or path: one line on stderr, exit status 2."""
+
+
+def _output_dir(out: Path) -> Path:
+    """``--out``: a directory that exists or can be made, and is writable; checked before rendering."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing or out} is not a writable directory")
+    return out
 
 
 def _render(args: argparse.Namespace) -> int:
     from .render import render_node, user_data_bytes
     from .render.context import ec2_context
 
+    problems = [f"--bucket {args.bucket!r}: {error}" for error in [check_bucket_name(args.bucket)]
+                if error and args.bucket != PLACEHOLDER_BUCKET]
+    problems += [f"--secret-id {args.secret_id!r}: {error}" for error in [check_secret_id(args.secret_id)]
+                 if error and args.secret_id != PLACEHOLDER_SECRET]
+    if problems:
+        raise UsageError("; ".join(problems))
+    out = _output_dir(Path(args.out))
     values, region = read_stack_config(args.project_dir, args.stack)
-    azs = values.get("availabilityZones") or [f"{region}a", f"{region}b", f"{region}c"]
-    spec = build_spec(values, stack=args.stack, region=region, region_azs=azs)
+    spec = build_spec(values, stack=args.stack, region=region,
+                      region_azs=offline_region_azs(region, values.get("availabilityZones")))
     if not spec.network.creates_vpc:
         print("pgha render: the stack uses existing subnets; member IPs are known only to `pulumi up`",
               file=sys.stderr)
@@ -27,9 +53,11 @@ def _render(args: argparse.Namespace) -> int:
     # Offline: the AWS names `pulumi up` creates are shown as placeholders unless given.
     ctx = ec2_context(region, member_ips=ips, bucket=args.bucket, secret_id=args.secret_id,
                       peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots))
-    out = Path(args.out)
-    for member in spec.members:
-        for f in render_node(spec, member, ctx):
+    # Everything is rendered (and measured) before the first file is written.
+    rendered = [(member, render_node(spec, member, ctx), len(user_data_bytes(spec, member, ctx)))
+                for member in spec.members]
+    for member, files, size in rendered:
+        for f in files:
             target = out / member.name / f.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(f.content, bytes):
@@ -37,7 +65,6 @@ def _render(args: argparse.Namespace) -> int:
             else:
                 target.write_text(f.content)
             target.chmod(f.mode)
-        size = len(user_data_bytes(spec, member, ctx))
         print(f"{member.name}: {out / member.name} (user-data {size} bytes of 16384)")
     return 0
 
@@ -298,10 +325,32 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        _check_targets(args)
         return args.func(args)
-    except SpecError as error:
+    except (SpecError, StackFileError, UsageError) as error:
         print(f"pgha: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # --out (or a file under it) not writable after all
+        print(f"pgha {args.command}: cannot write {error.filename or args.out}: {error.strerror or error}",
+              file=sys.stderr)
+        return 2
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """A branch's name and the ``--to`` of restore and branch create, checked before any cluster is touched."""
+    name = getattr(args, "name", None)
+    if args.command == "branch" and name is not None and (not CLUSTER_NAME_RE.fullmatch(name) or len(name) > 24):
+        raise UsageError(f"branch name {name!r}: lowercase letters, digits and '-', starting with a letter and "
+                         "not ending with '-', at most 24 characters (it is the branch's cluster name and stanza)")
+    to = getattr(args, "to", None)
+    if to is None or args.command not in ("restore", "branch"):
+        return
+    from .local.backups import BackupError, check_target
+
+    try:
+        check_target(to)
+    except BackupError as error:
+        raise UsageError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "cidrs": {"network": {"allowed_cidrs": ["10.1.0.0/16", "2001:db8::/32"], "monitoring_cidrs": ["10.2.0.0/24"]}},
+    "cidrs": {"network": {"cidr_policy": "public", "allowed_cidrs": ["10.1.0.0/16", "2001:db8::/32"],
+                          "monitoring_cidrs": ["10.2.0.0/24"]}},
     "groups": {"network": {"allowed_security_group_ids": ["sg-0123456789abcdef0"]}},
     "direct": {"network": {"allowed_cidrs": ["10.1.0.0/16"], "expose_direct_ports": True}},
     "metal-x86": {"arch": "x86_64", "storage": {"kind": "metal"}},

@@ -36,7 +36,7 @@ BAD_ARGS: list[tuple[dict[str, Any], str]] = [
     ({"network": {"allowed_cidrs": ["0.0.0.0/0"]}}, "whole internet"),
     ({"network": {"monitoring_cidrs": ["::/0"]}}, "whole internet"),
     ({"network": {"vpc_id": "vpc-0123456789abcdef0"}}, "one private subnet per availability zone"),
-    ({"parameters": {"archive_command": "true"}}, "managed by pgha"),
+    ({"parameters": {"archive_command": "true"}}, "pgha sets the commands it needs"),
     ({"clusterName": "camel"}, "unknown key"),
     ({"cluster_name": "Bad_Name"}, "cluster_name"),
     ({"network": {"vpc_cidr": "10.42.0.0/24"}, "replicas": 5}, "from /16 to /22"),

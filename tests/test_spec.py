@@ -45,11 +45,11 @@ def test_pulumi_strings_and_json_objects_are_accepted():
 
 
 def test_component_args_use_snake_case_names_in_messages():
-    spec = build_spec({"instance_type": "r7g.large", "storage": {"size_gib": 50}}, stack="s", region="r",
+    spec = build_spec({"instance_type": "r7g.large", "storage": {"size_gib": 50}}, stack="s", region="us-east-1",
                       region_azs=AZS, style="args")
     assert spec.storage.size_gib == 50
     with pytest.raises(SpecError) as info:
-        build_spec({"storage": {"size_gib": 0}}, stack="s", region="r", region_azs=AZS, style="args")
+        build_spec({"storage": {"size_gib": 0}}, stack="s", region="us-east-1", region_azs=AZS, style="args")
     assert "storage.size_gib = 0" in str(info.value)
 
 
@@ -159,7 +159,7 @@ def test_existing_vpc_needs_one_subnet_per_az():
 
 def test_parameters_owned_by_pgha_cannot_be_overridden():
     problems, _ = problems_of({"parameters": {"archive_command": "true", "Bad-Name": 1, "work_mem": "64MB"}})
-    assert "managed by pgha and Patroni" in problems["pgha:parameters.archive_command"].allowed
+    assert "archive and restore through pgBackRest" in problems["pgha:parameters.archive_command"].allowed
     assert "pgha:parameters.Bad-Name" in problems
     assert "pgha:parameters.work_mem" not in problems
 

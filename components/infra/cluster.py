@@ -61,6 +61,8 @@ class NetworkArgs(TypedDict, total=False):
     """Client security groups allowed on the service ports. (default none)"""
     monitoring_cidrs: Sequence[str]
     """CIDRs allowed on the metrics ports. (default none)"""
+    cidr_policy: str
+    """How broad ``allowed_cidrs`` and ``monitoring_cidrs`` may be: ``private`` (inside 10/8, 172.16/12, 192.168/16, 100.64/10 or fc00::/7) or ``public`` (any range, opted in deliberately); either way no block broader than /8 (/32 for public IPv6). (default ``private``)"""
     nat_gateways: str
     """NAT gateways of a created VPC: one per AZ (``per-az``) or a ``single`` one. (default ``per-az``)"""
     expose_direct_ports: bool

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from .. import contract
 from ..render import USERS
 from ..spec import PORTS, RestoreSpec
-from ..spec.validate import parse_target_time
+from ..spec.validate import parse_lsn, parse_target_time
 from .cluster import LocalCluster, LocalClusterError, Node
 from .health import leader
 
@@ -184,8 +184,11 @@ def format_status(view: dict[str, Any]) -> str:
 # -- restore -------------------------------------------------------------------------------------
 
 def _lsn(text: str) -> int:
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
+    """The LSN as a number, by the one strict parser validation uses (``parse_lsn``)."""
+    value = parse_lsn(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not an LSN such as 0/3000060")
+    return value
 
 
 def check_target(target: str) -> str:

@@ -68,7 +68,7 @@ def open_branch(source: LocalCluster, name: str, entry: dict[str, Any]) -> Local
 def create(source: LocalCluster, name: str, target: str = "latest", *, log: Callable[[str], None] = print,
            timeout: float = 300) -> dict[str, Any]:
     """Start branch ``name`` of ``source`` restored to ``target``; return its registry entry."""
-    if not CLUSTER_NAME_RE.match(name) or len(name) > 24:
+    if not CLUSTER_NAME_RE.fullmatch(name) or len(name) > 24:
         raise BackupError(f"branch name {name!r}: lowercase letters, digits and '-', starting with a letter")
     if name == source.spec.cluster_name:
         raise BackupError("a branch needs a name of its own: it is its pgBackRest stanza")

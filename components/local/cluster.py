@@ -50,6 +50,7 @@ from ..render import (
 )
 from ..spec import PORTS, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
+from ..spec.validate import offline_region_azs
 from . import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT, procfs
 from . import image as image_mod
 from . import netns as netns_mod
@@ -178,10 +179,8 @@ class LocalCluster:
     # -- spec and context ---------------------------------------------------------------------
     def _load_spec(self) -> ClusterSpec:
         values, region = read_stack_config(self.project_dir, self.stack)
-        azs = values.get("availabilityZones") or [f"{region}a", f"{region}b", f"{region}c"]
-        if isinstance(azs, str):
-            azs = json.loads(azs)
-        return build_spec(values, stack=self.stack, region=region, region_azs=list(azs))
+        return build_spec(values, stack=self.stack, region=region,
+                          region_azs=offline_region_azs(region, values.get("availabilityZones")))
 
     @property
     def secrets_file(self) -> Path:

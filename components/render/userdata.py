@@ -21,8 +21,8 @@ import yaml
 
 from .. import contract
 from ..contract import AGENT_FILE, node_files_prefix
-from ..spec import ClusterSpec, Member
-from .context import NodeContext, NodeFile
+from ..spec import ClusterSpec, Member, Problem
+from .context import NodeContext, NodeFile, ec2_context
 from .files import APT_PREFERENCES_PATH, render_node
 
 EC2_USER_DATA_LIMIT = 16 * 1024
@@ -121,6 +121,28 @@ def user_data_bytes(spec: ClusterSpec, member: Member, ctx: NodeContext) -> byte
     if len(payload) > EC2_USER_DATA_LIMIT:
         raise ValueError(f"user-data for {member.name} is {len(payload)} bytes, over EC2's {EC2_USER_DATA_LIMIT}")
     return payload
+
+
+def user_data_problems(spec: ClusterSpec) -> list[Problem]:
+    """Members whose user-data would exceed EC2's limit, as validation problems (before anything exists).
+
+    What ``pulumi up`` learns only later (the bucket's name, the secret's ARN, the subnets'
+    addresses) is taken at its longest, so the real user-data is never larger than measured here.
+    The inputs user-data carries are the cluster name (members, stanza, config keys) and the region;
+    parameters and everything else travel in the manifest.
+    """
+    widest_ip = "255.255.255.255"
+    ctx = ec2_context(spec.region, member_ips={m.name: widest_ip for m in spec.members}, bucket="b" * 63,
+                      secret_id="arn:aws-us-gov:secretsmanager:" + spec.region + ":123456789012:secret:" + "s" * 512,
+                      peer_ips=tuple(widest_ip for _ in spec.member_slots))
+    problems = []
+    for member in spec.members:
+        size = len(gzip.compress(cloud_config(spec, member, ctx).encode(), compresslevel=9, mtime=0))
+        if size > EC2_USER_DATA_LIMIT:
+            problems.append(Problem(("clusterName",), spec.cluster_name,
+                                    f"user-data of {member.name} would be {size} bytes (gzip'd), over EC2's "
+                                    f"{EC2_USER_DATA_LIMIT}: it carries the cluster name and the region"))
+    return problems
 
 
 def user_data(spec: ClusterSpec, member: Member, ctx: NodeContext) -> str:

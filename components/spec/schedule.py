@@ -16,7 +16,7 @@ __all__ = ["CronError", "cron_to_oncalendar"]
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 # systemd weeks start on Monday: Sunday (cron 0 or 7) goes last so ranges never wrap.
 _DAYS = ("", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_ITEM = re.compile(r"^(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+_ITEM = re.compile(r"(\*|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?")
 
 
 class CronError(ValueError):
@@ -27,7 +27,7 @@ def _expand(text: str, name: str, lo: int, hi: int) -> tuple[set[int], bool]:
     """The values a field matches, and whether it is unrestricted (``*``)."""
     values: set[int] = set()
     for item in text.split(","):
-        m = _ITEM.match(item)
+        m = _ITEM.fullmatch(item)
         if not m:
             raise CronError(f"{name} field {text!r}: {item!r} is not *, N, N-M or one of them /STEP")
         step = int(m.group(4)) if m.group(4) else 1
@@ -74,7 +74,7 @@ def cron_to_oncalendar(expression: str) -> list[str]:
     >>> cron_to_oncalendar("30 2 * * 0")
     ['Sun *-*-* 02:30:00 UTC']
     """
-    fields = expression.split()
+    fields = expression.split(" ")
     if len(fields) != 5:
         raise CronError(f"{expression!r} has {len(fields)} fields; cron has five (minute hour day month weekday)")
     (minute, _), (hour, _), (dom, dom_any), (month, month_any), (dow, dow_any) = (

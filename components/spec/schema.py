@@ -100,6 +100,10 @@ NETWORK = Group("NetworkArgs", (
     Field("allowedSecurityGroupIds", "allowed_security_group_ids", list,
           "Client security groups allowed on the service ports."),
     Field("monitoringCidrs", "monitoring_cidrs", list, "CIDRs allowed on the metrics ports."),
+    Field("cidrPolicy", "cidr_policy", str,
+          "How broad ``allowed_cidrs`` and ``monitoring_cidrs`` may be: ``private`` (inside 10/8, 172.16/12, "
+          "192.168/16, 100.64/10 or fc00::/7) or ``public`` (any range, opted in deliberately); either way no "
+          "block broader than /8 (/32 for public IPv6).", default="private", choices=("private", "public")),
     Field("natGateways", "nat_gateways", str, "NAT gateways of a created VPC: one per AZ, or a single one.",
           default="per-az", choices=("per-az", "single")),
     Field("exposeDirectPorts", "expose_direct_ports", bool,

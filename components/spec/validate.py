@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from . import image, schema
+from . import image, pgsettings, schema
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
 from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
 from .schedule import CronError, cron_to_oncalendar
@@ -24,20 +24,63 @@ STACK_KINDS: tuple[str, ...] = schema.field(["stackKind"]).choices
 # A branch is one cost-optimised node unless its replicas are raised (then the full architecture).
 BRANCH_DEFAULT_INSTANCE_TYPE = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
 BRANCH_DEFAULT_RPO: int = schema.field(["rpo"]).branch_default
-CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
+# Every pattern is matched with fullmatch: `$` would let a trailing newline through.
+CLUSTER_NAME_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 # 24 leaves room for the suffixes AWS name limits allow (NLB and target group names: 32).
 CLUSTER_NAME_MAX = 24
-GUC_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-# Parameters pgha and Patroni own: overriding them would break routing, replication or backups.
+GUC_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+# Parameters pgha and Patroni own: overriding them would break routing, replication or backups,
+# and each of them is set by patroni.yml.j2 or render/pgparams.py (a user value would be a second,
+# silently ignored YAML key). The parameters render sizes (max_connections, work_mem, ...) are
+# merged deliberately instead: the user's value replaces pgha's (pgparams.sized_parameters).
+MANAGED = "is managed by pgha and Patroni and cannot be overridden"
 MANAGED_PARAMETERS: frozenset[str] = frozenset(
     {
         "listen_addresses", "port", "unix_socket_directories", "hba_file", "ident_file",
-        "data_directory", "config_file", "archive_mode", "archive_command", "restore_command",
+        "data_directory", "config_file", "external_pid_file", "archive_mode", "archive_timeout",
         "synchronous_standby_names", "synchronous_commit", "primary_conninfo", "primary_slot_name",
-        "hot_standby", "wal_level", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file",
-        "cluster_name",
+        "hot_standby", "wal_level", "cluster_name", "logging_collector", "log_directory", "log_filename",
+        "log_truncate_on_rotation", "recovery_target", "recovery_target_action", "recovery_target_inclusive",
+        "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_timeline",
+        "recovery_target_xid",
     }
 )
+# Refused with their own reason: they weaken security or durability, or pgha's tools depend on them.
+REFUSED_PARAMETERS: Mapping[str, str] = {
+    "password_encryption": "must stay scram-sha-256 (pgha's default): pg_hba accepts SCRAM only, and md5 "
+                           "verifiers are a security downgrade",
+    "log_line_prefix": "is set by pgha (its log format); a second value would be silently ignored",
+    "shared_preload_libraries": "is managed by pgha (it preloads pg_stat_statements); load other modules "
+                                "per session with session_preload_libraries",
+    "fsync": "must stay on: off risks an unrecoverable cluster after a crash",
+    "full_page_writes": "must stay on: off risks torn pages after a crash (and breaks pg_rewind)",
+    "allow_system_table_mods": "is a developer option that can corrupt the catalog",
+    "ignore_system_indexes": "is a developer option",
+    "ignore_checksum_failure": "would hide data corruption (the cluster has data checksums)",
+    "ignore_invalid_pages": "would hide data corruption during recovery",
+    "zero_damaged_pages": "destroys data silently",
+}
+SSL_REASON = ("is managed by pgha: TLS is always on, with pgha's certificates and TLSv1.2 at least; "
+              "ssl settings cannot be weakened or moved")
+COMMAND_REASON = ("runs a shell command as the postgres user; pgha sets the commands it needs "
+                  "(archive and restore through pgBackRest) and refuses others")
+ARCHIVE_REASON = ("belongs to pgBackRest's archiving (pgha's archive_command); changing it would break "
+                  "backups and point-in-time recovery")
+# Control characters (newline, tab, NUL, DEL, C1, and the Unicode line separators) in any string:
+# a value is one line of a config file, a YAML scalar or a shell word on a node.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+SINGLE_LINE = "must be a single line without control characters (newline, tab, NUL, ...)"
+# AWS region names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-7.
+REGION_RE = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}")
+# Client and monitoring CIDRs: cidrPolicy private (the default) keeps them inside these ranges.
+PRIVATE_NETWORKS: tuple[Any, ...] = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
+    "100.64.0.0/10",  # RFC 6598 shared address space (CGNAT, often used inside VPCs)
+    "fc00::/7",  # RFC 4193 unique local IPv6
+))
+# The broadest block accepted under any policy: IPv4 /8, IPv6 /32 (a whole ISP's allocation); /8
+# inside the private ranges (fd00::/8, the locally assigned ULAs).
+MIN_PREFIX: Mapping[int, int] = {4: 8, 6: 32}
 
 # EBS limits as of 2025 (gp3 raised to 64 TiB / 80,000 IOPS / 2,000 MiB/s in September 2025). gp3's
 # free baseline (3000 IOPS, 125 MiB/s) is pgha's default (schema.STORAGE) and always allowed.
@@ -65,11 +108,16 @@ class Problem:
     key: str = ""
 
     def in_style(self, style: str) -> "Problem":
+        if self.key:  # a key outside pgha's config (aws:region), the same in every style
+            return self
         return replace(self, key=schema.key_name(self.path, self.given, style=style))
 
     def __str__(self) -> str:
         shown = "(not set)" if self.value is _MISSING else json.dumps(self.value, default=str)
-        return f"{self.key or schema.key_name(self.path, self.given, style='config')} = {shown}: {self.allowed}"
+        key = self.key or schema.key_name(self.path, self.given, style="config")
+        if _CONTROL.search(key):  # a given name with a newline: quoted, so the message stays one line
+            key = json.dumps(key)
+        return f"{key} = {shown}: {self.allowed}"
 
 
 class SpecError(ValueError):
@@ -130,10 +178,13 @@ class _Reader:
         if not isinstance(value, str):
             self.fail(path, value, allowed or "must be a string")
             return default
+        if _CONTROL.search(value):
+            self.fail(path, value, f"{SINGLE_LINE}; {allowed}" if allowed else SINGLE_LINE)
+            return default
         if choices is not None and value not in choices:
             self.fail(path, value, f"must be one of {', '.join(choices)}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.fail(path, value, allowed)
             return default
         return value
@@ -151,6 +202,8 @@ class _Reader:
         in_range = number is not None and (lo is None or number >= lo) and (hi is None or number <= hi)
         if not in_range:
             limits = f" from {lo} to {hi}" if lo is not None and hi is not None else ""
+            if spec_field.choices and not limits:
+                limits = f": one of {', '.join(map(str, spec_field.choices))}"
             self.fail(path, value, f"must be an integer{limits}{what}")
             return default
         return number
@@ -176,7 +229,7 @@ class _Reader:
             return ()
         good = []
         for item in value:
-            error = check(item)
+            error = SINGLE_LINE if _CONTROL.search(item) else check(item)
             if error:
                 self.fail(path, item, error)
             else:
@@ -196,7 +249,7 @@ class _Reader:
             names = list(known) if self.style == "config" else list(known.values())
             for key in value:
                 if key not in names:
-                    self.fail(path, value[key], _unknown(key, names), given=[key])
+                    self.fail(path, value[key], _unknown(str(key), names), given=[str(key)])
         return value
 
 
@@ -231,27 +284,43 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _check_cidr(value: str) -> str | None:
-    try:
-        net = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        return "must be a CIDR block such as 10.0.0.0/16"
-    if net.prefixlen == 0:
-        return "must not be open to the whole internet (0.0.0.0/0 or ::/0 is refused)"
-    return None
+def _cidr_check(policy: str) -> Callable[[str], str | None]:
+    """The rule of a client or monitoring CIDR under ``network.cidrPolicy``.
+
+    Every block is at least a /8 (IPv6: /32), so no set of blocks (0.0.0.0/1 + 128.0.0.0/1) opens
+    the internet; under ``private`` each lies inside RFC 1918, 100.64.0.0/10 or fc00::/7 too.
+    """
+    def check(value: str) -> str | None:
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return "must be a CIDR block such as 10.0.0.0/16"
+        if net.prefixlen == 0:
+            return "must not be open to the whole internet (0.0.0.0/0 or ::/0 is refused)"
+        private = any(net.version == p.version and net.subnet_of(p) for p in PRIVATE_NETWORKS)
+        broadest = 8 if private else MIN_PREFIX[net.version]
+        if net.prefixlen < broadest:
+            return (f"is broader than /{broadest}, the broadest {'private ' if private else ''}block pgha accepts "
+                    f"for IPv{net.version}: list narrower blocks")
+        if policy == "private" and not private:
+            return ("must lie inside a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, "
+                    "fc00::/7); set pgha:network.cidrPolicy to public to allow public client ranges")
+        return None
+    return check
 
 
 def _check_id(prefix: str) -> Callable[[str], str | None]:
-    pattern = re.compile(rf"^{prefix}-[0-9a-f]{{8,17}}$")
-    return lambda v: None if pattern.match(v) else f"must be an AWS id like {prefix}-0123456789abcdef0"
+    pattern = re.compile(rf"{prefix}-[0-9a-f]{{8,17}}")
+    return lambda v: None if pattern.fullmatch(v) else f"must be an AWS id like {prefix}-0123456789abcdef0"
 
 
-_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+_CRON_FIELD = re.compile(r"(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*")
 
 
 def _is_cron(value: str) -> bool:
-    fields = value.split()
-    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
+    # Fields are separated by spaces only: a newline or tab would reach the timer unit's lines.
+    fields = value.split(" ")
+    return len(fields) == 5 and all(_CRON_FIELD.fullmatch(f) for f in fields)
 
 
 def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs: Sequence[str],
@@ -263,16 +332,30 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     types EC2 offers in each of the region's AZs (DescribeInstanceTypeOfferings); given, the
     type must be offered in every member's AZ, and the default AZs are the first three that offer it.
     """
+    if not isinstance(values, Mapping):
+        raise SpecError([Problem((), values, "the configuration must be an object (a map of pgha's keys)",
+                                 key="pgha" if style == "config" else "args")], style)
     r = _Reader(values, style)
+    if not isinstance(region, str) or not REGION_RE.fullmatch(region):
+        r.problems.append(Problem((), region, "must be an AWS region name such as us-east-1 (lowercase letters, "
+                                              "'-' and a number, one line)", key="aws:region"))
+        region = "us-east-1"  # only to go on collecting problems; the SpecError stops everything
     top_names = list(TOP_KEYS) if style == "config" else list(TOP_KEYS.values())
     for key in values:
         if key not in top_names:
-            r.problems.append(Problem((), values[key], _unknown(key, top_names), given=(key,)))
+            r.problems.append(Problem((), values[key], _unknown(str(key), top_names), given=(str(key),)))
 
-    cluster_name = r.string(["clusterName"], f"pg-{stack}".lower(), pattern=CLUSTER_NAME_RE,
-                            allowed="must be lowercase letters, digits and '-', starting with a letter "
-                                    "and not ending with '-' (Pigsty's naming, DNS-safe)")
-    if len(cluster_name) > CLUSTER_NAME_MAX or len(cluster_name) < 2:
+    name_rule = ("must be lowercase letters, digits and '-', starting with a letter and not ending with '-' "
+                 f"(Pigsty's naming, DNS-safe), 2 to {CLUSTER_NAME_MAX} characters")
+    default_name = f"pg-{stack}".lower()
+    cluster_name = r.string(["clusterName"], default_name, pattern=CLUSTER_NAME_RE, allowed=name_rule)
+    if r.raw(["clusterName"]) is _MISSING and (not CLUSTER_NAME_RE.fullmatch(default_name)
+                                                or len(default_name) > CLUSTER_NAME_MAX):
+        r.fail(["clusterName"], _MISSING, f"the default, {default_name!r} from stack {stack!r}, is not a valid "
+                                          f"cluster name ({name_rule.removeprefix('must be ')}): set pgha:clusterName, or "
+                                          "use a stack name of lowercase letters, digits and '-'")
+        cluster_name = "pg-invalid"
+    elif len(cluster_name) > CLUSTER_NAME_MAX or len(cluster_name) < 2:
         r.fail(["clusterName"], cluster_name, f"must be 2 to {CLUSTER_NAME_MAX} characters long")
     # Read first: a branch has other defaults (one small node, asynchronous).
     is_branch = r.raw(["stackKind"]) == "branch"
@@ -301,11 +384,11 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     rpo = r.integer(["rpo"], BRANCH_DEFAULT_RPO if is_branch and replicas == 0 else _SCHEMA, what=" (bytes of WAL a failover may lose; 0 = synchronous)")
     if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
         r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
-    parameters = _parameters(r)
+    parameters = _parameters(r, postgres_version)
     network = _network(r, len(azs))
     backup = _backup(r)
     stack_kind = r.string(["stackKind"])
-    ami_id = r.string(["amiId"], pattern=re.compile(r"^ami-[0-9a-f]{8,17}$"),
+    ami_id = r.string(["amiId"], pattern=re.compile(r"ami-[0-9a-f]{8,17}"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
     pool_mode = r.string(["poolMode"])
     restore = _branch(r, stack_kind, cluster_name)
@@ -323,6 +406,12 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
         problems = member_ip_problems(spec, spec.private_subnet_cidrs, ("network", "vpcCidr"))
         if problems:
             raise SpecError(problems, style)
+    # EC2's user-data limit, measured on the real boot files (render imports spec: import here).
+    from ..render.userdata import user_data_problems
+
+    problems = user_data_problems(spec)
+    if problems:
+        raise SpecError(problems, style)
     return spec
 
 
@@ -403,7 +492,16 @@ def _availability_zones(r: _Reader, region: str, region_azs: Sequence[str]) -> t
         return tuple(region_azs)
     if given is _MISSING:
         return tuple(region_azs[:3])
-    if not isinstance(given, list) or len(given) != 3 or len(set(given)) != 3:
+    az_re = re.compile(REGION_RE.pattern + "[a-z]")
+    if not isinstance(given, list) or not all(isinstance(z, str) for z in given):
+        r.fail(["availabilityZones"], given, "must be a list of three distinct availability zones")
+        return tuple(region_azs[:3])
+    malformed = [z for z in given if not az_re.fullmatch(z)]
+    if malformed:
+        r.fail(["availabilityZones"], given, f"{', '.join(map(json.dumps, malformed))}: an availability zone is "
+                                             f"its region's name and a letter ({region}a)")
+        return tuple(region_azs[:3])
+    if len(given) != 3 or len(set(given)) != 3:
         r.fail(["availabilityZones"], given, "must be a list of three distinct availability zones")
         return tuple(region_azs[:3])
     foreign = [z for z in given if z not in region_azs]
@@ -432,16 +530,52 @@ def _offered_zones(r: _Reader, instance_type: str, azs: tuple[str, ...], region:
     return azs
 
 
-def _parameters(r: _Reader) -> dict[str, Any]:
+def refusal(name: str) -> str | None:
+    """Why pgha refuses the parameter ``name`` whatever its value, or None."""
+    if name in MANAGED_PARAMETERS:
+        return MANAGED
+    if name in REFUSED_PARAMETERS:
+        return REFUSED_PARAMETERS[name]
+    if name == "ssl" or name.startswith("ssl_"):
+        return SSL_REASON
+    if name.endswith("_command"):
+        return COMMAND_REASON
+    if name.startswith("archive_"):
+        return ARCHIVE_REASON
+    return None
+
+
+def _parameters(r: _Reader, major: int) -> dict[str, Any]:
+    """``parameters``: each a parameter of PostgreSQL ``major`` that pgha leaves to the user, with a
+    single-line value of its type, in range (pgsettings.check_value)."""
     given = r.obj(["parameters"])
+    known = pgsettings.settings(major)
     out: dict[str, Any] = {}
     for key, value in given.items():
-        if not GUC_NAME_RE.match(str(key)):
-            r.fail(["parameters"], value, "is not a PostgreSQL parameter name", given=[key])
-        elif key in MANAGED_PARAMETERS:
-            r.fail(["parameters"], value, "is managed by pgha and Patroni and cannot be overridden", given=[key])
+        name = str(key)
+        if not isinstance(key, str) or not GUC_NAME_RE.fullmatch(key):
+            r.fail(["parameters"], value, "is not a PostgreSQL parameter name (lowercase letters, digits, '_', "
+                                          "and one '.' for an extension's parameters)", given=[name])
+            continue
+        reason = refusal(key)
+        setting = known.get(key)
+        if reason:
+            r.fail(["parameters"], value, reason, given=[key])
+        elif setting is None:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            r.fail(["parameters"], value, f"is not a parameter of PostgreSQL {major}{hint}", given=[key])
+        elif setting.context == "internal":
+            r.fail(["parameters"], value, "is read-only: PostgreSQL sets it (context internal)", given=[key])
         elif not isinstance(value, (str, int, float, bool)):
             r.fail(["parameters"], value, "must be a string, number or boolean", given=[key])
+        elif isinstance(value, str) and _CONTROL.search(value):
+            r.fail(["parameters"], value, SINGLE_LINE, given=[key])
+        elif len(str(value)) > pgsettings.MAX_VALUE_LENGTH:
+            r.fail(["parameters"], f"{str(value)[:32]}... ({len(str(value))} characters)",
+                   f"must be at most {pgsettings.MAX_VALUE_LENGTH} characters", given=[key])
+        elif (error := pgsettings.check_value(setting, value)) is not None:
+            r.fail(["parameters"], value, error, given=[key])
         else:
             out[key] = value
     return out
@@ -449,7 +583,8 @@ def _parameters(r: _Reader) -> dict[str, Any]:
 
 def _network(r: _Reader, az_count: int) -> NetworkSpec:
     r.obj(["network"])
-    vpc_id = r.string(["network", "vpcId"], pattern=re.compile(r"^vpc-[0-9a-f]{8,17}$"),
+    cidr_check = _cidr_check(r.string(["network", "cidrPolicy"]))
+    vpc_id = r.string(["network", "vpcId"], pattern=re.compile(r"vpc-[0-9a-f]{8,17}"),
                       allowed="must be a VPC id like vpc-0123456789abcdef0")
     subnet_ids = r.string_list(["network", "subnetIds"], _check_id("subnet"))
     if vpc_id is not None and len(subnet_ids) != az_count:
@@ -473,9 +608,9 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
     vpc_id=vpc_id,
         subnet_ids=subnet_ids,
         vpc_cidr=vpc_cidr,
-        allowed_cidrs=r.string_list(["network", "allowedCidrs"], _check_cidr),
+        allowed_cidrs=r.string_list(["network", "allowedCidrs"], cidr_check),
         allowed_security_group_ids=r.string_list(["network", "allowedSecurityGroupIds"], _check_id("sg")),
-        monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], _check_cidr),
+        monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], cidr_check),
         nat_gateways=r.string(["network", "natGateways"]),
         expose_direct_ports=r.boolean(["network", "exposeDirectPorts"]),
     )
@@ -508,17 +643,56 @@ def _backup(r: _Reader) -> BackupSpec:
     )
 
 
-_LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
-_STACK_REF_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$")
-_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$")
+_LSN_RE = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+_STACK_REF_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SECRET_ARN_RE = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+")
+_KEY_ARN_RE = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+")
+
+
+def offline_region_azs(region: str, given: Any) -> list[str]:
+    """The region's AZs where AWS cannot be asked (``pgha render``, the rehearsal): its a, b and c,
+    plus any given. Validation judges the given list itself: duplicates or foreign zones are
+    reported as such, never as a region with too few AZs."""
+    zones = [f"{region}a", f"{region}b", f"{region}c"]
+    given = _decode(given)
+    if isinstance(given, list):
+        zones += [z for z in given if isinstance(z, str) and z not in zones]
+    return zones
+
+
+def check_bucket_name(value: Any) -> str | None:
+    """Why ``value`` is not an S3 bucket name, or None."""
+    if isinstance(value, str) and _BUCKET_RE.fullmatch(value) and ".." not in value:
+        return None
+    return "must be an S3 bucket name (3-63 lowercase letters, digits, '.', '-'; one line)"
+
+
+def check_secret_id(value: Any) -> str | None:
+    """Why ``value`` is not a Secrets Manager secret ARN, or None."""
+    if isinstance(value, str) and _SECRET_ARN_RE.fullmatch(value):
+        return None
+    return "must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
+
+
+def parse_lsn(value: Any) -> int | None:
+    """An LSN (``0/3000060``: two groups of 1-8 hex digits) as a number, or None.
+
+    Strict on purpose (one parser for the branch config and ``restore --to``): ``int(x, 16)`` alone
+    takes a sign, ``0x``, ``_``, surrounding whitespace and any length.
+    """
+    if not isinstance(value, str) or not _LSN_RE.fullmatch(value):
+        return None
+    hi, lo = value.split("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 def parse_target_time(value: str) -> Any:
     """An ISO-8601 time with an explicit zone (``2025-01-31T12:00:00Z``), or None."""
     import datetime
 
+    if _CONTROL.search(value) or value != value.strip():
+        return None
     try:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -564,7 +738,7 @@ def _branch(r: _Reader, stack_kind: str, cluster_name: str) -> RestoreSpec | Non
         else:
             target = target_time
     elif target_lsn:
-        if not _LSN_RE.match(target_lsn):
+        if parse_lsn(target_lsn) is None:
             r.fail(["branch", "targetLsn"], target_lsn, "must be an LSN such as 0/3000060")
         else:
             target = target_lsn
