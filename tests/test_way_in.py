@@ -37,13 +37,6 @@ def ssh(ip: str, key: Path | None, known_hosts: Path, *command: str, user: str =
     return subprocess.run([*argv, f"{user}@{ip}", *command], capture_output=True, text=True, timeout=60)
 
 
-def console_fingerprints(console: str) -> set[str]:
-    """cloud-init's "BEGIN SSH HOST KEY FINGERPRINTS" block: the SHA256 fingerprints it printed."""
-    block = console.rsplit("-----BEGIN SSH HOST KEY FINGERPRINTS-----", 1)[1].split(
-        "-----END SSH HOST KEY FINGERPRINTS-----", 1)[0]
-    return set(re.findall(r"SHA256:[A-Za-z0-9+/]+", block))
-
-
 def host_keys(ip: str, tmp_path: Path) -> tuple[set[str], str]:
     """The host keys sshd at ``ip`` offers: their fingerprints and known_hosts lines."""
     scan = subprocess.run(["ssh-keyscan", "-T", "10", ip], capture_output=True, text=True, timeout=60, check=True)
@@ -60,7 +53,7 @@ def test_host_keys_are_the_instances_own_and_on_its_console(local_cluster, tmp_p
         fingerprints, _ = host_keys(node.ip, tmp_path)
         assert fingerprints, node.member.name
         # What an operator compares with `aws ec2 get-console-output` before trusting the host.
-        assert fingerprints <= console_fingerprints(node.machine.console_log.read_text(errors="replace"))
+        assert fingerprints <= eic.console_host_fingerprints(node.machine.console_log.read_text(errors="replace"))
         offered[node.member.name] = fingerprints
     first, second = offered.values()
     assert not first & second  # never the image's keys, shared by every member
@@ -123,3 +116,17 @@ def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster,
     assert as_root.returncode == 255 and "Permission denied" in as_root.stderr, as_root.stderr
     # ... while the same push lets admin in: the refusal is root's.
     assert ssh(node.ip, key, known_hosts, "true").returncode == 0
+
+
+def test_pgha_local_ssh_verifies_the_host_by_its_console(local_cluster, tmp_path: Path) -> None:
+    """`pgha local ssh MEMBER --command CMD`: a fresh key pushed, the host keys its console
+    vouches for, admin's shell."""
+    node = local_cluster.nodes[2]
+    argv = local_cluster.ssh_argv(node.member.name, tmp_path, ["sudo -n id -un; hostname"])
+    done = subprocess.run([*argv[:1], "-o", "BatchMode=yes", *argv[1:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["root", node.member.name]
+    vouched = eic.console_host_fingerprints(node.machine.console_log.read_text(errors="replace"))
+    known = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "known_hosts")], capture_output=True, text=True,
+                           check=True).stdout
+    assert set(re.findall(r"SHA256:[A-Za-z0-9+/]+", known)) <= vouched and vouched
