@@ -3,7 +3,9 @@
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,6 +104,13 @@ def _local(args: argparse.Namespace) -> int:
             began = time.monotonic()
             instance_id = cluster.replace(node, wipe_data=args.wipe_data, timeout=max(args.timeout, 900.0))
             print(f"{args.member} replaced by {instance_id} and ready in {time.monotonic() - began:.1f}s")
+        elif args.action == "ssh":
+            if not args.member:
+                print("pgha local ssh: name the member (e.g. pg-dev-1)", file=sys.stderr)
+                return 2
+            with tempfile.TemporaryDirectory(prefix="pgha-ssh-") as workdir:
+                argv = cluster.ssh_argv(args.member, Path(workdir), [args.ssh_command] if args.ssh_command else [])
+                return subprocess.call(argv)
     except LocalClusterError as error:
         print(f"pgha local {args.action}: {error}", file=sys.stderr)
         return 1
@@ -278,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
 
     local = sub.add_parser("local", parents=[cluster_at],
                            help="the stack's members as booted machines of the node image, with the user-data EC2 gets")
-    local.add_argument("action", choices=("up", "status", "down", "destroy", "replace"),
+    local.add_argument("action", choices=("up", "status", "down", "destroy", "replace", "ssh"),
                        help="down powers the members off and keeps their volumes; destroy removes everything; "
-                            "replace MEMBER does to one member what pulumi up does to its instance")
-    local.add_argument("member", nargs="?", help="replace: the member (pg-dev-2)")
+                            "replace MEMBER does to one member what pulumi up does to its instance; ssh MEMBER "
+                            "opens a shell as EC2 Instance Connect does (a key pushed for 60 s)")
+    local.add_argument("member", nargs="?", help="replace, ssh: the member (pg-dev-2)")
+    local.add_argument("--command", dest="ssh_command", metavar="CMD", help="ssh: run CMD instead of a shell")
     local.add_argument("--wipe-data", action="store_true",
                        help="replace: boot the new instance on a blank data volume (metal, a lost EBS volume)")
     local.add_argument("--json", action="store_true", help="status as JSON, with a DSN per service port")

@@ -346,3 +346,12 @@ def node_facts_problems(data: Any) -> list[str]:
         if value.keys() - want:
             problems.append(f"unknown {', '.join(f'{key}.{k}' for k in sorted(value.keys() - want))}")
     return problems
+
+
+# -- the way in: EC2 Instance Connect (README "Getting a shell on a node") ---------------------
+
+# The operator's login: the default user of Debian's AMIs (cloud-init, passwordless sudo).
+SSH_LOGIN_USER = "admin"
+# The unprivileged account sshd runs `pgha-node authorized-keys` as (AWS's package: ec2-instance-connect).
+SSH_KEYS_USER = "pgha-eic"
+SSH_PORT = 22

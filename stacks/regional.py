@@ -21,6 +21,8 @@ def export_outputs(spec: ClusterSpec, cluster: PostgresCluster) -> None:
     pulumi.export("memberIps", cluster.member_ips)
     pulumi.export("memberAzs", cluster.member_azs)
     pulumi.export("instanceIds", cluster.instance_ids)
+    # The way in: `aws ec2-instance-connect ssh ...` per member, the endpoint, the operator's IAM policy.
+    pulumi.export("instanceConnect", cluster.instance_connect)
     pulumi.export("vpcId", cluster.vpc_id)
     pulumi.export("nlbDnsName", cluster.nlb_dns_name)
     pulumi.export("zoneName", cluster.zone_name)

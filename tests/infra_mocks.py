@@ -141,6 +141,8 @@ class Recorder(pulumi.runtime.Mocks):
             outputs["bucket"] = f"{inputs.get('bucketPrefix', name)}mock"
             outputs["arn"] = f"arn:aws:s3:::{outputs['bucket']}"
             rid = outputs["bucket"]
+        elif kind == "aws:ec2transitgateway/instanceConnectEndpoint:InstanceConnectEndpoint":
+            outputs["arn"] = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance-connect-endpoint/eice-{name}"
         elif kind == "aws:kms/key:Key":
             outputs["keyId"] = f"key-{name}"
             outputs["arn"] = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/key-{name}"

@@ -21,7 +21,7 @@ LONGEST = "pg-" + "x" * (CLUSTER_NAME_MAX - 3)
 # Types whose physical name pgha neither sets nor lets Pulumi derive (AWS assigns an id), or
 # whose name is a child's path under its parent (bucket settings, records in pgha's own zone).
 # (pulumi-python:dynamic: MemberReady, no AWS resource of its own)
-UNNAMED_PREFIXES = ("pgha:", "pulumi:", "pulumi-python:dynamic/", "random:", "tls:", "aws:ec2/", "aws:ebs/", "aws:vpc/", "aws:s3/bucket",
+UNNAMED_PREFIXES = ("pgha:", "pulumi:", "pulumi-python:dynamic/", "random:", "tls:", "aws:ec2/", "aws:ec2transitgateway/", "aws:ebs/", "aws:vpc/", "aws:s3/bucket",
                     "aws:s3/bucketObjectv2", "aws:route53/record:", "aws:lb/listener:", "aws:lb/targetGroupAttachment",
                     "aws:kms/key:", "aws:secretsmanager/secretVersion", "aws:iam/rolePolicyAttachment")
 

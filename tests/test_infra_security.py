@@ -42,16 +42,24 @@ def sg_name(run: Run, rule: Any) -> str:
     return next(r.name for r in run.of_type("aws:ec2/securityGroup:SecurityGroup") if f"{r.name}-id" == sg_id)
 
 
-def test_no_open_ingress_and_no_ssh(run: Run) -> None:
+def test_no_open_ingress_and_ssh_only_from_the_endpoint(run: Run) -> None:
     rules = run.of_type(INGRESS)
     assert rules
+    ssh = []
     for rule in rules:
         assert rule.inputs.get("cidrIpv4") != "0.0.0.0/0" and rule.inputs.get("cidrIpv6") != "::/0"
         for key in ("cidrIpv4", "cidrIpv6"):
             if key in rule.inputs:
                 assert ipaddress.ip_network(rule.inputs[key]).prefixlen > 0
-        assert 22 not in ports_of(rule)
+        if 22 in ports_of(rule):
+            ssh.append(rule)
         assert rule.inputs["ipProtocol"] == "tcp"
+    # Port 22: one rule, on the members' group, from the Instance Connect Endpoint's group alone.
+    (rule,) = ssh
+    assert ports_of(rule) == {22} and sg_name(run, rule) == "db-sg-nodes"
+    assert rule.inputs["referencedSecurityGroupId"] == "db-sg-eice-id"
+    assert not {"cidrIpv4", "cidrIpv6", "prefixListId"} & set(rule.inputs)
+    assert not [r for r in rules if sg_name(run, r) == "db-sg-eice"]  # nothing may connect to the endpoint's ENI
     for sg in run.of_type("aws:ec2/securityGroup:SecurityGroup"):
         assert not sg.inputs.get("ingress")
     default_sg = run.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
@@ -80,6 +88,8 @@ def test_client_and_metrics_sources(run: Run) -> None:
             assert ports <= set(MEMBER_PORTS)
         elif source == lb_id:
             assert ports <= set(CLIENT_PORTS)
+        elif source == "db-sg-eice-id":
+            assert ports == {22}
         else:
             pytest.fail(f"ingress from unexpected source {source} on {sorted(ports)}")
     # Metrics ports are reachable from monitoring CIDRs only (and Patroni's port between members).
@@ -110,6 +120,43 @@ def test_egress_is_limited(run: Run) -> None:
             assert ports in ({443}, {80})
         else:
             assert "referencedSecurityGroupId" in rule.inputs
+    # The endpoint's group reaches the members' sshd and nothing else.
+    (eice_out,) = [r for r in run.of_type(EGRESS) if sg_name(run, r) == "db-sg-eice"]
+    assert ports_of(eice_out) == {22} and eice_out.inputs["referencedSecurityGroupId"] == "db-sg-nodes-id"
+    assert not [r for r in run.of_type(EGRESS) if sg_name(run, r) == "db-sg-nodes" and 22 in ports_of(r)]
+
+
+def test_instance_connect_endpoint(run: Run) -> None:
+    (endpoint,) = run.of_type("aws:ec2transitgateway/instanceConnectEndpoint:InstanceConnectEndpoint")
+    assert endpoint.inputs["securityGroupIds"] == ["db-sg-eice-id"]
+    # Its connections come from its own interface, so that the members' group can name its group.
+    assert endpoint.inputs["preserveClientIp"] is False
+    subnets = {i.inputs["subnetId"] for i in run.of_type("aws:ec2/networkInterface:NetworkInterface")}
+    assert subnets
+    assert endpoint.inputs["subnetId"] in subnets  # a private subnet of the members
+    assert not run.of_type("aws:ec2/keyPair:KeyPair")
+    # No public address on a member: the NAT gateways' are the only elastic IPs.
+    for eip in run.of_type("aws:ec2/eip:Eip"):
+        assert not {"instance", "networkInterface", "associateWithPrivateIp"} & set(eip.inputs)
+
+
+def test_operator_policy_and_shell_commands(run: Run) -> None:
+    way_in, _ = resolve(run.result.instance_connect)
+    ids, _ = resolve(run.result.instance_ids)
+    ips, _ = resolve(run.result.member_ips)
+    assert way_in["endpoint_id"] == "db-eice-eice-id"
+    assert way_in["shell_commands"] == {
+        m: f"aws ec2-instance-connect ssh --region us-east-1 --instance-id {i} --connection-type eice --os-user admin"
+        for m, i in ids.items()}
+    tunnel, push, describe = json.loads(way_in["operator_policy"])["Statement"]
+    assert tunnel["Action"] == "ec2-instance-connect:OpenTunnel"
+    assert tunnel["Resource"] == "arn:aws:ec2:us-east-1:123456789012:instance-connect-endpoint/eice-db-eice-eice"
+    assert tunnel["Condition"]["NumericEquals"] == {"ec2-instance-connect:remotePort": "22"}
+    assert tunnel["Condition"]["IpAddress"]["ec2-instance-connect:privateIpAddress"] == sorted(
+        f"{ip}/32" for ip in ips.values())
+    assert push["Action"] == "ec2-instance-connect:SendSSHPublicKey"
+    assert push["Condition"]["StringEquals"] == {"ec2:osuser": "admin", "aws:ResourceTag/pgha:cluster": "pg-sec"}
+    assert set(describe["Action"]) == {"ec2:DescribeInstances", "ec2:DescribeInstanceConnectEndpoints"}
 
 
 def test_instances_hardened(run: Run) -> None:
@@ -174,8 +221,8 @@ def test_iam_policies_are_scoped(run: Run) -> None:
                 assert resources == ["arn:aws:ssm:us-east-1:123456789012:parameter/pgha/pg-sec/*"]
             else:
                 pytest.fail(f"unexpected action {action}")
-    attachments = run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert [a.inputs["policyArn"] for a in attachments] == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+    # No managed policy: nothing on a member uses SSM's agent (the way in is EC2 Instance Connect).
+    assert run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == []
     role = run.of_type("aws:iam/role:Role")[0]
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 

@@ -107,12 +107,19 @@ def test_etcd_accepts_its_config(member_root):
 
 def test_every_unit_is_valid_and_runs_binaries_that_exist(member_root):
     spec, ctx, member, root, ns = member_root
-    units = [f.path for f in render_node(spec, member, ctx) if f.path.startswith("/etc/systemd/system/")]
+    rendered = [f.path for f in render_node(spec, member, ctx) if f.path.startswith("/etc/systemd/system/")]
+    units = [p for p in rendered if "/" not in p.removeprefix("/etc/systemd/system/")]
     assert len(units) >= 12
+    # Drop-ins (Debian's ssh.service's) are verified with the unit they extend.
+    extended = sorted({"/usr/lib/systemd/system/" + p.split("/")[-2].removesuffix(".d")
+                       for p in rendered if p not in units})
+    assert extended == ["/usr/lib/systemd/system/ssh.service"]
     # systemd's own verdict, with the image's systemd: unknown directives, missing binaries.
-    result = run_in(root, "systemd-analyze verify " + " ".join(shlex.quote(u) for u in units) + "; echo EXIT=$?")
+    result = run_in(root, "systemd-analyze verify " + " ".join(shlex.quote(u) for u in [*units, *extended])
+                    + "; echo EXIT=$?")
     problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.startswith("/etc/systemd/system/pgha") or "not executable" in line or "Unknown" in line]
+                if line.startswith(("/etc/systemd/system/pgha", "/etc/systemd/system/ssh"))
+                or "not executable" in line or "Unknown" in line]
     assert problems == [], result.stdout + result.stderr
     binaries = set()
     for path in units:
@@ -122,3 +129,27 @@ def test_every_unit_is_valid_and_runs_binaries_that_exist(member_root):
     check = run_in(root, " ; ".join(f"test -x {b} || echo MISSING {b}" for b in sorted(binaries)))
     assert "MISSING" not in check.stdout, check.stdout
     assert json.loads((root / "etc/pgha/node.json").read_text())["paths"]["python"] == "/usr/bin/python3"
+
+
+def test_sshd_takes_its_drop_in(member_root):
+    """Debian's sshd reads 10-pgha.conf before its own sshd_config (and cloud-init's 50-): the
+    settings in effect for admin and for root are pgha's."""
+    spec, ctx, member, root, ns = member_root
+    ip = ctx.member_ips[member.name]
+    script = ("mkdir -p /run/sshd && ssh-keygen -q -t ed25519 -N '' -f /tmp/hostkey && "
+              "printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf && "
+              "sshd -t -h /tmp/hostkey && echo VALID && "
+              "sshd -T -h /tmp/hostkey -C user=admin,host=op,addr=10.0.0.9 && echo ---- && "
+              "sshd -T -h /tmp/hostkey -C user=root,host=op,addr=10.0.0.9")
+    result = run_in(root, script)
+    assert "VALID" in result.stdout, result.stdout + result.stderr
+    admin, as_root = result.stdout.split("VALID", 1)[1].split("----")
+    for effective in (admin, as_root):
+        settings = {tuple(line.split(" ", 1)) for line in effective.splitlines() if " " in line}
+        for expected in [("listenaddress", f"{ip}:22"), ("allowusers", "admin"), ("permitrootlogin", "no"),
+                         ("passwordauthentication", "no"), ("kbdinteractiveauthentication", "no"),
+                         ("authorizedkeysfile", "none"), ("authorizedkeyscommanduser", "pgha-eic"),
+                         ("x11forwarding", "no"), ("allowagentforwarding", "no"),
+                         ("authorizedkeyscommand", "/usr/bin/python3 /opt/pgha/bin/pgha-node.pyz --node-json "
+                                                   "/etc/pgha/node.json authorized-keys %u %f")]:
+            assert expected in settings, (expected, effective)

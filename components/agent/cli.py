@@ -7,6 +7,7 @@ import sys
 
 from . import (
     apply_config,
+    authorized_keys,
     backup,
     bootstrap,
     dcs_sync,
@@ -25,7 +26,7 @@ from .facts import load_node
 
 # Help lists the commands in this order.
 COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, bootstrap, restore, membership, dcs_sync,
-                   leadership, timeline_guard, handover, status, apply_config)
+                   leadership, timeline_guard, handover, status, apply_config, authorized_keys)
 # A Patroni callback must never fail Patroni; a stop must never fail for the handover.
 ALWAYS_ZERO = ("on-role-change", "handover")
 

@@ -12,6 +12,7 @@ import pulumi_aws as aws
 
 from ..spec import PORTS, SERVICES, ClusterSpec, build_spec
 from . import network as net
+from .access import InstanceConnect, shell_command
 from .ami import choose_ami
 from .backup import BackupBucket
 from .common import invoke_options
@@ -209,6 +210,9 @@ class PostgresCluster(pulumi.ComponentResource):
     """The postgres superuser password (a Pulumi secret)."""
     app_password: pulumi.Output[str]
     """The application role's password (``dbuser_app``, database ``app``; a Pulumi secret)."""
+    instance_connect: pulumi.Output[dict[str, Any]]
+    """The way in: the EC2 Instance Connect Endpoint's id, the shell command per member, and the
+    IAM policy (JSON) an operator needs for it (README "Getting a shell on a node")."""
 
     def __init__(self, name: str, args: PostgresClusterArgs | None = None,
                  opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
@@ -279,6 +283,10 @@ class PostgresCluster(pulumi.ComponentResource):
         endpoints = Endpoints(f"{name}-endpoints", spec=spec, vpc_id=refs.vpc_id, subnet_ids=refs.subnet_ids,
                               lb_security_group_id=groups.lb_sg_id, member_ips=member_ips, opts=this)
 
+        # The way in: EC2 Instance Connect through an endpoint in the first member's subnet.
+        eice = InstanceConnect(f"{name}-eice", spec=spec, subnet_id=refs.subnet_of(spec.members[0]),
+                               security_group_id=groups.eice_sg_id, member_ips=member_ips, opts=this)
+
         zone = spec.zone_name
         self.member_ips = pulumi.Output.from_input(member_ips)
         self.member_azs = pulumi.Output.from_input({m.name: m.availability_zone for m in spec.members})
@@ -293,6 +301,9 @@ class PostgresCluster(pulumi.ComponentResource):
         self.ca_cert_pem = certs.ca_cert_pem
         self.superuser_password = pulumi.Output.secret(secret.passwords["superuser_password"])
         self.app_password = pulumi.Output.secret(secret.passwords["app_password"])
+        self.instance_connect = pulumi.Output.all(eice.endpoint_id, eice.operator_policy, self.instance_ids).apply(
+            lambda v: {"endpoint_id": v[0], "operator_policy": v[1],
+                       "shell_commands": {m: shell_command(i, spec.region) for m, i in sorted(v[2].items())}})
         self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {
             "nlb_dns_name": dns,
             "zone_name": zone,
@@ -306,5 +317,5 @@ class PostgresCluster(pulumi.ComponentResource):
             "zone_name": self.zone_name, "bucket_name": self.bucket_name, "secret_arn": self.secret_arn,
             "backup_key_arn": self.backup_key_arn, "backup_cipher_secret_arn": self.backup_cipher_secret_arn,
             "ca_cert_pem": self.ca_cert_pem, "superuser_password": self.superuser_password,
-            "app_password": self.app_password,
+            "app_password": self.app_password, "instance_connect": self.instance_connect,
         })

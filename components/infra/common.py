@@ -7,12 +7,11 @@ import pulumi
 from ..render.context import dns_suffix
 from ..spec import ClusterSpec
 
-__all__ = ["DEBIAN_OWNER_ID", "SSM_CORE_POLICY", "child", "cluster_tags", "dns_suffix", "invoke_options",
+__all__ = ["DEBIAN_OWNER_ID", "child", "cluster_tags", "dns_suffix", "invoke_options",
            "partition", "port_ranges"]
 
 # AWS's own ids used by more than one module.
 DEBIAN_OWNER_ID = "136693071363"
-SSM_CORE_POLICY = "AmazonSSMManagedInstanceCore"
 
 
 def cluster_tags(spec: ClusterSpec, **extra: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pulumi_random as random
 
 from .. import contract
 from ..spec import ClusterSpec
-from .common import SSM_CORE_POLICY, child, cluster_tags, partition
+from .common import child, cluster_tags, partition
 
 PASSWORDS: tuple[str, ...] = contract.PASSWORD_KEYS
 # pgBackRest repository encryption key: only generated when backup.encryption is on.
@@ -52,7 +52,7 @@ class EncryptionKey(pulumi.ComponentResource):
 
 
 class NodeRole(pulumi.ComponentResource):
-    """The members' IAM role and instance profile (SSM core attached; data access added later)."""
+    """The members' IAM role and instance profile (no managed policy; data access is added later)."""
 
     role_name: pulumi.Output[str]
     role_arn: pulumi.Output[str]
@@ -65,9 +65,6 @@ class NodeRole(pulumi.ComponentResource):
         role = aws.iam.Role(f"{name}-role", assume_role_policy=json.dumps(assume),
                             description=f"pgha {spec.cluster_name} members",
                             tags=cluster_tags(spec), opts=child(self))
-        aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name,
-                                     policy_arn=f"arn:{partition(spec.region)}:iam::aws:policy/{SSM_CORE_POLICY}",
-                                     opts=child(self))
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=cluster_tags(spec),
                                           opts=child(self))
         self.role_name = role.name

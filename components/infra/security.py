@@ -8,7 +8,8 @@
 * metrics ports only from ``monitoring_cidrs`` (no rule at all when empty);
 * the NLB's group forwards the service ports to the members (traffic and health checks);
 * egress: 443/80 for packages and AWS APIs, member ports between members;
-* no SSH (SSM Session Manager instead), never 0.0.0.0/0 or ::/0 ingress.
+* SSH (22) only from the EC2 Instance Connect Endpoint's own group, whose only egress is 22 to
+  the members (pgha.infra.access); never 0.0.0.0/0 or ::/0 ingress.
 
 Every rule is a separate ``aws.vpc.SecurityGroupIngressRule``/``EgressRule`` resource so a
 changed source replaces one rule, not the group.
@@ -19,6 +20,7 @@ import ipaddress
 import pulumi
 import pulumi_aws as aws
 
+from .. import contract
 from ..spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, ClusterSpec
 from .common import child, cluster_tags, port_ranges
 
@@ -32,10 +34,12 @@ def client_ports(spec: ClusterSpec) -> tuple[int, ...]:
 
 
 class SecurityGroups(pulumi.ComponentResource):
-    """The members' group and the NLB's group, with every rule as its own resource."""
+    """The members' group, the NLB's group and the Instance Connect Endpoint's group, with every
+    rule as its own resource."""
 
     node_sg_id: pulumi.Output[str]
     lb_sg_id: pulumi.Output[str]
+    eice_sg_id: pulumi.Output[str]
 
     def __init__(self, name: str, *, spec: ClusterSpec, vpc_id: pulumi.Input[str], vpc_cidr: str,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -46,6 +50,10 @@ class SecurityGroups(pulumi.ComponentResource):
                                      tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nodes"), opts=child(self))
         lb = aws.ec2.SecurityGroup(f"{name}-nlb", vpc_id=vpc_id, description=f"pgha {spec.cluster_name} NLB",
                                    tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nlb"), opts=child(self))
+
+        eice = aws.ec2.SecurityGroup(f"{name}-eice", vpc_id=vpc_id,
+                                     description=f"pgha {spec.cluster_name} EC2 Instance Connect Endpoint",
+                                     tags=cluster_tags(spec, Name=f"{spec.cluster_name}-eice"), opts=child(self))
 
         node_ref = (f"{name}-nodes", node.id)
         lb_ref = (f"{name}-nlb", lb.id)
@@ -70,16 +78,24 @@ class SecurityGroups(pulumi.ComponentResource):
         self._ingress(node_ref, "members", MEMBER_PORTS, group=node.id, what="cluster members")
         self._egress(node_ref, "members", MEMBER_PORTS, group=node.id, what="cluster members")
 
+        # Operators' shells: EC2 Instance Connect Endpoint -> members' sshd, and nothing else.
+        eice_ref = (f"{name}-eice", eice.id)
+        self._ingress(node_ref, "from-eice", (contract.SSH_PORT,), group=eice.id,
+                      what="sshd from the EC2 Instance Connect Endpoint")
+        self._egress(eice_ref, "to-nodes", (contract.SSH_PORT,), group=node.id,
+                     what="EC2 Instance Connect Endpoint to members' sshd")
+
         for i, cidr in enumerate(net.monitoring_cidrs):
             self._ingress(node_ref, f"metrics-{i}", METRICS_PORTS, cidr=cidr, what="monitoring")
 
-        # Packages, pgBackRest to S3, Secrets Manager, SSM: HTTPS (and HTTP for apt mirrors).
+        # Packages, pgBackRest to S3, Secrets Manager, SSM (the status parameter): HTTPS (and HTTP for apt mirrors).
         for port in EGRESS_PORTS:
             self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
 
         self.node_sg_id = node.id
         self.lb_sg_id = lb.id
-        self.register_outputs({"node_sg_id": node.id, "lb_sg_id": lb.id})
+        self.eice_sg_id = eice.id
+        self.register_outputs({"node_sg_id": node.id, "lb_sg_id": lb.id, "eice_sg_id": eice.id})
 
     def _ingress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
                  cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Sequence
 
 from .. import contract
 from ..agent.patroni_api import PatroniClient
@@ -51,7 +51,7 @@ from ..render import (
 from ..spec import PORTS, ClusterSpec, Member, build_spec, certificate_ips
 from ..spec.stackfile import read_stack_config
 from ..spec.validate import offline_region_azs
-from . import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT, procfs
+from . import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT, eic, procfs
 from . import image as image_mod
 from . import netns as netns_mod
 from .machine import EBS_BY_ID, INSTANCE_STORE_BY_ID, Machine, MachineError, Volume
@@ -423,11 +423,49 @@ class LocalCluster:
     def boot(self, node: Node, instance_id: str) -> None:
         """Start the member's machine as ``instance_id`` (its own again: a reboot; new: a new instance)."""
         try:
+            eic.clear(node.machine.home)  # a new instance's metadata has no pushed key
+            # The roots an AMI trusts for AWS: those of AWS's endpoints (moto's TLS) and of EC2
+            # Instance Connect's signer.
             node.machine.boot(user_data=self.user_data(node.member), instance_id=instance_id,
                               hostname=node.member.name, imds_facts=self.imds_facts(node.member),
-                              trusted_ca_pem=self.s3.ca.cert_pem)
+                              trusted_ca_pem=self.s3.ca.cert_pem + self.instance_connect.root.cert_pem)
         except MachineError as error:
             raise LocalClusterError(str(error)) from None
+
+    @property
+    def instance_connect(self) -> eic.Signer:
+        """AWS's EC2 Instance Connect signer for this rehearsal (kept under <root>/eic)."""
+        return eic.Signer.load(self.root / "eic" / "signer.json", self.s3.region)
+
+    def push_ssh_key(self, member_name: str, public_key: str, *, user: str = contract.SSH_LOGIN_USER,
+                     expires_in: int = eic.KEY_LIFETIME, block: str | None = None) -> None:
+        """``aws ec2-instance-connect send-ssh-public-key`` for ``member_name``'s current instance:
+        the key in its metadata for 60 s, signed to expire in ``expires_in`` seconds."""
+        node = next(n for n in self.nodes if n.member.name == member_name)
+        instance_id = node.machine.instance.get("instance_id")
+        if not instance_id:
+            raise LocalClusterError(f"{member_name} has never booted: no instance to push a key to")
+        eic.push(node.machine.home, self.instance_connect, instance_id=instance_id, user=user,
+                 public_key=public_key, expires_in=expires_in, block=block)
+
+    def ssh_argv(self, member_name: str, workdir: Path, command: Sequence[str] = ()) -> list[str]:
+        """What ``aws ec2-instance-connect ssh`` does, for the rehearsal: a fresh key (in
+        ``workdir``) pushed for 60 s, the host keys the member's console vouches for, then ssh
+        as ``admin`` to the member's address."""
+        node = next((n for n in self.nodes if n.member.name == member_name), None)
+        if node is None or not node.machine.running():
+            raise LocalClusterError(f"{member_name} is not a running member")
+        key = workdir / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pgha-local", "-f", str(key)],
+                       check=True)
+        known = eic.verified_known_hosts(node.ip, node.machine.console_log.read_text(errors="replace"), workdir)
+        if not known:
+            raise LocalClusterError(f"{member_name}: no host key of {node.ip} matches its console's fingerprints")
+        (workdir / "known_hosts").write_text(known)
+        self.push_ssh_key(member_name, (workdir / "id_ed25519.pub").read_text())
+        return ["ssh", "-F", "none", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={workdir / 'known_hosts'}", f"{contract.SSH_LOGIN_USER}@{node.ip}",
+                *command]
 
     def new_instance_id(self, member: Member) -> str:
         return "i-" + hashlib.sha256(f"{member.name}/{time.time_ns()}".encode()).hexdigest()[:17]

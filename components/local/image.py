@@ -25,12 +25,12 @@ from ..spec import image
 DEFAULT_CACHE = Path(os.environ.get("PGHA_IMAGE_CACHE", "/var/cache/pgha/images"))
 # What Debian's cloud AMI has that debootstrap's minbase does not.
 BASE_PACKAGES: tuple[str, ...] = ("systemd", "systemd-sysv", "dbus", "cloud-init", "udev", "util-linux",
-                                  "iproute2", "netbase", "less")
+                                  "iproute2", "netbase", "less", "sudo")
 # Host tools the build and the members need, by the Debian package that has them.
 HOST_TOOLS: dict[str, str] = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
                               "losetup": "mount", "mkfs.xfs": "xfsprogs"}
 # Bumped when the recipe below changes in a way the package list does not show.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -188,8 +188,11 @@ def build(cache: Path = DEFAULT_CACHE, *, log: Callable[[str], None] = print, fo
         versions = _versions(root, packages)
         _check_pins(versions)
         _run(_in_root(root, "apt-get", "clean"), progress, "apt-get clean")
-        # A booted member makes its own machine id, as a new EC2 instance does.
+        # A booted member makes its own machine id, as a new EC2 instance does, and cloud-init
+        # its own SSH host keys: none made here is shared by every member.
         (root / "etc/machine-id").write_text("")
+        for host_key in (root / "etc/ssh").glob("ssh_host_*"):
+            host_key.unlink()
         manifest = {"key": key, "release": f"Debian {image.DEBIAN_MAJOR} ({image.DEBIAN_CODENAME})",
                     "archive": archive, "security": security, "versions": versions,
                     "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,6 +9,9 @@ a PUT for a session token first, then GETs that carry it.
 
 The facts come from a JSON file the rehearsal writes (re-read per request, so a replaced
 instance's new id is served at once). The credentials are moto's: any key is accepted there.
+EC2 Instance Connect's pushed keys (``managed-ssh-keys/``) come from a second file beside it,
+which ``pgha.local.eic.push`` writes as AWS's send-ssh-public-key would; a key is served until
+its 60 s are up, as AWS serves it.
 """
 
 import argparse
@@ -26,7 +29,28 @@ TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 MAX_TTL = 21600
 
 
-def metadata(facts: dict[str, Any], path: str) -> tuple[str, str] | None:
+# Written by pgha.local.eic.push.
+KEYS_FILE = "managed-ssh-keys.json"
+
+
+def managed_ssh_keys(keys: dict[str, Any], path: str, now: float) -> str | None:
+    """What IMDS answers under meta-data/managed-ssh-keys/ (``path`` below it), or None (404)."""
+    name = path.rstrip("/")
+    if name == "signer-cert" and keys.get("signer_cert"):
+        return str(keys["signer_cert"])
+    staples: dict[str, str] = keys.get("ocsp", {})
+    if name == "signer-ocsp" and staples:
+        return "\n".join(staples)
+    if name.startswith("signer-ocsp/") and name.removeprefix("signer-ocsp/") in staples:
+        return staples[name.removeprefix("signer-ocsp/")]
+    if name.startswith("active-keys/"):
+        user = name.removeprefix("active-keys/")
+        live = [k["block"] for k in keys.get("active_keys", {}).get(user, []) if k["until"] > now]
+        return "".join(live) if live else None
+    return None
+
+
+def metadata(facts: dict[str, Any], path: str, keys: dict[str, Any] | None = None) -> tuple[str, str] | None:
     """The body and content type IMDS answers for ``path`` (under /latest/), or None (404)."""
     role = facts["role"]
     now = time.time()
@@ -46,6 +70,7 @@ def metadata(facts: dict[str, Any], path: str) -> tuple[str, str] | None:
         "meta-data/local-hostname": facts["hostname"],
         "meta-data/placement/region": facts["region"],
         "meta-data/placement/availability-zone": facts["availability_zone"],
+        "meta-data/services/domain": "amazonaws.com",
         "meta-data/iam/security-credentials/": role,
         "meta-data/iam/security-credentials": role,
     }
@@ -55,6 +80,9 @@ def metadata(facts: dict[str, Any], path: str) -> tuple[str, str] | None:
         return json.dumps(credentials), "application/json"
     if path == "dynamic/instance-identity/document":
         return json.dumps(identity), "application/json"
+    if path.startswith("meta-data/managed-ssh-keys/"):
+        body = managed_ssh_keys(keys or {}, path.removeprefix("meta-data/managed-ssh-keys/"), now)
+        return None if body is None else (body, "text/plain")
     return None
 
 
@@ -90,7 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(401, "Unauthorized")  # IMDSv1 is off, as on pgha's instances
         if not self.path.startswith("/latest/"):
             return self._reply(404, "Not Found")
-        found = metadata(json.loads(self.server.facts_file.read_text()), self.path.removeprefix("/latest/"))
+        keys_file = self.server.facts_file.parent / KEYS_FILE
+        keys = json.loads(keys_file.read_text()) if keys_file.exists() else {}
+        found = metadata(json.loads(self.server.facts_file.read_text()), self.path.removeprefix("/latest/"), keys)
         if found is None:
             return self._reply(404, "Not Found")
         self._reply(200, *found)

@@ -38,8 +38,19 @@ EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"
 INSTANCE_STORE_BY_ID = "nvme-Amazon_EC2_NVMe_Instance_Storage_"
 SEED_DIR = "var/lib/cloud/seed/nocloud"
 # The platform's cloud-init settings (EC2's AMIs carry theirs): the NoCloud seed, nothing probed;
-# no SSH host keys, since the image has no SSH server (pgha nodes are reached through SSM).
-PLATFORM_CLOUD_CFG = "datasource_list: [NoCloud, None]\nssh_genkeytypes: []\nssh_deletekeys: false\n"
+# the default user of Debian's EC2 AMIs (`admin`, passwordless sudo; Debian's package says
+# `debian`). cloud-init's own defaults do the rest as on EC2: each instance makes its SSH host
+# keys at first boot and prints their fingerprints to the console.
+PLATFORM_CLOUD_CFG = """datasource_list: [NoCloud, None]
+system_info:
+  default_user:
+    name: admin
+    lock_passwd: true
+    gecos: Debian
+    groups: [adm, audio, cdrom, dialout, dip, floppy, plugdev, sudo, video]
+    sudo: ["ALL=(ALL) NOPASSWD:ALL"]
+    shell: /bin/bash
+"""
 
 
 def cgroup2_root() -> Path:

@@ -331,10 +331,15 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "config_poll_seconds": CONFIG_POLL_SECONDS,
         "backup_schedules": backup_schedules(spec),
         "restore": restore,
+        "ssh": {"unit": SSH_UNIT, "port": contract.SSH_PORT, "login_user": contract.SSH_LOGIN_USER, "keys_user": contract.SSH_KEYS_USER,
+                "keys_command": agent("authorized-keys", "%u", "%f")},
     }
 
 
 APT_PREFERENCES_PATH = "/etc/apt/preferences.d/pgha"
+# Before cloud-init's 50-cloud-init.conf (sshd keeps the first value it reads).
+SSHD_CONFIG_PATH = "/etc/ssh/sshd_config.d/10-pgha.conf"
+SSH_UNIT = "ssh.service"  # Debian's openssh-server
 
 
 def apt_preferences() -> str:
@@ -386,6 +391,11 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
         NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2"),
                  on_change=(contract.ACTION_SYSCTL + lay.path("etc/sysctl.d/90-pgha.conf"),)),
         NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
+        # The way in (EC2 Instance Connect): Debian's sshd, keys from `pgha-node authorized-keys`.
+        NodeFile(lay.path(SSHD_CONFIG_PATH), render("sshd_config.j2"),
+                 on_change=(contract.ACTION_RELOAD + SSH_UNIT,)),
+        NodeFile(f"{lay.units}/{SSH_UNIT}.d/pgha.conf", render("systemd/ssh.service.d-pgha.conf.j2"),
+                 on_change=(contract.ACTION_DAEMON_RELOAD,)),
     ]
     if member.runs_etcd:
         # etcd reads it at start only; a running member learns of new peers through etcd's own

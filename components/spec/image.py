@@ -41,6 +41,8 @@ DAEMON_PACKAGES: Mapping[str, str] = {
 # they follow Debian 13 and its security updates.
 SUPPORT_PACKAGES: tuple[str, ...] = (
     "python3", "python3-boto3", "python3-psycopg", "python3-prometheus-client", "python3-yaml",
+    # EC2 Instance Connect's key checks (pgha-node authorized-keys) and the sshd they serve.
+    "python3-cryptography", "openssh-server",
     "ca-certificates", "mdadm", "xfsprogs", "e2fsprogs", "nvme-cli", "logrotate", "procps", "iproute2",
 )
 NODE_PACKAGES: tuple[str, ...] = (*DAEMON_PACKAGES, *SUPPORT_PACKAGES)

@@ -18,7 +18,8 @@ from .agent_helpers import ZIPAPP, make_node, run_cli, write_json
 
 COMMANDS = ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter", "backup",
             "bootstrap", "archive-get-source", "etcd", "dcs-ready", "dcs-sync", "etcd-leadership",
-            "timeline-guard", "report-status", "await-ready", "handover", "apply-config", "start-node")
+            "timeline-guard", "report-status", "await-ready", "handover", "apply-config", "start-node",
+            "authorized-keys")
 
 
 def test_zipapp_builds_byte_identically():
@@ -33,8 +34,9 @@ def test_zipapp_builds_byte_identically():
 
 
 def test_zipapp_imports_nothing_a_node_lacks():
-    # Debian's python3 with only the node image's libraries: no pulumi, jinja2, cryptography.
-    code = ("import sys, runpy; sys.modules.update({m: None for m in ('pulumi', 'jinja2', 'cryptography', 'yaml')});"
+    # Debian's python3 with only the node image's libraries: no pulumi, jinja2 (cryptography is
+    # there: python3-cryptography, for authorized-keys).
+    code = ("import sys, runpy; sys.modules.update({m: None for m in ('pulumi', 'jinja2', 'yaml')});"
             f"sys.argv = ['pgha-node', '--help']; sys.path.insert(0, {str(ZIPAPP)!r}); import pgha.agent.cli as c;"
             "[__import__(m.__name__) for m in c.COMMAND_MODULES]")
     res = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
