@@ -258,6 +258,51 @@ def test_the_pooler_waits_for_the_end_of_the_promotion_not_for_the_leader_key(ba
     assert "pg-x-2 takes writes" in caplog.text
 
 
+def test_a_machine_going_down_lets_patronis_shutdown_hand_over_not_a_switchover(base, fake_patroni, caplog,
+                                                                                 monkeypatch):
+    # Patroni's shutdown releases the key with no failover key set, so the other replicas do
+    # not sleep 2 s in the race as they do during a switchover.
+    stopped: list[float] = []
+
+    def stop() -> None:
+        stopped.append(time.monotonic())
+        fake_patroni.move_leader("pg-x-2")  # the synchronous standby wins the race
+
+    monkeypatch.setattr(handover, "system_stopping", lambda run=None: True)
+    monkeypatch.setattr(handover, "stop_patroni", lambda run=None: stop())
+    monkeypatch.setattr(handover.release_leadership, "__defaults__", (handover.stop_patroni,))
+    node = node_for(base, fake_patroni)
+    caplog.set_level("INFO", logger="pgha-node")
+    assert handover.handover(node, timeout=10) == "pg-x-2"
+    assert stopped and fake_patroni.posts == []  # no POST /switchover
+    assert "pg-x-2 takes writes" in caplog.text and "handed leadership to pg-x-2" in caplog.text
+
+
+def test_a_patroni_that_cannot_be_signalled_ends_the_handover_with_the_reason(base, fake_patroni, caplog,
+                                                                               monkeypatch):
+    monkeypatch.setattr(handover, "system_stopping", lambda run=None: True)
+    monkeypatch.setattr(handover.release_leadership, "__defaults__",
+                        (lambda: "systemctl kill pgha-patroni.service: Unit not loaded",))
+    node = node_for(base, fake_patroni)
+    caplog.set_level("INFO", logger="pgha-node")
+    assert handover.handover(node, timeout=10) is None
+    assert "no handover: systemctl kill pgha-patroni.service: Unit not loaded" in caplog.text
+
+
+def test_stop_patroni_signals_the_main_process_without_queueing_a_job():
+    calls: list[list[str]] = []
+
+    class Done:
+        returncode, stderr = 0, ""
+
+    def run(argv: list[str], **kwargs: Any) -> Done:
+        calls.append(argv)
+        return Done()
+
+    assert handover.stop_patroni(run) is None
+    assert calls == [["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", "pgha-patroni.service"]]
+
+
 def test_a_replica_returns_at_once_without_asking_for_anything(base, fake_patroni, caplog):
     fake_patroni.move_leader("pg-x-2")  # this member (pg-x-1) no longer leads
     node = node_for(base, fake_patroni)
