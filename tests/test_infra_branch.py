@@ -59,7 +59,7 @@ def test_branch_from_a_stack_reference_is_one_small_node_restoring_read_only():
     docs = policies(run)
     source = docs["pg-feature-role-restore-source"]
     actions = {a for st in source["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
-    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:GetObjectVersion", "kms:Decrypt", "kms:DescribeKey"}
+    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:GetObjectVersion", "kms:Decrypt"}
     resources = {st["Resource"] for st in source["Statement"]}
     assert "arn:aws:s3:::prod-backup-src/pg-source/*" in resources
     assert "arn:aws:kms:us-east-1:123456789012:key/key-source" in resources

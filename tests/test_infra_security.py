@@ -145,7 +145,12 @@ def test_iam_policies_are_scoped(run: Run) -> None:
     secret = run.of_type("aws:secretsmanager/secret:Secret")
     secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-secret-secret-AbCdEf"
     assert secret
+    denies = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
+    # The only Deny binds the credentials to the VPC (tests/test_infra_least_privilege.py).
+    assert [s["Sid"] for s in denies] in ([], ["DenyOutsideTheVpc"])
     for statement in doc["Statement"]:
+        if statement["Effect"] == "Deny":
+            continue
         assert statement["Effect"] == "Allow"
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         assert "*" not in resources

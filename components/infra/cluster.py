@@ -235,14 +235,16 @@ class PostgresCluster(pulumi.ComponentResource):
         member_ips = {m.name: refs.ip_of(m) for m in spec.members}
 
         groups = SecurityGroups(f"{name}-sg", spec=spec, vpc_id=refs.vpc_id, vpc_cidr=refs.vpc_cidr, opts=this)
-        key = EncryptionKey(f"{name}-kms", spec=spec, opts=this)
         role = NodeRole(f"{name}-role", spec=spec, opts=this)
-        backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn, opts=this)
+        key = EncryptionKey(f"{name}-kms", spec=spec, role_arn=role.role_arn, opts=this)
+        backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn,
+                              s3_endpoint_id=refs.s3_endpoint_id, opts=this)
         certs = ClusterTls(f"{name}-tls", spec=spec, member_ips=member_ips, opts=this)
         secret = ClusterSecret(f"{name}-secret", spec=spec, key_arn=key.key_arn, tls_keys=certs.key_pems, opts=this)
         access = node_access_policy(f"{name}-role", spec=spec, role_name=role.role_name,
                                     bucket_arn=backup.bucket_arn, secret_arn=secret.secret_arn,
-                                    key_arn=key.key_arn, parent=self)
+                                    key_arn=key.key_arn, parent=self,
+                                    vpc_id=refs.vpc_id if refs.egress_ips else "", egress_ips=refs.egress_ips)
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
                            ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems,
