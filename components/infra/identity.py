@@ -10,12 +10,15 @@
   Secrets Manager only, and PutParameter/GetParameter on the cluster's status parameters
   ``/pgha/<cluster_name>/*``;
 * the passwords are ``pulumi_random`` passwords and travel only inside the Secrets Manager
-  secret, whose JSON also carries every member's TLS private key;
+  cluster secret; each member's TLS private key is in a secret of its own, which the role may
+  read only with the credentials delivered to that member's instance (its fixed primary
+  address, aws:ec2InstanceSourcePrivateIPv4);
 * with backup encryption the pgBackRest cipher pass is also kept in a secret of its own (same
   key): a branch of the cluster is granted that secret alone, never the cluster's passwords.
 """
 
 import json
+from functools import partial
 from typing import Any, Mapping, Sequence
 
 import pulumi
@@ -207,14 +210,26 @@ def outside_the_vpc_denial(*, vpc_id: str, egress_ips: Sequence[str]) -> dict[st
                           "BoolIfExists": {"aws:ViaAWSService": "false"}}}
 
 
+def own_tls_key_statements(tls_secrets: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """One statement per member (name -> (its TLS secret ARN, its fixed IP)): the role reads a
+    member's key secret only with the credentials EC2 delivered to the instance whose primary
+    private address is that member's. All members share one role; the address (the member's
+    ENI, kept across replacements) is what tells them apart."""
+    return [{"Sid": f"ReadOwnTlsKey{index}", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": arn, "Condition": {"IpAddress": {"aws:ec2InstanceSourcePrivateIPv4": f"{ip}/32"}}}
+            for index, (_, (arn, ip)) in enumerate(sorted(tls_secrets.items()), start=1)]
+
+
 def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str, key_arn: str,
-                         vpc_id: str = "", egress_ips: Sequence[str] = ()) -> str:
+                         vpc_id: str = "", egress_ips: Sequence[str] = (),
+                         tls_secrets: Mapping[str, tuple[str, str]] | None = None) -> str:
     """The members' inline policy: their secret, their bucket prefix, their key, their status
     parameters. No ``*`` resources in an Allow. With a VPC pgha created (its id and NAT
     addresses known), a Deny of any use from elsewhere (``outside_the_vpc_denial``)."""
     statements = [
         {"Sid": "ReadClusterSecret", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": secret_arn},
+        *own_tls_key_statements(tls_secrets or {}),
         *s3_statements(spec, bucket_arn),
         {"Sid": "UseClusterKey", "Effect": "Allow", "Action": list(NODE_KEY_ACTIONS), "Resource": key_arn,
          "Condition": {"StringEquals": {"kms:ViaService": via_services(spec, "s3", "secretsmanager")}}},
@@ -230,25 +245,41 @@ def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str,
 def node_access_policy(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[str],
                        bucket_arn: pulumi.Input[str], secret_arn: pulumi.Input[str], key_arn: pulumi.Input[str],
                        parent: pulumi.Resource, vpc_id: pulumi.Input[str] = "",
-                       egress_ips: Sequence[pulumi.Input[str]] = ()) -> aws.iam.RolePolicy:
+                       egress_ips: Sequence[pulumi.Input[str]] = (),
+                       tls_secret_arns: Mapping[str, pulumi.Input[str]] | None = None,
+                       member_ips: Mapping[str, str] | None = None) -> aws.iam.RolePolicy:
     """Attach the members' data access policy to the role."""
-    document = pulumi.Output.all(bucket_arn, secret_arn, key_arn, vpc_id, pulumi.Output.all(*egress_ips)).apply(
+    ips = dict(member_ips or {})
+    document = pulumi.Output.all(bucket_arn, secret_arn, key_arn, vpc_id, pulumi.Output.all(*egress_ips),
+                                 pulumi.Output.all(**dict(tls_secret_arns or {}))).apply(
         lambda v: node_policy_document(spec, bucket_arn=v[0], secret_arn=v[1], key_arn=v[2], vpc_id=v[3],
-                                       egress_ips=v[4]))
+                                       egress_ips=v[4], tls_secrets={m: (arn, ips[m]) for m, arn in v[5].items()}))
     return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document, opts=child(parent))
 
 
-class ClusterSecret(pulumi.ComponentResource):
-    """Generated passwords and the Secrets Manager secret the members read at boot.
+def _own_tls_key_json(member: str, pem: str) -> str:
+    return json.dumps({contract.TLS_KEYS: {member: pem}}, sort_keys=True)
 
-    The secret's JSON: ``superuser_password``, ``replication_password``,
-    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``,
-    ``tls_keys`` (member name -> private key PEM) and, with backup encryption,
-    ``pgbackrest_cipher_pass``, which the cipher secret (``cipher_secret_arn``) holds again on
-    its own as ``{"pgbackrest_cipher_pass": ...}`` for branches.
+
+class ClusterSecret(pulumi.ComponentResource):
+    """Generated passwords and the Secrets Manager secrets the members read at boot.
+
+    The cluster secret's JSON: ``superuser_password``, ``replication_password``,
+    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``
+    and, with backup encryption, ``pgbackrest_cipher_pass``, which the cipher secret
+    (``cipher_secret_arn``) holds again on its own as ``{"pgbackrest_cipher_pass": ...}`` for
+    branches. Every member needs every one of them: any member may become the leader that
+    bootstraps the cluster (creating the monitor, app and pgbouncer_auth roles) and runs
+    Patroni (superuser, replication, rewind, REST), PgBouncer (pgbouncer_auth, monitor), the
+    exporters (monitor) and pgBackRest (the cipher pass).
+
+    Each member's TLS private key is in a secret of its own (``tls_secret_arns``, member name
+    -> ARN), ``{"tls_keys": {member: PEM}}``, which only that member reads
+    (``own_tls_key_statements``): a member cannot impersonate another to etcd or its peers.
     """
 
     secret_arn: pulumi.Output[str]
+    tls_secret_arns: dict[str, pulumi.Output[str]]
     # The secret a branch reads the repository cipher pass from; None without backup encryption.
     cipher_secret_arn: pulumi.Output[str] | None
     passwords: dict[str, pulumi.Output[str]]
@@ -267,12 +298,21 @@ class ClusterSecret(pulumi.ComponentResource):
         secret = aws.secretsmanager.Secret(f"{name}-secret", description=f"pgha {spec.cluster_name} credentials",
                                            kms_key_id=key_arn, recovery_window_in_days=7,
                                            tags=cluster_tags(spec), opts=child(self))
-        payload = pulumi.Output.all(passwords=pulumi.Output.all(**self.passwords),
-                                    tls_keys=pulumi.Output.all(**dict(tls_keys)))
-        secret_string: pulumi.Output[str] = pulumi.Output.secret(payload.apply(
-            lambda v: json.dumps({**v["passwords"], "tls_keys": v["tls_keys"]}, sort_keys=True)))
+        secret_string: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(**self.passwords).apply(
+            lambda v: json.dumps(v, sort_keys=True)))
         aws.secretsmanager.SecretVersion(f"{name}-secret-value", secret_id=secret.id, secret_string=secret_string,
                                          opts=child(self))
+        self.tls_secret_arns = {}
+        for member in spec.members:
+            own = aws.secretsmanager.Secret(
+                f"{name}-tls-{member.index}", description=f"pgha {member.name}: its TLS private key",
+                kms_key_id=key_arn, recovery_window_in_days=7,
+                tags=cluster_tags(spec, **{"pgha:member": member.name}), opts=child(self))
+            value: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.from_input(tls_keys[member.name]).apply(partial(_own_tls_key_json, member.name)))
+            aws.secretsmanager.SecretVersion(f"{name}-tls-{member.index}-value", secret_id=own.id,
+                                             secret_string=value, opts=child(self))
+            self.tls_secret_arns[member.name] = own.arn
         self.secret_arn = secret.arn
         self.cipher_secret_arn = None
         if CIPHER_PASS in self.passwords:
