@@ -54,7 +54,8 @@ def _render(args: argparse.Namespace) -> int:
     ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
     # Offline: the AWS names `pulumi up` creates are shown as placeholders unless given.
     ctx = ec2_context(region, member_ips=ips, bucket=args.bucket, secret_id=args.secret_id,
-                      peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots))
+                      peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots),
+                      tls_secret_ids={m.name: f"TLS-SECRET-ARN-OF-{m.name}" for m in spec.members})
     # Everything is rendered (and measured) before the first file is written.
     rendered = [(member, render_node(spec, member, ctx), len(user_data_bytes(spec, member, ctx)))
                 for member in spec.members]

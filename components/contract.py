@@ -54,7 +54,9 @@ CIPHER_PASS_KEY = "pgbackrest_cipher_pass"
 # Static S3 credentials (the loopback's S3 stand-in; EC2 uses the instance role).
 S3_KEY = "s3_key"
 S3_KEY_SECRET = "s3_key_secret"
-# {member name: PEM private key} of the node certificates.
+# {member name: PEM private key} of the node certificates. On EC2 (and in the rehearsal) each
+# member's key is in a secret of its own, {TLS_KEYS: {member: key}}, which only that member may
+# read (NodeFacts.tls_secret); the cluster secret holds the passwords alone.
 TLS_KEYS = "tls_keys"
 
 # -- backups and databases -----------------------------------------------------------------------
@@ -305,6 +307,8 @@ class NodeFacts(TypedDict):
     ports: dict[str, int]
     aws: AwsFacts
     secret: SecretRef
+    # The member's own TLS key secret ({TLS_KEYS: {member: PEM}}); None: the key is in `secret`.
+    tls_secret: SecretRef | None
     stanza: str
     backup_encryption: bool
     backup_types: list[str]

@@ -158,6 +158,8 @@ class Recorder(pulumi.runtime.Mocks):
             outputs["dnsName"] = f"{name}-0123.elb.{REGION}.amazonaws.com"
             outputs["zoneId"] = "Z26RNL4JYFTOTI"
             outputs["arn"] = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/net/{name}/1"
+        elif kind == "aws:ec2/eip:Eip":
+            outputs["publicIp"] = f"198.51.100.{sum(map(ord, name)) % 250 + 1}"
         elif kind == "aws:route53/zone:Zone":
             outputs["zoneId"] = f"Z-{name}"
         elif kind == "pulumi:pulumi:StackReference":

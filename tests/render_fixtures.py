@@ -34,6 +34,7 @@ def ec2_context(spec: ClusterSpec) -> NodeContext:
         s3_region="us-east-1", secret_id=f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{spec.cluster_name}-x1Y2z3",
         layout=EC2_LAYOUT, ca_cert_pem=_ca().cert_pem, node_cert_pems=certs,
         data_volume_ids={name: f"vol-0{i:016x}" for i, name in enumerate(ips)},
+        tls_secret_ids={name: f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}-tls-x1Y2z3" for name in ips},
         peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots),
     )
 

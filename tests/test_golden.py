@@ -43,6 +43,7 @@ def rendered(case: str) -> dict[str, str]:
                       layout=EC2_LAYOUT, ca_cert_pem=CA_PEM,
                       node_cert_pems={n: CA_PEM.replace("GOLDEN-CA", f"GOLDEN-{n}") for n in ips},
                       data_volume_ids={n: f"vol-0{i:016d}" for i, n in enumerate(ips)},
+                      tls_secret_ids={n: f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{n}-tls" for n in ips},
                       peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots))
     files = {}
     for member in (spec.members[0], spec.members[-1]):

@@ -54,12 +54,12 @@ def test_branch_from_a_stack_reference_is_one_small_node_restoring_read_only():
     # The StackReference is read, not registered: its outputs (bucket, stanza, key) show below.
     instances = run.of_type(INSTANCE)
     assert len(instances) == 1 and instances[0].inputs["instanceType"] == "t4g.medium"
-    # Its own bucket for its own archive.
-    assert len(run.of_type(BUCKET)) == 1
+    # Its own bucket for its own archive (and its log bucket).
+    assert sorted(b.name for b in run.of_type(BUCKET)) == ["pg-feature-backup-bucket", "pg-feature-logs-bucket"]
     docs = policies(run)
     source = docs["pg-feature-role-restore-source"]
     actions = {a for st in source["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
-    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:GetObjectVersion", "kms:Decrypt", "kms:DescribeKey"}
+    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:GetObjectVersion", "kms:Decrypt"}
     resources = {st["Resource"] for st in source["Statement"]}
     assert "arn:aws:s3:::prod-backup-src/pg-source/*" in resources
     assert "arn:aws:kms:us-east-1:123456789012:key/key-source" in resources
@@ -123,10 +123,11 @@ def test_branch_of_an_encrypted_stack_may_read_its_cipher_secret_and_nothing_els
     assert read["Action"] == "secretsmanager:GetSecretValue" and read["Resource"] == SOURCE_CIPHER_ARN
     (decrypt,) = statements_on(source, "kms")
     assert "kms:Decrypt" in decrypt["Action"] and decrypt["Resource"] == SOURCE_KEY_ARN
-    # The branch's own access policy names its own secret only.
+    # The branch's own access policy names its own secrets only (its passwords, its member's TLS key).
     own = docs["pg-feature-role-access"]
     assert [st["Resource"] for st in statements_on(own, "secretsmanager")] == [
-        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-feature-secret-secret-AbCdEf"]
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-feature-secret-secret-AbCdEf",
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-feature-secret-tls-1-AbCdEf"]
     # The node is told where the pass is (a reference) and that the source's cipher applies.
     (facts,) = facts_of(run)
     assert facts["restore"]["cipher"] == "aes-256-cbc"
@@ -169,7 +170,7 @@ def exported_by(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tupl
 
 def test_an_encrypted_cluster_keeps_its_cipher_pass_in_a_secret_of_its_own_and_exports_its_arn(monkeypatch):
     run, outputs = exported_by({"clusterName": "pg-prod", "backup": {"encryption": True}}, monkeypatch)
-    secrets = {r.name: r for r in run.of_type("aws:secretsmanager/secret:Secret")}
+    secrets = {r.name: r for r in run.of_type("aws:secretsmanager/secret:Secret") if "-tls-" not in r.name}
     assert set(secrets) == {"pg-prod-secret-secret", "pg-prod-secret-cipher"}
     # Encrypted with the cluster key (the one exported as backupKeyArn).
     assert secrets["pg-prod-secret-cipher"].inputs["kmsKeyId"] == outputs["backupKeyArn"][0] == (
@@ -184,15 +185,17 @@ def test_an_encrypted_cluster_keeps_its_cipher_pass_in_a_secret_of_its_own_and_e
     assert outputs["backupCipherSecretArn"] == (
         f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-prod-secret-cipher-AbCdEf", False)
     assert not any(SECRET_MARK in json.dumps(value) for value, secret in outputs.values() if not secret)
-    # The cluster's own nodes keep reading the cluster secret only (same layout as before).
+    # The cluster's own nodes read the cluster secret and their TLS key secrets, not the cipher secret.
     access = json.loads(run.one("aws:iam/rolePolicy:RolePolicy", "pg-prod-role-access").inputs["policy"])
     assert [st["Resource"] for st in statements_on(access, "secretsmanager")] == [
-        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-prod-secret-secret-AbCdEf"]
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-prod-secret-secret-AbCdEf",
+        *(f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:pg-prod-secret-tls-{i}-AbCdEf" for i in (1, 2, 3))]
 
 
 def test_an_unencrypted_cluster_has_no_cipher_secret_and_exports_none(monkeypatch):
     run, outputs = exported_by({"clusterName": "pg-prod"}, monkeypatch)
-    assert [r.name for r in run.of_type("aws:secretsmanager/secret:Secret")] == ["pg-prod-secret-secret"]
+    assert sorted(r.name for r in run.of_type("aws:secretsmanager/secret:Secret")) == [
+        "pg-prod-secret-secret", "pg-prod-secret-tls-1", "pg-prod-secret-tls-2", "pg-prod-secret-tls-3"]
     assert "backupCipherSecretArn" not in outputs and "backupKeyArn" in outputs
 
 

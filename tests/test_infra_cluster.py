@@ -148,19 +148,21 @@ def test_rolling_order_replicas_first_primary_last_each_after_the_previous_is_re
 
 def test_protected_and_retained_data() -> None:
     run = cluster({"cluster_name": "pg-keep"})
-    bucket = run.of_type("aws:s3/bucket:Bucket")[0]
+    bucket = run.one("aws:s3/bucket:Bucket", "db-backup-bucket")
     key = run.of_type("aws:kms/key:Key")[0]
     assert bucket.protect and bucket.retain_on_delete and bucket.inputs["forceDestroy"] is False
     assert key.protect and key.retain_on_delete and key.inputs["enableKeyRotation"] is True
     for type_ in ("BucketPublicAccessBlock", "BucketVersioning", "BucketServerSideEncryptionConfiguration",
                   "BucketPolicy", "BucketLifecycleConfiguration"):
-        found = [r for r in run.resources if r.type.endswith(f":{type_}")]
+        # The backup bucket's (the log bucket has its own, retained too: test_infra_least_privilege).
+        found = [r for r in run.resources if r.type.endswith(f":{type_}") and r.name.startswith("db-backup-")]
         assert len(found) == 1 and found[0].retain_on_delete, type_
 
 
 def test_lifecycle_never_expires_current_objects() -> None:
     run = cluster({"cluster_name": "pg-life", "backup": {"retention_days": 30}})
-    (rule,) = run.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")[0].inputs["rules"]
+    (rule,) = run.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+                      "db-backup-lifecycle").inputs["rules"]
     assert rule["status"] == "Enabled"
     assert rule["noncurrentVersionExpiration"]["noncurrentDays"] > 30
     assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] > 0
@@ -172,8 +174,8 @@ def test_versioning_and_kms_encryption() -> None:
     run = cluster({"cluster_name": "pg-enc"})
     versioning = run.of_type("aws:s3/bucketVersioning:BucketVersioning")[0]
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
-    (rule,) = run.of_type("aws:s3/bucketServerSideEncryptionConfiguration:"
-                          "BucketServerSideEncryptionConfiguration")[0].inputs["rules"]
+    (rule,) = run.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+                      "db-backup-sse").inputs["rules"]
     assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
     assert rule["applyServerSideEncryptionByDefault"]["kmsMasterKeyId"].startswith("arn:aws:kms:")
     assert rule["bucketKeyEnabled"] is True

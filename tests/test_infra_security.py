@@ -117,7 +117,7 @@ def test_egress_is_limited(run: Run) -> None:
     for rule in run.of_type(EGRESS):
         ports = ports_of(rule)
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0":
-            assert ports in ({443}, {80})
+            assert ports == {443}  # no port 80: apt uses Debian's mirrors over https
         else:
             assert "referencedSecurityGroupId" in rule.inputs
     # The endpoint's group reaches the members' sshd and nothing else.
@@ -172,10 +172,10 @@ def test_instances_hardened(run: Run) -> None:
 
 
 def test_bucket_is_private_and_tls_only(run: Run) -> None:
-    (block,) = run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    block = run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "db-backup-public-access")
     for key in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
         assert block.inputs[key] is True
-    (policy,) = run.of_type("aws:s3/bucketPolicy:BucketPolicy")
+    policy = run.one("aws:s3/bucketPolicy:BucketPolicy", "db-backup-policy")
     doc = json.loads(policy.inputs["policy"])
     deny = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
     assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -193,7 +193,12 @@ def test_iam_policies_are_scoped(run: Run) -> None:
     secret = run.of_type("aws:secretsmanager/secret:Secret")
     secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-secret-secret-AbCdEf"
     assert secret
+    denies = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
+    # The only Deny binds the credentials to the VPC (tests/test_infra_least_privilege.py).
+    assert [s["Sid"] for s in denies] in ([], ["DenyOutsideTheVpc"])
     for statement in doc["Statement"]:
+        if statement["Effect"] == "Deny":
+            continue
         assert statement["Effect"] == "Allow"
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         assert "*" not in resources
@@ -212,7 +217,12 @@ def test_iam_policies_are_scoped(run: Run) -> None:
                     prefixes = json.dumps(statement["Condition"])
                     assert "pg-sec" in prefixes and '""' not in prefixes
             elif service == "secretsmanager":
-                assert resources == [secret_arn]
+                # The cluster secret; a member's own TLS key secret only from that member's address.
+                if statement["Sid"].startswith("ReadOwnTlsKey"):
+                    assert resources[0].startswith("arn:aws:secretsmanager:us-east-1:123456789012:secret:db-secret-tls-")
+                    assert list(statement["Condition"]["IpAddress"]) == ["aws:ec2InstanceSourcePrivateIPv4"]
+                else:
+                    assert resources == [secret_arn]
             elif service == "kms":
                 assert all(r.startswith("arn:aws:kms:") for r in resources)
             elif service == "ssm":
@@ -228,15 +238,20 @@ def test_iam_policies_are_scoped(run: Run) -> None:
 
 
 def test_secret_payload(run: Run) -> None:
-    (version,) = run.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    version = run.one("aws:secretsmanager/secretVersion:SecretVersion", "db-secret-secret-value")
     assert "secretString" in version.secret_inputs
     payload = json.loads(version.inputs["secretString"])
+    # The passwords only: the members' TLS keys are each in a secret of its own.
     assert set(payload) == {"superuser_password", "replication_password", "pgbouncer_auth_password",
-                            "patroni_rest_password", "monitor_password", "app_password", "tls_keys"}
-    assert set(payload["tls_keys"]) == {"pg-sec-1", "pg-sec-2", "pg-sec-3"}
-    assert all(SECRET_MARK in v for v in payload["tls_keys"].values())
-    (secret,) = run.of_type("aws:secretsmanager/secret:Secret")
-    assert secret.inputs["kmsKeyId"].startswith("arn:aws:kms:")
+                            "patroni_rest_password", "monitor_password", "app_password"}
+    members = sorted(inst.name.split("-")[1] for inst in run.of_type("aws:ec2/instance:Instance"))
+    for index in members:
+        own = run.one("aws:secretsmanager/secretVersion:SecretVersion", f"db-secret-tls-{index}-value")
+        assert "secretString" in own.secret_inputs
+        keys = json.loads(own.inputs["secretString"])["tls_keys"]
+        assert list(keys) == [f"pg-sec-{index}"] and SECRET_MARK in keys[f"pg-sec-{index}"]
+    for secret in run.of_type("aws:secretsmanager/secret:Secret"):
+        assert secret.inputs["kmsKeyId"].startswith("arn:aws:kms:")
 
 
 def test_no_secret_in_user_data_or_plain_outputs(run: Run) -> None:

@@ -72,6 +72,23 @@ def test_every_unit_ec2_runs_is_active_under_systemd(local_cluster):
         assert mount[1] == "xfs" and mount[0].startswith("/dev/loop")
 
 
+def test_each_member_read_its_own_tls_key_secret_and_the_cluster_secret_has_none(local_cluster):
+    """As on EC2: the cluster secret holds the passwords only; each member's TLS key is in a
+    secret of its own, which its node.json names and from which its node.key was written."""
+    sm = local_cluster.aws_client("secretsmanager")
+    shared = json.loads(sm.get_secret_value(SecretId=local_cluster.secret_name)["SecretString"])
+    assert "tls_keys" not in shared and "superuser_password" in shared
+    for node in local_cluster.nodes:
+        name = node.member.name
+        facts = json.loads((node.machine.fs / EC2_LAYOUT.etc.lstrip("/") / "node.json").read_text())
+        assert facts["tls_secret"] == {"source": "aws", "id": local_cluster.tls_secret_name(name),
+                                       "region": local_cluster.s3.region}
+        own = json.loads(sm.get_secret_value(SecretId=facts["tls_secret"]["id"])["SecretString"])
+        assert list(own["tls_keys"]) == [name]
+        written = (node.machine.fs / EC2_LAYOUT.tls.lstrip("/") / "node.key").read_text()
+        assert written.strip() == own["tls_keys"][name].strip()
+
+
 def test_postgresql_17_runs_inside_the_member_under_patroni(local_cluster):
     for node, machine in zip(local_cluster.nodes, machines(local_cluster)):
         with psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),

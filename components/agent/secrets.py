@@ -1,4 +1,5 @@
-"""`secrets`: fetch the cluster secret, write the node's secret files."""
+"""`secrets`: fetch the cluster secret and the member's own TLS key secret, write the node's
+secret files."""
 
 import argparse
 import base64
@@ -194,10 +195,29 @@ def fetch_source_cipher(node: NodeFacts, ref: SecretRef, user: pwd.struct_passwd
     return True
 
 
+def fetch_node_secret(node: NodeFacts, timeout: float) -> dict[str, Any]:
+    """The cluster secret (passwords) with the member's TLS key: from the member's own TLS
+    secret when node.json names one (the cluster secret then carries no TLS key at all), else
+    from the cluster secret itself."""
+    secret = fetch_secret(node["secret"], node["aws"], timeout=timeout)
+    ref = node.get("tls_secret")
+    if ref:
+        own = fetch_secret(ref, node["aws"], timeout=timeout)
+        keys = own.get(contract.TLS_KEYS)
+        member = node["member"]
+        if not isinstance(keys, dict) or set(keys) != {member}:
+            # Never name what it holds beyond member names: the values are private keys.
+            names = sorted(keys) if isinstance(keys, dict) else []
+            raise AgentError(f"the TLS secret {ref.get('id') or ref.get('file')} must hold tls_keys for "
+                             f"'{member}' alone, not {names}")
+        secret = {**secret, contract.TLS_KEYS: keys}
+    return secret
+
+
 def cmd_secrets(node: NodeFacts, args: argparse.Namespace) -> int:
     pg, etcd = os_user(node, "postgres"), os_user(node, "etcd")
     owners = {"postgres": pg, "etcd": etcd}
-    secret = fetch_secret(node["secret"], node["aws"], timeout=args.timeout)
+    secret = fetch_node_secret(node, timeout=args.timeout)
     files = render_secret_files(node, secret)
     p = node["paths"]
     ensure_dir(p["secrets"], 0o700, pg.pw_uid, pg.pw_gid)

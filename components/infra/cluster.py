@@ -18,6 +18,7 @@ from .backup import BackupBucket
 from .common import invoke_options
 from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
+from .logs import LogBucket
 from .node import Node, node_context, rolling_order
 from .nodefiles import upload_node_files
 from .restore import cipher_secret_reference, restore_source_of, source_read_access
@@ -241,16 +242,22 @@ class PostgresCluster(pulumi.ComponentResource):
         member_ips = {m.name: refs.ip_of(m) for m in spec.members}
 
         groups = SecurityGroups(f"{name}-sg", spec=spec, vpc_id=refs.vpc_id, vpc_cidr=refs.vpc_cidr, opts=this)
-        key = EncryptionKey(f"{name}-kms", spec=spec, opts=this)
         role = NodeRole(f"{name}-role", spec=spec, opts=this)
-        backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn, opts=this)
+        key = EncryptionKey(f"{name}-kms", spec=spec, role_arn=role.role_arn, opts=this)
+        backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn,
+                              s3_endpoint_id=refs.s3_endpoint_id, opts=this)
+        LogBucket(f"{name}-logs", spec=spec, source_bucket=backup.bucket_name, source_bucket_arn=backup.bucket_arn,
+                  account_arn=role.role_arn, vpc_id=refs.vpc_id if network_component is not None else None, opts=this)
         certs = ClusterTls(f"{name}-tls", spec=spec, member_ips=member_ips, opts=this)
         secret = ClusterSecret(f"{name}-secret", spec=spec, key_arn=key.key_arn, tls_keys=certs.key_pems, opts=this)
         access = node_access_policy(f"{name}-role", spec=spec, role_name=role.role_name,
                                     bucket_arn=backup.bucket_arn, secret_arn=secret.secret_arn,
-                                    key_arn=key.key_arn, parent=self)
+                                    key_arn=key.key_arn, parent=self,
+                                    vpc_id=refs.vpc_id if refs.egress_ips else "", egress_ips=refs.egress_ips,
+                                    tls_secret_arns=secret.tls_secret_arns, member_ips=member_ips)
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
+                           tls_secret_arns=secret.tls_secret_arns,
                            ca_cert_pem=certs.ca_cert_pem, cert_pems=certs.cert_pems,
                            peer_ips=tuple(refs.ip_of(m) for m in spec.member_slots))
         restore_access = []

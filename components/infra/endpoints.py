@@ -30,6 +30,9 @@ class Endpoints(pulumi.ComponentResource):
         nlb = aws.lb.LoadBalancer(
             f"{name}-nlb", name=load_balancer_name(spec.cluster_name), internal=True, load_balancer_type="network", subnets=list(subnet_ids),
             security_groups=[lb_security_group_id], enable_cross_zone_load_balancing=True,
+            # ELB.6: `pulumi destroy` (or a replacement) fails until it is turned off (README,
+            # "Destroying a stack").
+            enable_deletion_protection=True,
             tags=cluster_tags(spec, Name=f"{spec.cluster_name}-nlb"), opts=child(self, delete_before_replace=True))
         for service in SERVICES:
             port = PORTS[service]

@@ -1,18 +1,25 @@
 """Keys, the node role and the cluster secret.
 
 * one KMS key (rotation on) encrypts the root and data volumes, the backup bucket and the
-  secret; it is protected and retained because the retained backups are unreadable without it;
+  secret; it is protected and retained because the retained backups are unreadable without it.
+  Its key policy (``key_policy_document``) separates administration (the account, no
+  cryptographic use) from use, and allows use only through S3, Secrets Manager and (for the
+  volumes) EC2: nobody, the node role included, can call kms:Decrypt on it directly;
 * the node role gets SSM core, read access to the cluster secret only, S3 access to the
-  backup bucket limited to the stanza prefix ``<cluster_name>/``, use of the key, and
-  PutParameter/GetParameter on the cluster's status parameters ``/pgha/<cluster_name>/*``;
+  backup bucket limited to the stanza prefix ``<cluster_name>/``, use of the key through S3 and
+  Secrets Manager only, and PutParameter/GetParameter on the cluster's status parameters
+  ``/pgha/<cluster_name>/*``;
 * the passwords are ``pulumi_random`` passwords and travel only inside the Secrets Manager
-  secret, whose JSON also carries every member's TLS private key;
+  cluster secret; each member's TLS private key is in a secret of its own, which the role may
+  read only with the credentials delivered to that member's instance (its fixed primary
+  address, aws:ec2InstanceSourcePrivateIPv4);
 * with backup encryption the pgBackRest cipher pass is also kept in a secret of its own (same
   key): a branch of the cluster is granted that secret alone, never the cluster's passwords.
 """
 
 import json
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -20,7 +27,7 @@ import pulumi_random as random
 
 from .. import contract
 from ..spec import ClusterSpec
-from .common import child, cluster_tags, partition
+from .common import child, cluster_tags, dns_suffix, partition
 
 PASSWORDS: tuple[str, ...] = contract.PASSWORD_KEYS
 # pgBackRest repository encryption key: only generated when backup.encryption is on.
@@ -32,16 +39,92 @@ def stanza_prefix(spec: ClusterSpec) -> str:
     return contract.cluster_prefix(spec.cluster_name)
 
 
+# What the account (its IAM administrators, through their IAM policies) may do with the key:
+# manage it, never use it. Not kms:Create* (it would include CreateGrant, a way to use it).
+KEY_ADMIN_ACTIONS: tuple[str, ...] = (
+    "kms:CancelKeyDeletion", "kms:CreateAlias", "kms:DeleteAlias", "kms:DescribeKey", "kms:DisableKey",
+    "kms:DisableKeyRotation", "kms:EnableKey", "kms:EnableKeyRotation", "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus", "kms:ListAliases", "kms:ListGrants", "kms:ListKeyPolicies",
+    "kms:ListKeyRotations", "kms:ListResourceTags", "kms:PutKeyPolicy", "kms:RevokeGrant",
+    "kms:RotateKeyOnDemand", "kms:ScheduleKeyDeletion", "kms:TagResource", "kms:UntagResource",
+    "kms:UpdateAlias", "kms:UpdateKeyDescription",
+)
+# What the node role does with the key, and only through S3 and Secrets Manager: S3 SSE-KMS
+# PutObject (and a bucket key) needs GenerateDataKey, GetObject and multipart uploads Decrypt;
+# GetSecretValue needs Decrypt. Nothing needs kms:Encrypt or DescribeKey.
+NODE_KEY_ACTIONS: tuple[str, ...] = ("kms:Decrypt", "kms:GenerateDataKey")
+
+
+def account_of(arn: str) -> str:
+    """The account id of an ARN (``arn:aws:iam::123456789012:role/x``)."""
+    parts = arn.split(":")
+    if len(parts) < 6 or not parts[4]:
+        raise ValueError(f"not an ARN with an account: {arn!r}")
+    return parts[4]
+
+
+def via_services(spec: ClusterSpec, *services: str, region: str = "") -> list[str]:
+    """kms:ViaService values of ``services`` in ``region`` (default the cluster's): the region
+    of the service endpoint that calls KMS, which is the key's region."""
+    region = region or spec.region
+    return [f"{service}.{region}.{dns_suffix(region)}" for service in services]
+
+
+def key_policy_document(spec: ClusterSpec, *, role_arn: str) -> str:
+    """The key's own policy (AWS applies no default one when a policy is given).
+
+    * ``KeyAdministration``: the account root, i.e. IAM principals whose IAM policies allow it,
+      may administer the key (and must: without PutKeyPolicy for the account the key could
+      become unmanageable, and KMS refuses such a policy at creation); no cryptographic action.
+    * ``NodeRoleUse``: the members' role, Decrypt/GenerateDataKey through S3 and Secrets
+      Manager only (its IAM policy says the same: both must allow).
+    * ``AccountUseThroughS3AndSecretsManager``: other principals of the account whose IAM
+      policies allow it, through those two services only: ``pulumi up`` writing the secrets and
+      node files, a branch's role reading this repository.
+    * ``AccountUseThroughEc2`` / ``AccountGrantsForEbs``: EBS encryption of the volumes with
+      this key. EC2 acts for the caller of RunInstances/CreateVolume (the deployer, not an
+      Auto Scaling service-linked role: pgha launches instances itself), which needs the data
+      key actions through ec2.<region> and kms:CreateGrant, limited to grants for AWS
+      resources (the grant EC2 gives itself to attach the volume to an instance).
+    """
+    account = account_of(role_arn)
+    root = f"arn:{partition(spec.region)}:iam::{account}:root"
+    in_account = {"kms:CallerAccount": account}
+    statements: list[dict[str, Any]] = [
+        {"Sid": "KeyAdministration", "Effect": "Allow", "Principal": {"AWS": root},
+         "Action": list(KEY_ADMIN_ACTIONS), "Resource": "*"},
+        {"Sid": "NodeRoleUse", "Effect": "Allow", "Principal": {"AWS": role_arn},
+         "Action": list(NODE_KEY_ACTIONS), "Resource": "*",
+         "Condition": {"StringEquals": {"kms:ViaService": via_services(spec, "s3", "secretsmanager")}}},
+        {"Sid": "AccountUseThroughS3AndSecretsManager", "Effect": "Allow", "Principal": {"AWS": root},
+         "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"], "Resource": "*",
+         "Condition": {"StringEquals": {**in_account,
+                                        "kms:ViaService": via_services(spec, "s3", "secretsmanager")}}},
+        {"Sid": "AccountUseThroughEc2", "Effect": "Allow", "Principal": {"AWS": root},
+         "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*"],
+         "Resource": "*",
+         "Condition": {"StringEquals": {**in_account, "kms:ViaService": via_services(spec, "ec2")}}},
+        {"Sid": "AccountGrantsForEbs", "Effect": "Allow", "Principal": {"AWS": root},
+         "Action": "kms:CreateGrant", "Resource": "*",
+         "Condition": {"StringEquals": {**in_account, "kms:ViaService": via_services(spec, "ec2")},
+                       "Bool": {"kms:GrantIsForAWSResource": "true"}}},
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
 class EncryptionKey(pulumi.ComponentResource):
-    """A customer-managed KMS key with yearly rotation and an alias ``alias/pgha/<cluster>``."""
+    """A customer-managed KMS key with yearly rotation, an explicit key policy
+    (``key_policy_document``) and an alias ``alias/pgha/<cluster>``."""
 
     key_arn: pulumi.Output[str]
     key_id: pulumi.Output[str]
 
-    def __init__(self, name: str, *, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, *, spec: ClusterSpec, role_arn: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:infra:EncryptionKey", name, None, opts)
+        policy = pulumi.Output.from_input(role_arn).apply(lambda arn: key_policy_document(spec, role_arn=arn))
         key = aws.kms.Key(f"{name}-key", description=f"pgha {spec.cluster_name}: volumes, backups, secret",
-                          enable_key_rotation=True, deletion_window_in_days=30,
+                          enable_key_rotation=True, deletion_window_in_days=30, policy=policy,
                           tags=cluster_tags(spec, Name=f"{spec.cluster_name}-key"),
                           opts=child(self, protect=True, retain_on_delete=True))
         aws.kms.Alias(f"{name}-alias", name=f"alias/pgha/{spec.cluster_name}", target_key_id=key.key_id,
@@ -104,42 +187,96 @@ def status_parameters_arn(spec: ClusterSpec, *, account_arn: str) -> str:
             f"{contract.status_parameter_prefix(spec.cluster_name)}*")
 
 
-def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str, key_arn: str) -> str:
+def outside_the_vpc_denial(*, vpc_id: str, egress_ips: Sequence[str]) -> dict[str, Any]:
+    """Deny the role every request that comes neither through a VPC endpoint of the VPC nor
+    from its NAT gateways: credentials copied off a member work nowhere else.
+
+    AWS's own keys for this, aws:ec2InstanceSourceVPC / aws:ec2InstanceSourcePrivateIPv4, name
+    the VPC and address the credentials were delivered to, not where a request comes from; AWS's
+    pattern compares them with ${aws:SourceVpc} / ${aws:VpcSourceIp}, which exist only for
+    requests through a VPC endpoint. Here only S3 has one (the gateway endpoint); Secrets
+    Manager, SSM and KMS are reached through the NAT gateways, whose public addresses are then
+    aws:SourceIp. So: deny when the request is not from the NAT addresses (NotIpAddress, also
+    true when aws:SourceIp is absent, as through an endpoint) and not through this VPC
+    (StringNotEquals, also true when aws:SourceVpc is absent, as over the internet). Requests an
+    AWS service makes for the role (S3 or Secrets Manager calling KMS) are not the role's own
+    network location and stay allowed."""
+    return {"Sid": "DenyOutsideTheVpc", "Effect": "Deny", "Action": "*", "Resource": "*",
+            "Condition": {"NotIpAddress": {"aws:SourceIp": [f"{ip}/32" for ip in egress_ips]},
+                          "StringNotEquals": {"aws:SourceVpc": vpc_id},
+                          "BoolIfExists": {"aws:ViaAWSService": "false"}}}
+
+
+def own_tls_key_statements(tls_secrets: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """One statement per member (name -> (its TLS secret ARN, its fixed IP)): the role reads a
+    member's key secret only with the credentials EC2 delivered to the instance whose primary
+    private address is that member's. All members share one role; the address (the member's
+    ENI, kept across replacements) is what tells them apart."""
+    return [{"Sid": f"ReadOwnTlsKey{index}", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+             "Resource": arn, "Condition": {"IpAddress": {"aws:ec2InstanceSourcePrivateIPv4": f"{ip}/32"}}}
+            for index, (_, (arn, ip)) in enumerate(sorted(tls_secrets.items()), start=1)]
+
+
+def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str, key_arn: str,
+                         vpc_id: str = "", egress_ips: Sequence[str] = (),
+                         tls_secrets: Mapping[str, tuple[str, str]] | None = None) -> str:
     """The members' inline policy: their secret, their bucket prefix, their key, their status
-    parameters. No ``*`` resources."""
+    parameters. No ``*`` resources in an Allow. With a VPC pgha created (its id and NAT
+    addresses known), a Deny of any use from elsewhere (``outside_the_vpc_denial``)."""
     statements = [
         {"Sid": "ReadClusterSecret", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": secret_arn},
+        *own_tls_key_statements(tls_secrets or {}),
         *s3_statements(spec, bucket_arn),
-        {"Sid": "UseClusterKey", "Effect": "Allow",
-         "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], "Resource": key_arn},
+        {"Sid": "UseClusterKey", "Effect": "Allow", "Action": list(NODE_KEY_ACTIONS), "Resource": key_arn,
+         "Condition": {"StringEquals": {"kms:ViaService": via_services(spec, "s3", "secretsmanager")}}},
         # Readiness: each member publishes /pgha/<cluster>/<member>/status, which `pulumi up` waits on.
         {"Sid": "PublishMemberStatus", "Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
          "Resource": status_parameters_arn(spec, account_arn=secret_arn)},
     ]
+    if vpc_id and egress_ips:
+        statements.append(outside_the_vpc_denial(vpc_id=vpc_id, egress_ips=egress_ips))
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
 def node_access_policy(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[str],
                        bucket_arn: pulumi.Input[str], secret_arn: pulumi.Input[str], key_arn: pulumi.Input[str],
-                       parent: pulumi.Resource) -> aws.iam.RolePolicy:
+                       parent: pulumi.Resource, vpc_id: pulumi.Input[str] = "",
+                       egress_ips: Sequence[pulumi.Input[str]] = (),
+                       tls_secret_arns: Mapping[str, pulumi.Input[str]] | None = None,
+                       member_ips: Mapping[str, str] | None = None) -> aws.iam.RolePolicy:
     """Attach the members' data access policy to the role."""
-    document = pulumi.Output.all(bucket_arn, secret_arn, key_arn).apply(
-        lambda v: node_policy_document(spec, bucket_arn=v[0], secret_arn=v[1], key_arn=v[2]))
+    ips = dict(member_ips or {})
+    document = pulumi.Output.all(bucket_arn, secret_arn, key_arn, vpc_id, pulumi.Output.all(*egress_ips),
+                                 pulumi.Output.all(**dict(tls_secret_arns or {}))).apply(
+        lambda v: node_policy_document(spec, bucket_arn=v[0], secret_arn=v[1], key_arn=v[2], vpc_id=v[3],
+                                       egress_ips=v[4], tls_secrets={m: (arn, ips[m]) for m, arn in v[5].items()}))
     return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document, opts=child(parent))
 
 
-class ClusterSecret(pulumi.ComponentResource):
-    """Generated passwords and the Secrets Manager secret the members read at boot.
+def _own_tls_key_json(member: str, pem: str) -> str:
+    return json.dumps({contract.TLS_KEYS: {member: pem}}, sort_keys=True)
 
-    The secret's JSON: ``superuser_password``, ``replication_password``,
-    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``,
-    ``tls_keys`` (member name -> private key PEM) and, with backup encryption,
-    ``pgbackrest_cipher_pass``, which the cipher secret (``cipher_secret_arn``) holds again on
-    its own as ``{"pgbackrest_cipher_pass": ...}`` for branches.
+
+class ClusterSecret(pulumi.ComponentResource):
+    """Generated passwords and the Secrets Manager secrets the members read at boot.
+
+    The cluster secret's JSON: ``superuser_password``, ``replication_password``,
+    ``pgbouncer_auth_password``, ``patroni_rest_password``, ``monitor_password``, ``app_password``
+    and, with backup encryption, ``pgbackrest_cipher_pass``, which the cipher secret
+    (``cipher_secret_arn``) holds again on its own as ``{"pgbackrest_cipher_pass": ...}`` for
+    branches. Every member needs every one of them: any member may become the leader that
+    bootstraps the cluster (creating the monitor, app and pgbouncer_auth roles) and runs
+    Patroni (superuser, replication, rewind, REST), PgBouncer (pgbouncer_auth, monitor), the
+    exporters (monitor) and pgBackRest (the cipher pass).
+
+    Each member's TLS private key is in a secret of its own (``tls_secret_arns``, member name
+    -> ARN), ``{"tls_keys": {member: PEM}}``, which only that member reads
+    (``own_tls_key_statements``): a member cannot impersonate another to etcd or its peers.
     """
 
     secret_arn: pulumi.Output[str]
+    tls_secret_arns: dict[str, pulumi.Output[str]]
     # The secret a branch reads the repository cipher pass from; None without backup encryption.
     cipher_secret_arn: pulumi.Output[str] | None
     passwords: dict[str, pulumi.Output[str]]
@@ -158,12 +295,21 @@ class ClusterSecret(pulumi.ComponentResource):
         secret = aws.secretsmanager.Secret(f"{name}-secret", description=f"pgha {spec.cluster_name} credentials",
                                            kms_key_id=key_arn, recovery_window_in_days=7,
                                            tags=cluster_tags(spec), opts=child(self))
-        payload = pulumi.Output.all(passwords=pulumi.Output.all(**self.passwords),
-                                    tls_keys=pulumi.Output.all(**dict(tls_keys)))
-        secret_string: pulumi.Output[str] = pulumi.Output.secret(payload.apply(
-            lambda v: json.dumps({**v["passwords"], "tls_keys": v["tls_keys"]}, sort_keys=True)))
+        secret_string: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(**self.passwords).apply(
+            lambda v: json.dumps(v, sort_keys=True)))
         aws.secretsmanager.SecretVersion(f"{name}-secret-value", secret_id=secret.id, secret_string=secret_string,
                                          opts=child(self))
+        self.tls_secret_arns = {}
+        for member in spec.members:
+            own = aws.secretsmanager.Secret(
+                f"{name}-tls-{member.index}", description=f"pgha {member.name}: its TLS private key",
+                kms_key_id=key_arn, recovery_window_in_days=7,
+                tags=cluster_tags(spec, **{"pgha:member": member.name}), opts=child(self))
+            value: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.from_input(tls_keys[member.name]).apply(partial(_own_tls_key_json, member.name)))
+            aws.secretsmanager.SecretVersion(f"{name}-tls-{member.index}-value", secret_id=own.id,
+                                             secret_string=value, opts=child(self))
+            self.tls_secret_arns[member.name] = own.arn
         self.secret_arn = secret.arn
         self.cipher_secret_arn = None
         if CIPHER_PASS in self.passwords:

@@ -32,6 +32,11 @@ class NetworkRefs:
     vpc_cidr: str
     subnet_ids: tuple[pulumi.Input[str], ...]
     subnet_cidrs: tuple[str, ...]
+    # A VPC pgha created: the public addresses of its NAT gateways (the members' requests to
+    # AWS APIs other than S3 come from them) and its S3 gateway endpoint. Unknown for a given
+    # VPC, whose egress pgha does not manage.
+    egress_ips: tuple[pulumi.Input[str], ...] = ()
+    s3_endpoint_id: pulumi.Input[str] | None = None
 
     def subnet_of(self, member: Member) -> pulumi.Input[str]:
         return self.subnet_ids[member.az_index]
@@ -126,6 +131,7 @@ class Network(pulumi.ComponentResource):
 
         nat_count = len(spec.availability_zones) if net.nat_gateways == "per-az" else 1
         nats = []
+        eips = []
         for index in range(nat_count):
             az = spec.availability_zones[index]
             public = aws.ec2.Subnet(f"{name}-public-{index + 1}", vpc_id=vpc.id,
@@ -134,6 +140,7 @@ class Network(pulumi.ComponentResource):
             aws.ec2.RouteTableAssociation(f"{name}-public-assoc-{index + 1}", subnet_id=public.id,
                                           route_table_id=public_rt.id, opts=child(self))
             eip = aws.ec2.Eip(f"{name}-nat-eip-{index + 1}", domain="vpc", tags=tags(f"nat-{az}"), opts=child(self))
+            eips.append(eip)
             nats.append(aws.ec2.NatGateway(f"{name}-nat-{index + 1}", allocation_id=eip.id, subnet_id=public.id,
                                            tags=tags(f"nat-{az}"), opts=child(self, depends_on=[igw])))
 
@@ -149,14 +156,15 @@ class Network(pulumi.ComponentResource):
             route_tables.append(rt)
 
         # Backups and WAL archives go to S3 through the free gateway endpoint, not the NAT gateways.
-        aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
+        s3_endpoint = aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
                             service_name=f"com.amazonaws.{spec.region}.s3" if dns_suffix(spec.region) == "amazonaws.com"
                             else f"cn.com.amazonaws.{spec.region}.s3",
                             route_table_ids=[rt.id for rt in route_tables], tags=tags("s3"), opts=child(self))
 
         self.vpc_id = vpc.id
         self.refs = NetworkRefs(vpc_id=vpc.id, vpc_cidr=net.vpc_cidr, subnet_ids=tuple(s.id for s in private),
-                                subnet_cidrs=tuple(spec.private_subnet_cidrs))
+                                subnet_cidrs=tuple(spec.private_subnet_cidrs),
+                                egress_ips=tuple(e.public_ip for e in eips), s3_endpoint_id=s3_endpoint.id)
         self.register_outputs({"vpc_id": vpc.id})
 
 

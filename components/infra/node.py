@@ -29,12 +29,15 @@ READY_TIMEOUT_SECONDS = 2400
 
 def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pulumi.Input[str],
                  secret_arn: pulumi.Input[str], ca_cert_pem: pulumi.Input[str],
-                 cert_pems: Mapping[str, pulumi.Input[str]], peer_ips: tuple[str, ...] = ()) -> pulumi.Output[NodeContext]:
-    """The NodeContext of the cluster on EC2, once the bucket, secret and certificates exist."""
+                 cert_pems: Mapping[str, pulumi.Input[str]], peer_ips: tuple[str, ...] = (),
+                 tls_secret_arns: Mapping[str, pulumi.Input[str]] | None = None) -> pulumi.Output[NodeContext]:
+    """The NodeContext of the cluster on EC2, once the bucket, secrets and certificates exist."""
     return pulumi.Output.all(bucket=bucket, secret_arn=secret_arn, ca=ca_cert_pem,
-                             certs=pulumi.Output.all(**dict(cert_pems))).apply(
+                             certs=pulumi.Output.all(**dict(cert_pems)),
+                             tls=pulumi.Output.all(**dict(tls_secret_arns or {}))).apply(
         lambda v: ec2_context(spec.region, member_ips=member_ips, bucket=v["bucket"], secret_id=v["secret_arn"],
-                              peer_ips=peer_ips, ca_cert_pem=v["ca"], node_cert_pems=v["certs"]))
+                              peer_ips=peer_ips, ca_cert_pem=v["ca"], node_cert_pems=v["certs"],
+                              tls_secret_ids=v["tls"]))
 
 
 def node_user_data(spec: ClusterSpec, member: Member, ctx: pulumi.Output[NodeContext]) -> pulumi.Output[str]:

@@ -17,6 +17,7 @@ import pulumi_aws as aws
 
 from ..spec import ClusterSpec
 from .common import child, partition
+from .identity import via_services
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,13 @@ def source_read_policy_document(spec: ClusterSpec, *, bucket: str, stanza: str, 
          "Resource": f"{arn}/{prefix}*"},
     ]
     if key_arn:
-        # The repository objects (SSE-KMS) and the cipher secret are both encrypted with it.
-        statements.append({"Sid": "DecryptSourceRepo", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"],
-                           "Resource": key_arn})
+        # The repository objects (SSE-KMS) and the cipher secret are both encrypted with it;
+        # only through S3 and Secrets Manager of the key's region (the source's key policy
+        # allows the account that much: identity.key_policy_document).
+        statements.append({"Sid": "DecryptSourceRepo", "Effect": "Allow", "Action": "kms:Decrypt",
+                           "Resource": key_arn, "Condition": {"StringEquals": {
+                               "kms:ViaService": via_services(spec, "s3", "secretsmanager",
+                                                              region=key_arn.split(":")[3])}}})
     if cipher_secret_arn:
         statements.append({"Sid": "ReadSourceCipherSecret", "Effect": "Allow",
                            "Action": "secretsmanager:GetSecretValue", "Resource": cipher_secret_arn})

@@ -7,7 +7,8 @@
   rule that references the members' own group;
 * metrics ports only from ``monitoring_cidrs`` (no rule at all when empty);
 * the NLB's group forwards the service ports to the members (traffic and health checks);
-* egress: 443/80 for packages and AWS APIs, member ports between members;
+* egress: 443 only for packages and AWS APIs (no port 80: the bootstrap points apt at
+  Debian's mirrors over https), member ports between members;
 * SSH (22) only from the EC2 Instance Connect Endpoint's own group, whose only egress is 22 to
   the members (pgha.infra.access); never 0.0.0.0/0 or ::/0 ingress.
 
@@ -25,7 +26,7 @@ from ..spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, ClusterSpec
 from .common import child, cluster_tags, port_ranges
 
 DIRECT_PORTS: tuple[int, ...] = (PORTS["postgres"], PORTS["pgbouncer"])
-EGRESS_PORTS: tuple[int, ...] = (443, 80)
+EGRESS_PORTS: tuple[int, ...] = (443,)
 
 
 def client_ports(spec: ClusterSpec) -> tuple[int, ...]:
@@ -88,7 +89,7 @@ class SecurityGroups(pulumi.ComponentResource):
         for i, cidr in enumerate(net.monitoring_cidrs):
             self._ingress(node_ref, f"metrics-{i}", METRICS_PORTS, cidr=cidr, what="monitoring")
 
-        # Packages, pgBackRest to S3, Secrets Manager, SSM (the status parameter): HTTPS (and HTTP for apt mirrors).
+        # Packages, pgBackRest to S3, Secrets Manager, SSM (the status parameter): HTTPS only.
         for port in EGRESS_PORTS:
             self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
 

@@ -60,6 +60,7 @@ from .tls import CertKey, issue, make_ca
 
 SECRET_KEYS = contract.PASSWORD_KEYS
 CIPHER_PASS_KEY = contract.CIPHER_PASS_KEY
+TLS_KEYS = contract.TLS_KEYS
 ACCOUNT_ID = "123456789012"
 # Per-member data volume (a sparse file: only what is written takes space on the host).
 VOLUME_GIB = 8
@@ -272,6 +273,7 @@ class LocalCluster:
             secret_id=self.secret_name, s3_uri_style="path", aws_endpoint_url=f"https://{endpoint}",
             layout=EC2_LAYOUT, peer_ips=tuple(self.member_ip(m) for m in self.spec.member_slots),
             ca_cert_pem=ca.cert_pem, node_cert_pems={name: ck.cert_pem for name, ck in members.items()},
+            tls_secret_ids={m.name: self.tls_secret_name(m.name) for m in self.spec.members},
             data_volume_ids={m.name: volume_id(self.spec.cluster_name, m.name) for m in self.spec.members},
             restore_cipher_secret=({"source": "aws", "id": self.source_cipher_secret, "region": self.s3.region}
                                    if self.source_cipher_secret else {}))
@@ -289,6 +291,10 @@ class LocalCluster:
         which Secrets Manager accepts as well and which, unlike moto's ARN (a random suffix per
         creation), survives a restart of the in-memory moto."""
         return f"{self.spec.cluster_name}-secret"
+
+    def tls_secret_name(self, member: str) -> str:
+        """The secret holding ``member``'s TLS key alone (as each EC2 member's own secret)."""
+        return f"{member}-tls"
 
     @property
     def cipher_secret_name(self) -> str:
@@ -352,7 +358,11 @@ class LocalCluster:
         """pulumi up's part: the bucket, the cluster secret (and the cipher secret), the node files
         (but the held members': their configuration stays as it is until they are replaced)."""
         self.s3.create_bucket(self.bucket)
-        self._put_secret(self.secret_name, values)
+        # As on EC2: the passwords in the cluster secret, each member's TLS key in its own.
+        keys = values.get(TLS_KEYS, {})
+        self._put_secret(self.secret_name, {k: v for k, v in values.items() if k != TLS_KEYS})
+        for member in self.spec.members:
+            self._put_secret(self.tls_secret_name(member.name), {TLS_KEYS: {member.name: keys[member.name]}})
         if CIPHER_PASS_KEY in values:
             self._put_secret(self.cipher_secret_name, {CIPHER_PASS_KEY: values[CIPHER_PASS_KEY]})
         for member in self.spec.members:

@@ -89,7 +89,7 @@ class NodeContext:
     bucket: str
     s3_endpoint: str
     s3_region: str
-    # Secrets Manager id of the cluster secret (passwords, node TLS keys).
+    # Secrets Manager id of the cluster secret (the passwords).
     secret_id: str
     s3_ca_file: str | None = None
     s3_key_type: str = "auto"
@@ -105,6 +105,9 @@ class NodeContext:
     # The CA certificate (public) and each member's certificate (public); keys are secrets.
     ca_cert_pem: str = ""
     node_cert_pems: Mapping[str, str] = field(default_factory=dict)
+    # Secrets Manager id of each member's own TLS key secret, by member name. A member left
+    # out reads its key from the cluster secret.
+    tls_secret_ids: Mapping[str, str] = field(default_factory=dict)
     # EBS data volume id of each member (the bootstrap finds its device by this id).
     data_volume_ids: Mapping[str, str] = field(default_factory=dict)
     # A branch whose source is a StackReference: the source's bucket and stanza, known at deploy time.
@@ -126,12 +129,14 @@ def dns_suffix(region: str) -> str:
 
 def ec2_context(region: str, *, member_ips: Mapping[str, str], bucket: str, secret_id: str,
                 peer_ips: tuple[str, ...] = (), ca_cert_pem: str = "",
-                node_cert_pems: Mapping[str, str] | None = None) -> NodeContext:
+                node_cert_pems: Mapping[str, str] | None = None,
+                tls_secret_ids: Mapping[str, str] | None = None) -> NodeContext:
     """The NodeContext of a cluster on EC2: AWS's own S3 endpoint of the region, the instance
     role's credentials. Used by infra (with the real names) and ``pgha render`` (placeholders)."""
     return NodeContext(member_ips=dict(member_ips), bucket=bucket, s3_endpoint=f"s3.{region}.{dns_suffix(region)}",
                        s3_region=region, secret_id=secret_id, s3_key_type="auto", ca_cert_pem=ca_cert_pem,
-                       node_cert_pems=dict(node_cert_pems or {}), peer_ips=peer_ips, layout=EC2_LAYOUT)
+                       node_cert_pems=dict(node_cert_pems or {}), peer_ips=peer_ips, layout=EC2_LAYOUT,
+                       tls_secret_ids=dict(tls_secret_ids or {}))
 
 
 @dataclass(frozen=True)

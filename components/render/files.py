@@ -250,6 +250,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "aws": {"region": ctx.s3_region, "endpoint_url": ctx.aws_endpoint_url,
                 "s3_addressing": "path" if ctx.s3_uri_style == "path" else "virtual"},
         "secret": {"source": "aws", "id": ctx.secret_id, "region": ctx.s3_region},
+        "tls_secret": ({"source": "aws", "id": ctx.tls_secret_ids[member.name], "region": ctx.s3_region}
+                       if member.name in ctx.tls_secret_ids else None),
         "stanza": spec.cluster_name,
         "backup_encryption": spec.backup.encryption,
         "backup_types": list(backup_schedules(spec)),

@@ -70,6 +70,7 @@ def make_node(base: Path, **overrides) -> dict:
                   "pgbackrest_exporter": 9854},
         "aws": {"region": "us-east-1", "endpoint_url": "", "s3_addressing": "path"},
         "secret": {"source": "file", "id": "", "region": "us-east-1", "file": str(base / "secret.json")},
+        "tls_secret": None,
         "stanza": "pg-x",
         "backup_encryption": False,
         "backup_types": ["full"],

@@ -143,6 +143,38 @@ def test_secrets_missing_member_key_fails_clearly(base, capfd):
 
 
 @pytest.mark.usefixtures("_root")
+def test_secrets_take_the_tls_key_from_the_member_s_own_secret(base, capfd):
+    """EC2's layout: the cluster secret has the passwords only, the member's own secret its key."""
+    secret = make_secret()
+    del secret["tls_keys"]
+    write_json(base / "secret.json", secret)
+    write_json(base / "tls.json", {"tls_keys": {"pg-x-1": TLS_KEY}})
+    node = make_node(base, tls_secret={"source": "file", "file": str(base / "tls.json")})
+    nj = write_json(base / "etc" / "node.json", node)
+    assert cli.main(["--node-json", str(nj), "secrets"]) == 0
+    _assert_secret_files(node, secret, s3=True, cipher=False)
+    out, err = capfd.readouterr()
+    _assert_nothing_secret(out + err)
+
+
+@pytest.mark.usefixtures("_root")
+def test_a_tls_secret_holding_another_member_s_key_is_refused(base, capfd):
+    secret = make_secret()
+    write_json(base / "secret.json", secret)
+    other = "-----BEGIN PRIVATE KEY-----\nb3RoZXI=\n-----END PRIVATE KEY-----\n"
+    for keys in ({"pg-x-2": other}, {"pg-x-1": TLS_KEY, "pg-x-2": other}):
+        write_json(base / "tls.json", {"tls_keys": keys})
+        nj = write_json(base / "etc" / "node.json",
+                        make_node(base, tls_secret={"source": "file", "file": str(base / "tls.json")}))
+        assert cli.main(["--node-json", str(nj), "secrets"]) == 1
+        out, err = capfd.readouterr()
+        assert "must hold tls_keys for 'pg-x-1' alone" in err and "pg-x-2" in err
+        assert "b3RoZXI" not in out + err
+        _assert_nothing_secret(out + err)
+    assert not (base / "etc" / "tls" / "node.key").exists()
+
+
+@pytest.mark.usefixtures("_root")
 def test_secrets_missing_os_user_and_encryption_pass(base, capfd):
     write_json(base / "secret.json", make_secret())
     nj = write_json(base / "etc" / "node.json",
