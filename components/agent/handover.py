@@ -212,7 +212,7 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
         LOG.info("no handover: %s", why)
         return None
     LOG.info("this member leads and is stopping: handing leadership to %s (%s)", candidate, why)
-    candidate_api = next((member_client(m) for m in cluster.get("members") or [] if m.get("name") == candidate), None)
+    candidate_api = next((member_client(m, node=node) for m in cluster.get("members") or [] if m.get("name") == candidate), None)
     dsn = pgbouncer_admin_conninfo(node)
     paused_at = time.monotonic()
     paused, drain = pause_pgbouncer(dsn, min(PAUSE_TIMEOUT, timeout / 3))

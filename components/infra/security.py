@@ -5,7 +5,8 @@
   (the VPC CIDR when neither is given);
 * members reach each other on MEMBER_PORTS (etcd, PostgreSQL, PgBouncer, Patroni) through a
   rule that references the members' own group;
-* metrics ports only from ``monitoring_cidrs`` (no rule at all when empty);
+* metrics ports only from ``monitoring_cidrs`` (no rule at all when empty); Patroni's REST API
+  is not one of them (its metrics go through HAProxy's 9101), so only members reach 8008;
 * the NLB's group forwards the service ports to the members (traffic and health checks);
 * egress: 443/80 for packages and AWS APIs, member ports between members;
 * SSH (22) only from the EC2 Instance Connect Endpoint's own group, whose only egress is 22 to

@@ -87,7 +87,7 @@ def wait_for_stanza(cluster: LocalCluster, timeout: float = 120.0) -> dict[str, 
 
 
 def superuser_dsn(cluster: LocalCluster, node: Node) -> str:
-    return cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres")
+    return cluster.superuser_dsn(node)
 
 
 def archiver(cluster: LocalCluster) -> dict[str, Any]:
