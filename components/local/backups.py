@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import contract
-from ..render import USERS
-from ..spec import PORTS, RestoreSpec
+from ..spec import RestoreSpec
 from ..spec.validate import parse_lsn, parse_target_time
 from .cluster import LocalCluster, LocalClusterError, Node
 from .health import leader
