@@ -245,6 +245,9 @@ class NodeUsers(TypedDict):
 class OsUsers(TypedDict):
     postgres: str
     etcd: str
+    # The PostgreSQL and PgBouncer exporters: the monitor role by password, never the postgres OS user.
+    exporter: str
+    haproxy: str
 
 
 class AwsFacts(TypedDict):
@@ -314,6 +317,8 @@ class NodeFacts(TypedDict):
     backup_types: list[str]
     peers: dict[str, Peer]
     restore: RestoreFacts | None
+    # Patroni's REST API serves TLS (restapi.certfile): its clients use https and the cluster CA.
+    patroni_tls: bool
     # The node's systemd units in start order and its timers (backups, apply-config).
     units: list[str]
     timers: list[str]

@@ -8,8 +8,6 @@ import datetime
 import json
 import re
 import time
-import urllib.request
-from base64 import b64encode
 from pathlib import Path
 
 import psycopg
@@ -46,11 +44,9 @@ def backup_log(node):
 
 def patroni_post(cluster, node, path, body):
     secret = json.loads(cluster.secrets_file.read_text())["patroni_rest_password"]
-    request = urllib.request.Request(f"http://{node.ip}:{PORTS['patroni']}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-    request.add_header("Authorization", "Basic " + b64encode(f"patroni:{secret}".encode()).decode())
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return reply.status
+    status, _ = cluster.patroni_client(node, auth=("patroni", secret)).request("POST", path, body, timeout=30)
+    assert status < 400, (path, status)
+    return status
 
 
 def test_stanza_is_created_and_wal_reaches_s3(local_cluster):
@@ -168,7 +164,7 @@ def test_a_replica_is_rebuilt_from_the_repository(local_cluster):
     deadline = time.monotonic() + 60
     while True:
         try:
-            conn = psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
+            conn = psycopg.connect(local_cluster.superuser_dsn(node),
                                    connect_timeout=5)
             break
         except psycopg.OperationalError:

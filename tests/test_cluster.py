@@ -118,25 +118,24 @@ def metrics(url):
         return reply.read().decode()
 
 
-@pytest.mark.parametrize("port, sample", [
-    ("node_exporter", r"^node_cpu_seconds_total\{"),
-    ("postgres_exporter", r"^pg_up 1$"),
-    ("pgbouncer_exporter", r"^pgbouncer_up 1\.0$"),
-    ("pgbackrest_exporter", r"^pgbackrest_up 1\.0$"),
-    ("patroni", r"^patroni_postgres_running\{[^}]*\} 1$"),
-    ("haproxy_stats", r"^haproxy_backend_active_servers\{proxy=\"be-primary-pooled\"\} 1$"),
+@pytest.mark.parametrize("port, path, sample", [
+    ("node_exporter", "/metrics", r"^node_cpu_seconds_total\{"),
+    ("postgres_exporter", "/metrics", r"^pg_up 1$"),
+    ("pgbouncer_exporter", "/metrics", r"^pgbouncer_up 1\.0$"),
+    ("pgbackrest_exporter", "/metrics", r"^pgbackrest_up 1\.0$"),
+    # Patroni's through HAProxy's metrics frontend (its REST API is for members only).
+    ("haproxy_stats", "/patroni/metrics", r"^patroni_postgres_running\{[^}]*\} 1$"),
+    ("haproxy_stats", "/metrics", r"^haproxy_backend_active_servers\{proxy=\"be-primary-pooled\"\} 1$"),
 ])
-def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, sample):
+def test_every_exporter_serves_metrics_on_every_node(local_cluster, port, path, sample):
     for node in local_cluster.nodes:
-        text = metrics(f"http://{node.ip}:{PORTS[port]}/metrics")
+        text = metrics(f"http://{node.ip}:{PORTS[port]}{path}")
         assert re.search(sample, text, re.MULTILINE), f"{node.member.name}: no {sample}"
 
 
 def test_wal_segments_reach_the_s3_bucket(local_cluster):
     prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
-    primary = leader_ip(local_cluster)
-    superuser = local_cluster.dsn(primary, PORTS["default"], user="postgres", dbname="postgres")
-    with psycopg.connect(superuser, autocommit=True) as conn:
+    with psycopg.connect(backups.superuser_dsn(local_cluster, backups.leader(local_cluster, running=False)), autocommit=True) as conn:
         segment = backups.switch_wal(conn)
     wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
 

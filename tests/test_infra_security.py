@@ -9,7 +9,7 @@ import pytest
 
 from infra_mocks import SECRET_MARK, Run, decode_user_data, resolve, run_program
 from pgha.infra import PostgresCluster
-from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS
+from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS
 
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
@@ -92,10 +92,15 @@ def test_client_and_metrics_sources(run: Run) -> None:
             assert ports == {22}
         else:
             pytest.fail(f"ingress from unexpected source {source} on {sorted(ports)}")
-    # Metrics ports are reachable from monitoring CIDRs only (and Patroni's port between members).
+    # Metrics ports are reachable from monitoring CIDRs only.
     metric_sources = {rule.inputs.get("cidrIpv4") for rule in run.of_type(INGRESS)
-                      if ports_of(rule) & (set(METRICS_PORTS) - set(MEMBER_PORTS))}
+                      if ports_of(rule) & set(METRICS_PORTS)}
     assert metric_sources <= monitoring
+    # Patroni's REST API (8008) only from members: monitoring gets its metrics through 9101.
+    patroni_sources = {rule.inputs.get("cidrIpv4") or rule.inputs.get("referencedSecurityGroupId")
+                       for rule in run.of_type(INGRESS) if PORTS["patroni"] in ports_of(rule)}
+    assert patroni_sources == {f"{node_sg}-id"}, patroni_sources
+    assert PORTS["patroni"] not in METRICS_PORTS
     covered = set().union(*(ports_of(r) for r in run.of_type(INGRESS)
                             if (r.inputs.get("cidrIpv4") or r.inputs.get("cidrIpv6")
                                 or r.inputs.get("referencedSecurityGroupId")) in allowed_cidrs | allowed_groups

@@ -16,7 +16,7 @@ from pgha.local import backups
 from pgha.local import image as image_mod
 from pgha.local.machine import Machine, MachineError
 from pgha.render import EC2_LAYOUT, render_node
-from pgha.spec import PORTS, image
+from pgha.spec import image
 
 pytestmark = pytest.mark.cluster
 
@@ -91,7 +91,7 @@ def test_each_member_read_its_own_tls_key_secret_and_the_cluster_secret_has_none
 
 def test_postgresql_17_runs_inside_the_member_under_patroni(local_cluster):
     for node, machine in zip(local_cluster.nodes, machines(local_cluster)):
-        with psycopg.connect(local_cluster.dsn(node.ip, PORTS["postgres"], user="postgres", dbname="postgres"),
+        with psycopg.connect(local_cluster.superuser_dsn(node),
                              connect_timeout=5) as conn:
             assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("17")
         inside = int((machine.fs / EC2_LAYOUT.pgdata.lstrip("/") / "postmaster.pid").read_text().split()[0])

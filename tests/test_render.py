@@ -160,12 +160,14 @@ def test_haproxy_services_follow_pigsty_ports_and_checks():
         assert any(line.startswith(f"use_backend {fallback}") for line in lines) == bool(fallback)
     pooled = cfg["backend be-primary-pooled"]
     # The pooled primary must fail its check when PgBouncer is down, not just when Patroni is.
-    assert pooled.index("tcp-check connect port 6432") < pooled.index("tcp-check connect port 8008")
+    assert pooled.index("tcp-check connect port 6432") < pooled.index("tcp-check connect port 8008 ssl")
     assert 'tcp-check send "GET /primary HTTP/1.0\\r\\n\\r\\n"' in pooled
-    assert sum(line.startswith("server ") and line.endswith(":6432 check") for line in pooled) == 3
+    assert sum(line.startswith("server ") and ":6432 check " in line for line in pooled) == 3
     assert "tcp-check connect port 6432" not in cfg["backend be-primary-direct"]
     assert any("/replica?lag=" in line for line in cfg["backend be-replica-pooled"])
-    assert f"bind {ip}:9101" in cfg["frontend stats"]
+    # The member's address serves metrics only; the stats page is bound to the node itself.
+    assert f"bind {ip}:9101" in cfg["frontend metrics"]
+    assert cfg["frontend stats"][1] == "bind 127.0.0.1:9101"
 
 
 def test_every_client_path_requires_tls():
@@ -174,8 +176,9 @@ def test_every_client_path_requires_tls():
     hba = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)["postgresql"]["pg_hba"]
     network_rules = [r for r in hba if not r.startswith("local")]
     assert network_rules[-1] == "host all all 0.0.0.0/0 reject"
-    assert all(r.startswith("hostssl") for r in network_rules[:-1])
-    assert all(r.endswith("scram-sha-256") for r in network_rules[:-1])
+    accepting = [r for r in network_rules if not r.endswith(" reject")]
+    assert all(r.startswith("hostssl") for r in accepting)
+    assert all(r.endswith(("scram-sha-256", "cert map=pgha_member")) for r in accepting)
     ini = files["/etc/pgha/pgbouncer/pgbouncer.ini"].content
     assert "client_tls_sslmode = require" in ini and "server_tls_sslmode = verify-full" in ini
     assert "server_login_retry = 1" in ini
@@ -292,3 +295,186 @@ def test_scrape_targets_carry_pigsty_identity_labels():
         labels = target["labels"]
         assert labels["cls"] == spec.cluster_name and labels["ip"] == ctx.member_ips[labels["ins"]]
         assert target["targets"] == [f"{labels['ip']}:{target['targets'][0].split(':')[1]}"]
+
+
+# -- access on the node (issue 12, point 2) -----------------------------------------------------
+
+def hba_rules(files):
+    patroni = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)
+    return [r.split() for r in patroni["postgresql"]["pg_hba"]], patroni["postgresql"]["pg_ident"]
+
+
+def first_match(rules, kind, database, user, address=None):
+    """The pg_hba line PostgreSQL would use (first match): local/host only, /32 and 0.0.0.0/0."""
+    for rule in rules:
+        conn, db, who = rule[:3]
+        if kind == "local" and conn != "local" or kind != "local" and conn == "local":
+            continue
+        if db not in ("all", database) or who not in ("all", user):
+            continue
+        if kind != "local" and rule[3] not in ("0.0.0.0/0", f"{address}/32"):
+            continue
+        return rule
+    return None
+
+
+def test_the_superuser_logs_in_over_tcp_only_with_a_member_certificate():
+    spec = make_spec({})
+    ctx = ec2_context(spec)
+    rules, ident = hba_rules(files_of(spec, ctx))
+    member_ip = ctx.member_ips[spec.members[1].name]
+    # From a member's address (also HAProxy's 5436/5438, which hide the client): the certificate only.
+    assert first_match(rules, "hostssl", "postgres", "postgres", member_ip)[4:] == ["cert", "map=pgha_member"]
+    assert first_match(rules, "hostssl", "app", "postgres", member_ip)[4:] == ["cert", "map=pgha_member"]
+    # From anywhere else: refused, whatever the password.
+    assert first_match(rules, "hostssl", "postgres", "postgres", "10.99.0.7")[4:] == ["reject"]
+    # The certificate must be a member's (CN = member name), mapped to the superuser only.
+    assert f"pgha_member /^{spec.cluster_name}-[0-9]+$ postgres" in ident
+    assert [line for line in ident if line.startswith("pgha_member")] == [f"pgha_member /^{spec.cluster_name}-[0-9]+$ postgres"]
+    # Application roles and the replication role keep TLS + SCRAM.
+    assert first_match(rules, "hostssl", "app", "dbuser_app", "10.99.0.7")[4:] == ["scram-sha-256"]
+    assert first_match(rules, "hostssl", "replication", "replicator", member_ip)[4:] == ["scram-sha-256"]
+    # On the socket: the postgres OS user and root by peer, through pgha_local only.
+    assert first_match(rules, "local", "postgres", "postgres")[3:] == ["peer", "map=pgha_local"]
+    assert sorted(line for line in ident if line.startswith("pgha_local")) == [
+        "pgha_local postgres postgres", "pgha_local root postgres"]
+    # pg_rewind (the rewind user is the superuser) presents the member's certificate.
+    rewind = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/patroni.yml"].content)["postgresql"]["authentication"]["rewind"]
+    assert rewind["username"] == "postgres" and rewind["sslcert"].endswith("/node.crt")
+    assert rewind["sslkey"].endswith("/node.key") and rewind["sslmode"] == "verify-full"
+
+
+def test_connections_are_logged_with_client_host_and_application():
+    spec = make_spec({})
+    params = yaml.safe_load(files_of(spec, ec2_context(spec))["/etc/pgha/patroni.yml"].content)["postgresql"]["parameters"]
+    assert params["log_connections"] == "on" and params["log_disconnections"] == "on"
+    assert "%h" in params["log_line_prefix"] and "%a" in params["log_line_prefix"]
+
+
+def test_haproxy_serves_only_metrics_to_the_network_and_runs_unprivileged():
+    spec = make_spec({})
+    ctx = ec2_context(spec)
+    files = files_of(spec, ctx)
+    cfg = haproxy_sections(files["/etc/pgha/haproxy/haproxy.cfg"].content)
+    ip = ctx.member_ips[spec.members[0].name]
+    network = cfg["frontend metrics"]
+    assert f"bind {ip}:9101" in network and not any(line.startswith("stats") for line in network)
+    # GET /metrics (HAProxy's), GET /patroni/metrics (Patroni's), 403 for anything else.
+    assert network[-4:] == ["http-request deny deny_status 405 unless METH_GET",
+                            "http-request use-service prometheus-exporter if { path /metrics }",
+                            "http-request deny deny_status 403 unless { path /patroni/metrics }",
+                            "default_backend be-patroni-metrics"]
+    # Every other frontend binding 9101 is on the loopback.
+    binds = [line for section in cfg.values() for line in section if line.startswith("bind ") and line.endswith(":9101")]
+    assert sorted(binds) == sorted([f"bind {ip}:9101", "bind 127.0.0.1:9101"])
+    assert "stats enable" in cfg["frontend stats"] and "bind 127.0.0.1:9101" in cfg["frontend stats"]
+    assert not any("stats admin" in line for section in cfg.values() for line in section)
+    # Patroni's metrics, as /metrics on its own member only.
+    assert "http-request set-path /metrics" in cfg["backend be-patroni-metrics"]
+    servers = [line for line in cfg["backend be-patroni-metrics"] if line.startswith("server ")]
+    assert len(servers) == 1 and servers[0].startswith(f"server {spec.members[0].name} {ip}:8008")
+    # The haproxy user from the start: no user/group switch in the global section.
+    assert not any(line.startswith(("user ", "group ")) for line in cfg["global"])
+    unit = files["/etc/systemd/system/pgha-haproxy.service"].content
+    assert "User=haproxy" in unit and "\nCapabilityBoundingSet=\n" in unit
+    targets = yaml.safe_load(files["/etc/pgha/prometheus/targets.yml"].content)
+    patroni = [t for t in targets if t["labels"]["job"] == "patroni"]
+    assert patroni and all(t["targets"][0].endswith(":9101") and t["labels"]["__metrics_path__"] == "/patroni/metrics"
+                           for t in patroni)
+
+
+def test_exporters_run_as_their_own_user_with_the_monitor_role():
+    from pgha.agent.secrets import render_secret_files
+    from pgha.render import OS_USERS
+
+    spec = make_spec({})
+    files = files_of(spec, ec2_context(spec))
+    for unit in ("pgha-postgres-exporter", "pgha-pgbouncer-exporter"):
+        text = files[f"/etc/systemd/system/{unit}.service"].content
+        assert f"User={OS_USERS['exporter']}\n" in text and "User=postgres" not in text
+    assert "User=prometheus" in files["/etc/systemd/system/pgha-node-exporter.service"].content
+    # A unit restarted on a member whose boot predates its user makes it first (as root, "+").
+    for unit in ("pgha-postgres-exporter", "pgha-pgbouncer-exporter", "pgha-haproxy"):
+        assert "\nExecStartPre=+/opt/pgha/bin/pgha-prepare-dirs\n" in files[f"/etc/systemd/system/{unit}.service"].content
+    assert OS_USERS["exporter"] not in ("postgres", "root")
+    prepare = files["/opt/pgha/bin/pgha-prepare-dirs"].content
+    assert f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {OS_USERS['exporter']}" in prepare
+    node = json.loads(files["/etc/pgha/node.json"].content)
+    secret = {k: "pw-" + k for k in contract.PASSWORD_KEYS}
+    secret[contract.TLS_KEYS] = {spec.members[0].name: "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"}
+    owners = {path.rsplit("/", 1)[1]: owner for path, (_, owner) in render_secret_files(node, secret).items()}
+    # The exporter reads the monitor's password only: not the superuser's files.
+    assert owners["exporter.env"] == "exporter" and owners["patroni.env"] == "postgres"
+    assert "dbuser_monitor" in render_secret_files(node, secret)[node["paths"]["secrets"] + "/exporter.env"][0]
+
+
+SANDBOXED_UNITS = ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy", "pgha-node-exporter",
+                   "pgha-postgres-exporter", "pgha-pgbouncer-exporter", "pgha-pgbackrest-exporter",
+                   "pgha-pgbackrest-server", "pgha-timeline-guard", "pgha-etcd-leadership", "pgha-handover",
+                   "pgha-ready", "pgha-backup-full")
+# Root by necessity: they format disks, write /etc and /opt, make users, drive systemctl.
+ROOT_UNITS = ("pgha-host", "pgha-prepare", "pgha-config")
+
+
+def unit_settings(text):
+    settings = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, value)
+    return settings
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_every_daemon_unit_is_sandboxed_and_unprivileged(combo):
+    spec = make_spec(COMBINATIONS[combo])
+    files = files_of(spec, ec2_context(spec))
+    units = {path.rsplit("/", 1)[1].removesuffix(".service"): f.content for path, f in files.items()
+             if path.startswith("/etc/systemd/system/") and path.endswith(".service")}
+    assert set(units) == set(SANDBOXED_UNITS) | set(ROOT_UNITS) | {"pgha-backup-diff", "pgha-backup-incr"}
+    for name, text in units.items():
+        s = unit_settings(text)
+        if name in ROOT_UNITS:
+            assert "User" not in s, name
+            assert name == "pgha-host" or s["NoNewPrivileges"] == "yes" and s["PrivateTmp"] == "yes", name
+            continue
+        assert s.get("User") not in (None, "root"), name
+        for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                           "PrivateTmp": "yes", "CapabilityBoundingSet": "", "ProtectKernelTunables": "yes",
+                           "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "RestrictSUIDSGID": "yes",
+                           "SystemCallFilter": "@system-service", "SystemCallArchitectures": "native"}.items():
+            assert s.get(key) == value, (name, key, s.get(key))
+        assert s["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"], name
+        # Written paths: pgha's own data, log and run directories only.
+        for path in s.get("ReadWritePaths", "").split():
+            assert path.lstrip("-").startswith(("/var/lib/pgha", "/var/log/pgha", "/run/pgha")), (name, path)
+    # Patroni opens /dev/watchdog and runs PostgreSQL (LLVM JIT): its devices and W^X stay.
+    patroni = unit_settings(units["pgha-patroni"])
+    assert "PrivateDevices" not in patroni and "MemoryDenyWriteExecute" not in patroni
+    assert unit_settings(units["pgha-postgres-exporter"])["MemoryDenyWriteExecute"] == "yes"
+
+
+def test_patroni_s_rest_api_is_tls_with_client_certificates_for_unsafe_endpoints():
+    spec = make_spec({})
+    ctx = ec2_context(spec)
+    files = files_of(spec, ctx)
+    patroni = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)
+    tls = "/etc/pgha/tls"
+    assert patroni["restapi"] | {"listen": None, "connect_address": None} == {
+        "listen": None, "connect_address": None, "certfile": f"{tls}/node.crt", "keyfile": f"{tls}/node.key",
+        "cafile": f"{tls}/ca.crt", "verify_client": "optional"}
+    # Patroni's own calls to other members (failsafe POSTs) and patronictl present the member's certificate.
+    assert patroni["ctl"] == {"insecure": False, "cacert": f"{tls}/ca.crt", "certfile": f"{tls}/node.crt",
+                              "keyfile": f"{tls}/node.key"}
+    # The agent is told to use https (patroni_api.local_client).
+    assert json.loads(files["/etc/pgha/node.json"].content)["patroni_tls"] is True
+    # Every HAProxy check of Patroni is TLS, verified against the cluster CA.
+    cfg = haproxy_sections(files["/etc/pgha/haproxy/haproxy.cfg"].content)
+    for name, lines in cfg.items():
+        if not name.startswith("backend be-") or name == "backend be-patroni-metrics":
+            continue
+        assert "tcp-check connect port 8008 ssl" in lines and "tcp-check connect port 8008" not in lines, name
+        servers = [line for line in lines if line.startswith("server ")]
+        assert servers and all(line.endswith(f" check ca-file {tls}/ca.crt verify required") for line in servers), name
+    metrics = [line for line in cfg["backend be-patroni-metrics"] if line.startswith("server ")]
+    assert metrics[0].endswith(f":8008 ssl ca-file {tls}/ca.crt verify required")

@@ -13,8 +13,6 @@ import pytest
 from pgha import contract
 from pgha.local.cluster import LocalClusterError
 from pgha.local.drills import run_drill
-from pgha.render import USERS
-from pgha.spec import PORTS
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +30,7 @@ MAX_PRIMARY_PAUSE_S = 8.0
 def system_identifier(cluster) -> int:
     leader = cluster.wait_for_leader(timeout=60)
     node = next(n for n in cluster.nodes if n.member.name == leader)
-    dsn = cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres")
+    dsn = cluster.superuser_dsn(node)
     with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
         return int(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
 

@@ -293,9 +293,9 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
             break
         for name in pending:
             LOG.info("restarting %s for its pending parameters", name)
-            client_of_member = member_client(_member(cluster, name), auth)
+            client_of_member = member_client(_member(cluster, name), auth, node=node)
             if client_of_member is None:
-                raise AgentError(f"{name}: no plain-HTTP REST API to ask for its restart")
+                raise AgentError(f"{name}: no REST API this agent can ask for its restart")
             restart(name, client_of_member)
     cluster = client.get("/cluster")
     if _member(cluster, me).get("pending_restart") and me not in done:

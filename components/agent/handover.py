@@ -249,7 +249,8 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
         LOG.info("no handover: %s", why)
         return None
     LOG.info("this member leads and is stopping: handing leadership to %s (%s)", candidate, why)
-    apis = {str(m.get("name")): member_client(m) for m in cluster.get("members") or [] if m.get("name") != node["member"]}
+    apis = {str(m.get("name")): member_client(m, node=node) for m in cluster.get("members") or []
+            if m.get("name") != node["member"]}
     others = {name: api for name, api in apis.items() if api is not None}
     stopping = system_stopping()
     dsn = pgbouncer_admin_conninfo(node)

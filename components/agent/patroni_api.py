@@ -68,17 +68,39 @@ class PatroniClient:
         return result
 
 
-def member_client(member: Mapping[str, Any], auth: tuple[str, str] | None = None) -> PatroniClient | None:
-    """A client of a /cluster member's own REST API (its api_url), when that is plain HTTP."""
+def tls_context(node: NodeFacts) -> ssl.SSLContext:
+    """How the agent talks to Patroni's TLS REST API (patroni.yml restapi.certfile): the cluster
+    CA verifies the member's certificate (its address is in the SANs); the member's own
+    certificate, where this process may read its key (root, postgres), is the client certificate
+    that the unsafe endpoints require (restapi.verify_client: optional)."""
+    tls = node["paths"]["tls"]
+    context = ssl.create_default_context(cafile=os.path.join(tls, "ca.crt"))
+    key = os.path.join(tls, "node.key")
+    if os.access(key, os.R_OK):
+        context.load_cert_chain(os.path.join(tls, "node.crt"), key)
+    return context
+
+
+def _context(node: NodeFacts | None) -> ssl.SSLContext | None:
+    return tls_context(node) if node is not None and node.get("patroni_tls") else None
+
+
+def member_client(member: Mapping[str, Any], auth: tuple[str, str] | None = None, *,
+                  node: NodeFacts | None = None) -> PatroniClient | None:
+    """A client of a /cluster member's own REST API (its api_url): plain HTTP, or HTTPS with
+    ``node``'s TLS context; None when the URL is neither (or HTTPS without ``node``)."""
     url = urllib.parse.urlsplit(str(member.get("api_url") or ""))
-    if url.scheme != "http" or not url.hostname:
+    if not url.hostname or url.scheme not in ("http", "https"):
         return None
-    return PatroniClient(url.hostname, url.port or 8008, auth=auth)
+    context = _context(node) if url.scheme == "https" else None
+    if url.scheme == "https" and context is None:
+        return None
+    return PatroniClient(url.hostname, url.port or 8008, auth=auth, context=context)
 
 
 def local_client(node: NodeFacts, auth: tuple[str, str] | None = None) -> PatroniClient:
-    """This node's Patroni, as patroni.yml's restapi.listen serves it."""
-    return PatroniClient(node["ip"], int(node["ports"]["patroni"]), auth=auth)
+    """This node's Patroni, as patroni.yml's restapi.listen serves it (HTTPS when patroni_tls)."""
+    return PatroniClient(node["ip"], int(node["ports"]["patroni"]), auth=auth, context=_context(node))
 
 
 def patroni_get(node: NodeFacts, path: str, timeout: float = 5.0) -> Any:

@@ -149,7 +149,7 @@ def render_secret_files(node: NodeFacts, secret: dict) -> dict[str, tuple[str, s
                                       user=u["monitor"], password=pw["monitor_password"], sslmode="disable")),
         ("PGHA_PGBOUNCER_DSN", conninfo(host=f"{run}/pgbouncer", port=ports["pgbouncer"], dbname="pgbouncer",
                                         user=u["monitor"], password=pw["monitor_password"], sslmode="disable")),
-    ]), "postgres")
+    ]), "exporter")
     files[f"{p['tls']}/node.key"] = (tls_key, "postgres")
     files[f"{p['tls']}/etcd.key"] = (tls_key, "etcd")
     return files
@@ -216,7 +216,7 @@ def fetch_node_secret(node: NodeFacts, timeout: float) -> dict[str, Any]:
 
 def cmd_secrets(node: NodeFacts, args: argparse.Namespace) -> int:
     pg, etcd = os_user(node, "postgres"), os_user(node, "etcd")
-    owners = {"postgres": pg, "etcd": etcd}
+    owners = {"postgres": pg, "etcd": etcd, "exporter": os_user(node, "exporter")}
     secret = fetch_node_secret(node, timeout=args.timeout)
     files = render_secret_files(node, secret)
     p = node["paths"]

@@ -5,7 +5,8 @@
   (the VPC CIDR when neither is given);
 * members reach each other on MEMBER_PORTS (etcd, PostgreSQL, PgBouncer, Patroni) through a
   rule that references the members' own group;
-* metrics ports only from ``monitoring_cidrs`` (no rule at all when empty);
+* metrics ports only from ``monitoring_cidrs`` (no rule at all when empty); Patroni's REST API
+  is not one of them (its metrics go through HAProxy's 9101), so only members reach 8008;
 * the NLB's group forwards the service ports to the members (traffic and health checks);
 * egress: 443 only for packages and AWS APIs (no port 80: the bootstrap points apt at
   Debian's mirrors over https), member ports between members;

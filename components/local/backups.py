@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import contract
-from ..render import USERS
-from ..spec import PORTS, RestoreSpec
+from ..spec import RestoreSpec
 from ..spec.validate import parse_lsn, parse_target_time
 from .cluster import LocalCluster, LocalClusterError, Node
 from .health import leader
@@ -87,7 +86,7 @@ def wait_for_stanza(cluster: LocalCluster, timeout: float = 120.0) -> dict[str, 
 
 
 def superuser_dsn(cluster: LocalCluster, node: Node) -> str:
-    return cluster.dsn(node.ip, PORTS["postgres"], user=USERS["superuser"], dbname="postgres")
+    return cluster.superuser_dsn(node)
 
 
 def archiver(cluster: LocalCluster) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +161,7 @@ class LocalCluster:
         self.stack = stack
         self.root = Path(root)
         self._pki_state: tuple[CertKey, dict[str, CertKey]] | None = None
+        self._operator_tls: ssl.SSLContext | None = None
         netns_mod.check_prefix(address_prefix)
         # Members live on <prefix><offset + index>: a branch shares its source's /24 and bridge.
         self.address_prefix = address_prefix
@@ -622,9 +624,29 @@ class LocalCluster:
         return pid
 
     # -- health -----------------------------------------------------------------------------------
+    def operator_tls(self) -> ssl.SSLContext:
+        """The host's TLS to the members' Patroni REST API: the cluster CA, and a client
+        certificate of that CA (CN <cluster>-operator: no member's name, so never the
+        superuser's) for the unsafe endpoints, as an operator's machine would hold one."""
+        if self._operator_tls is None:
+            pki = self.root / "pki"
+            cert, key = pki / "operator.crt", pki / "operator.key"
+            if not (cert.exists() and key.exists()):
+                issued = issue(self.ca, common_name=f"{self.spec.cluster_name}-operator", server=False)
+                _write_private(key, issued.key_pem)
+                _write_private(cert, issued.cert_pem)
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            context.load_cert_chain(str(cert), str(key))
+            self._operator_tls = context
+        return self._operator_tls
+
+    def patroni_client(self, node: Node, auth: tuple[str, str] | None = None) -> PatroniClient:
+        """The agent's client of ``node``'s Patroni (HTTPS), with the host's certificate."""
+        return PatroniClient(node.ip, PORTS["patroni"], auth=auth, context=self.operator_tls())
+
     def patroni(self, node: Node, path: str = "/cluster", timeout: float = 2.0) -> Any:
         # The agent's client; an error status stays an OSError here, as urlopen's HTTPError was.
-        status, raw = PatroniClient(node.ip, PORTS["patroni"]).request("GET", path, timeout=timeout)
+        status, raw = self.patroni_client(node).request("GET", path, timeout=timeout)
         if status >= 400:
             raise OSError(f"Patroni {node.ip} {path}: HTTP {status}")
         return json.loads(raw)
@@ -650,6 +672,16 @@ class LocalCluster:
         from . import health
 
         return health.health_problems(self)
+
+    def superuser_dsn(self, node: Node, *, dbname: str = "postgres") -> str:
+        """The superuser on ``node``'s PostgreSQL socket, as root on the node gets it (peer, pg_ident
+        pgha_local): over TCP pg_hba refuses the superuser to everyone but a member's certificate.
+        The host reaches the socket through the machine's root (/proc/PID/root), as its root."""
+        leader = node.machine.leader()
+        if leader is None:
+            raise LocalClusterError(f"{node.member.name} is not running: no superuser socket")
+        return (f"host=/proc/{leader}/root{EC2_LAYOUT.run}/postgres port={PORTS['postgres']} "
+                f"user={USERS['superuser']} dbname={dbname}")
 
     def dsn(self, ip: str, port: int, *, user: str = USERS["app"], dbname: str = APP_DATABASE) -> str:
         return (f"host={ip} port={port} user={user} dbname={dbname} sslmode=verify-full "

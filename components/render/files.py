@@ -32,7 +32,9 @@ USERS: dict[str, str] = {
     "app": "dbuser_app",
 }
 APP_DATABASE = contract.APP_DATABASE
-OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd"}
+OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd", "exporter": "pgha-exporter", "haproxy": "haproxy"}
+# System users pgha makes itself at every boot (pgha-prepare-dirs); the others come with Debian's packages.
+CREATED_OS_USERS: tuple[str, ...] = (OS_USERS["exporter"],)
 # Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
 DCS_ONLY_PARAMETERS = frozenset({
     "max_connections", "max_locks_per_transaction", "max_worker_processes", "max_prepared_transactions",
@@ -176,7 +178,7 @@ def _directories(paths: dict[str, str]) -> list[_Dir]:
         _Dir(paths["run"] + "/postgres", pg, pg, 0o2775),
         _Dir(paths["run"] + "/pgbouncer", pg, pg, 0o755),
         _Dir(paths["run"] + "/pgbackrest", pg, pg, 0o750),
-        _Dir(paths["run"] + "/haproxy", "root", "root", 0o755),
+        _Dir(paths["run"] + "/haproxy", OS_USERS["haproxy"], OS_USERS["haproxy"], 0o750),
         _Dir(paths["run"] + "/etcd", etcd, etcd, 0o700),
     ]
 
@@ -259,6 +261,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         # primary's data directory and socket to pgBackRest (pg1) through the TLS server.
         "peers": {m.name: _peer(spec, m, ctx) for m in spec.members},
         "restore": restore,
+        "patroni_tls": True,
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
     }
@@ -318,12 +321,17 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "node_facts": node_facts,
         "boot_facts": boot_facts,
         "directories": _directories(paths),
+        "created_os_users": CREATED_OS_USERS,
+        # HAProxy's TLS to Patroni's REST API (checks, /patroni/metrics): the cluster CA verifies it.
+        "patroni_check_tls": f"ca-file {paths['tls']}/ca.crt verify required",
+        "patroni_tls_server": f" ssl ca-file {paths['tls']}/ca.crt verify required",
         "scrape_jobs": [
             ("node", PORTS["node_exporter"], "/metrics"),
             ("pgsql", PORTS["postgres_exporter"], "/metrics"),
             ("pgbouncer", PORTS["pgbouncer_exporter"], "/metrics"),
             ("pgbackrest", PORTS["pgbackrest_exporter"], "/metrics"),
-            ("patroni", PORTS["patroni"], "/metrics"),
+            # Patroni's metrics through HAProxy's metrics frontend: its REST API is for members only.
+            ("patroni", PORTS["haproxy_stats"], "/patroni/metrics"),
             ("haproxy", PORTS["haproxy_stats"], "/metrics"),
         ],
         "image": {"packages": image.NODE_PACKAGES, "packaged_services": image.PACKAGED_SERVICES,

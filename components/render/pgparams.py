@@ -81,6 +81,9 @@ def sized_parameters(spec: ClusterSpec) -> dict[str, Any]:
         "log_min_duration_statement": {"oltp": 100, "crit": 100, "olap": 1000, "tiny": 500}[profile],
         "log_checkpoints": "on",
         "log_lock_waits": "on",
+        # Who came from where (CIS); the prefix (patroni.yml.j2) names the client host and application.
+        "log_connections": "on",
+        "log_disconnections": "on",
         "log_autovacuum_min_duration": "1s",
         "idle_in_transaction_session_timeout": {"oltp": "10min", "crit": "1min", "olap": "0", "tiny": "10min"}[profile],
         "autovacuum_max_workers": max(3, min(8, vcpu // 2)),

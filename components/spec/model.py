@@ -41,7 +41,7 @@ METRICS_PORTS: tuple[int, ...] = (
     PORTS["postgres_exporter"],
     PORTS["pgbouncer_exporter"],
     PORTS["pgbackrest_exporter"],
-    PORTS["patroni"],
+    # Also Patroni's metrics (/patroni/metrics): its REST API itself is for members only.
     PORTS["haproxy_stats"],
 )
 MEMBER_PORTS: tuple[int, ...] = (

@@ -65,7 +65,7 @@ def make_node(base: Path, **overrides) -> dict:
         },
         "users": {"superuser": "postgres", "replication": "replicator", "pgbouncer_auth": "pgbouncer_auth",
                   "monitor": "dbuser_monitor", "patroni_rest": "patroni", "app": "dbuser_app"},
-        "os_users": {"postgres": "postgres", "etcd": "etcd"},
+        "os_users": {"postgres": "postgres", "etcd": "etcd", "exporter": "postgres", "haproxy": "postgres"},
         "ports": {"postgres": 5432, "pgbouncer": 6432, "patroni": 8008, "pgbouncer_exporter": 9631,
                   "pgbackrest_exporter": 9854},
         "aws": {"region": "us-east-1", "endpoint_url": "", "s3_addressing": "path"},
@@ -77,6 +77,8 @@ def make_node(base: Path, **overrides) -> dict:
         "peers": {"pg-x-1": {"ip": "127.0.0.1", "pgdata": str(base / "data" / "pg" / "data"),
                              "socket": str(base / "run" / "postgres"), "etcd": True}},
         "restore": None,
+        # The fake Patronis of these tests serve plain HTTP (test_patroni_api has a TLS one).
+        "patroni_tls": False,
         "units": ["pgha-patroni.service", "pgha-pgbouncer.service"],
         "timers": ["pgha-config.timer", "pgha-backup-full.timer"],
     }

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ...agent.patroni_api import PatroniClient
-from ...spec import PORTS
 from .. import netns, procfs
 from ..cluster import LocalCluster, Node
 from .load import Client
@@ -261,7 +259,7 @@ def _sample_old_primary(ctx: Context, node: Node, stop: threading.Event) -> None
     """Until ``stop``: what the stopping primary's own Patroni says, every 0.1 s: (time, the
     leader its /cluster names, that leader's state), or (time, None, None) when it does not answer."""
     samples: list[tuple[float, str | None, str | None]] = ctx.extra.setdefault("old_patroni", [])
-    client = PatroniClient(node.ip, PORTS["patroni"])
+    client = ctx.cluster.patroni_client(node)
     while not stop.is_set():
         leader_name = state = None
         with contextlib.suppress(OSError, ValueError):

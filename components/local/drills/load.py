@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 
-from ...agent.patroni_api import PatroniClient
 from ...spec import PORTS
 from ..cluster import LocalCluster, Node
 from .analysis import SAMPLE_INTERVAL, Attempt, Sample, View
@@ -168,7 +167,7 @@ class Monitor:
                 conn.close()
 
     def _check(self, node: Node) -> None:
-        client = PatroniClient(node.ip, PORTS["patroni"])
+        client = self.cluster.patroni_client(node)
         while not self.stop.is_set():
             try:  # 200 from the member that holds the leader key and runs as primary
                 ok = client.request("GET", "/primary", timeout=1)[0] == 200

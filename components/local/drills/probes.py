@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import psycopg
 
-from ...agent.patroni_api import PatroniClient
 from ...render import USERS
 from ...spec import PORTS
 from ..cluster import LocalCluster, Node
@@ -45,7 +44,7 @@ def patroni_request(cluster: LocalCluster, node: Node, method: str, path: str, b
                     timeout: float = 30) -> tuple[int, str]:
     """An authenticated call to Patroni's REST API (unsafe endpoints need the REST user)."""
     password = json.loads(cluster.secrets_file.read_text())["patroni_rest_password"]
-    client = PatroniClient(node.ip, PORTS["patroni"], auth=(USERS["patroni_rest"], password))
+    client = cluster.patroni_client(node, auth=(USERS["patroni_rest"], password))
     status, raw = client.request(method, path, body, timeout=timeout)
     return status, raw.decode()
 
