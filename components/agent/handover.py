@@ -26,6 +26,7 @@ member can take over, it says why and exits 0 at once, and the whole handover is
 import argparse
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -195,16 +196,23 @@ def switch_over(node: NodeFacts, candidate: str, deadline: float, candidate_api:
     return f"{candidate} did not take writes within the handover's bound"
 
 
-def stop_patroni(run: Any = subprocess.run) -> str | None:
-    """SIGTERM to Patroni's main process, None when sent. ``systemctl kill`` queues no job: a
-    `systemctl stop` from here would wait on this very shutdown, whose stop of Patroni is
-    ordered after this unit's."""
+def stop_patroni(run: Any = subprocess.run, kill: Callable[[int, int], None] = os.kill) -> str | None:
+    """SIGTERM to Patroni's main process, None when sent. Directly, as the user both run as:
+    `systemctl kill` needs privileges this unit does not have, and a `systemctl stop` would wait
+    on this very shutdown, whose stop of Patroni is ordered after this unit's."""
     try:
-        done = run(["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", PATRONI_UNIT],
-                   capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"cannot signal {PATRONI_UNIT}: {exc}"
-    return None if done.returncode == 0 else f"systemctl kill {PATRONI_UNIT}: {done.stderr.strip()}"
+        shown = run(["systemctl", "show", "--property=MainPID", "--value", PATRONI_UNIT],
+                    capture_output=True, text=True, timeout=5)
+        pid = int((shown.stdout or "0").strip() or 0)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return f"cannot find {PATRONI_UNIT}'s process: {exc}"
+    if pid <= 0:
+        return f"{PATRONI_UNIT} has no running process"
+    try:
+        kill(pid, signal.SIGTERM)
+    except OSError as exc:
+        return f"cannot signal {PATRONI_UNIT}'s process {pid}: {exc.strerror}"
+    return None
 
 
 def release_leadership(others: dict[str, PatroniClient], deadline: float,

@@ -289,18 +289,26 @@ def test_a_patroni_that_cannot_be_signalled_ends_the_handover_with_the_reason(ba
     assert "no handover: systemctl kill pgha-patroni.service: Unit not loaded" in caplog.text
 
 
-def test_stop_patroni_signals_the_main_process_without_queueing_a_job():
+def test_stop_patroni_signals_its_main_process_itself():
+    import signal
+
     calls: list[list[str]] = []
+    killed: list[tuple[int, int]] = []
 
-    class Done:
-        returncode, stderr = 0, ""
+    class Shown:
+        returncode, stdout, stderr = 0, "4242\n", ""
 
-    def run(argv: list[str], **kwargs: Any) -> Done:
+    def run(argv: list[str], **kwargs: Any) -> Shown:
         calls.append(argv)
-        return Done()
+        return Shown()
 
-    assert handover.stop_patroni(run) is None
-    assert calls == [["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", "pgha-patroni.service"]]
+    assert handover.stop_patroni(run, lambda pid, sig: killed.append((pid, sig))) is None
+    assert calls == [["systemctl", "show", "--property=MainPID", "--value", "pgha-patroni.service"]]
+    assert killed == [(4242, signal.SIGTERM)]
+    Shown.stdout = "0\n"  # not running: nothing signalled, and said
+    assert handover.stop_patroni(run, lambda pid, sig: killed.append((pid, sig))) == \
+        "pgha-patroni.service has no running process"
+    assert len(killed) == 1
 
 
 def test_a_replica_returns_at_once_without_asking_for_anything(base, fake_patroni, caplog):
