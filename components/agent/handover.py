@@ -1,23 +1,29 @@
 """`handover`: a primary being stopped first hands leadership to a healthy standby.
 
 pgha-handover.service runs it as its ExecStop: the unit starts after Patroni, PgBouncer, HAProxy,
-etcd and the network, so at shutdown (EC2's stop or terminate, the rehearsal's poweroff) systemd
-stops it before them, while the cluster can still switch over. Without it the units just stop in
-order: HAProxy and PgBouncer cut their clients, in the middle of a transaction or not, then
-Patroni stops PostgreSQL and releases the leader key, and the replicas race for it (a failover).
+etcd, the system bus and the network, so at shutdown (EC2's stop or terminate, the rehearsal's
+poweroff) systemd stops it before them, while the cluster can still hand over. Without it the
+units just stop in order: HAProxy and PgBouncer cut their clients, in the middle of a
+transaction or not, then Patroni stops PostgreSQL and releases the leader key.
 
-PgBouncer is paused around the switchover, so no transaction is cut in half: running ones finish
-first, new ones wait and, once HAProxy has moved their clients to the new primary, are retried
-there by the client (never executed here, so a retry is safe).
+PgBouncer is paused first, so no transaction is cut in half: running ones finish, new ones wait
+and, once the new primary takes writes, are let go (SHUTDOWN when the machine is going down:
+their clients reconnect through HAProxy to the new primary and retry; nothing they sent ran
+here, so a retry is safe).
 
-What it costs, measured 2026-12-01 with the drills (rto fast, rpo 0, one writer through 5433,
-3 trials each, 2 cores shared with another cluster): PAUSE drains in 0.1-0.3 s; the candidate
-takes writes 2.65 s after the request (Patroni's graceful demotion, its fixed 1 s wait included,
-then the promotion); the writer waits 5.9 s (median, max 6.0) with 1 error (failed statements
-and connections), where a plain switchover without the pause took 5.7 s (5.9) with 1-7. The
-rest is HAProxy: it cuts the sessions to this PgBouncer once this member fails /primary (~1.5 s)
-and the client reconnects (~1.5 s). A graceful poweroff of the primary: 5.75 s (5.8) and 1-2
-errors with the handover, 5.1 s (6.0) and 12-17 without it, the units stopping one by one.
+How leadership moves:
+- the machine is going down: Patroni is sent SIGTERM. Its shutdown stops PostgreSQL and releases
+  the leader key with the last LSN, and the synchronous standby (in synchronous mode only it may)
+  wins the race. No failover key is set, so the other replicas follow the new leader at once;
+  after a switchover, a replica whose loop sees the leaderless moment sleeps 2 s first
+  (Patroni's process_unhealthy_cluster), and the new primary's commits wait for it;
+- only this unit is stopped: a switchover to the synchronous standby (the node stays up).
+Either way the pooler lets clients go only once the new primary's PostgreSQL is out of recovery
+(its /primary body's role), not when it holds the key (1.0-1.2 s earlier).
+
+What it costs (bench/replace.py, README "What a change does to a running stack"): replacing the
+primary paused a writer through 5433 4.1-5.2 s with one error per pooled session (2026-12-01);
+with a switchover instead of Patroni's shutdown 5.7-6.0 s.
 
 A stop must never hang or fail because of this: when this member is not the leader, or no
 member can take over, it says why and exits 0 at once, and the whole handover is bounded by
