@@ -199,3 +199,33 @@ def test_two_clusters_with_members_of_one_name_get_separate_cgroups(tmp_path):
     assert first.cgroup != second.cgroup
     assert first.cgroup == machine("a").cgroup
     assert first.cgroup.parent == second.cgroup.parent and first.cgroup.name.startswith("pg-dev-1.")
+
+
+def test_the_operator_certificate_made_by_many_threads_at_once_is_one_matching_pair(tmp_path):
+    # The drills' monitor threads and the health checks ask for it together on a fresh root; a
+    # key and a certificate written apart once ended up from two different issues (CI: "no
+    # Patroni answers", ssl KEY_VALUES_MISMATCH).
+    import threading
+
+    clusters = [LocalCluster(project_dir=REPO, stack="dev", root=tmp_path / "root", address_prefix="10.219.0.")
+                for _ in range(8)]
+    clusters[0].ca  # the cluster CA first, as up() makes it
+    errors: list[BaseException] = []
+
+    def ask(c: LocalCluster) -> None:
+        try:
+            c.operator_tls()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(c,)) for c in clusters for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    bundle = tmp_path / "root" / "pki" / "operator.pem"
+    cert = x509.load_pem_x509_certificate(bundle.read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=pg-dev-operator"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    assert not list(bundle.parent.glob("*.tmp"))

@@ -51,6 +51,8 @@ def test_haproxy_accepts_every_member_config(combo):
     ctx = ec2_context(spec)
     files = {f"/check/{member.name}.cfg": next(f.content for f in render_node(spec, member, ctx)
                                                if f.path.endswith("haproxy.cfg")) for member in spec.members}
+    # The checks to Patroni and PgBouncer verify against the cluster CA: haproxy -c loads it.
+    files["/etc/pgha/tls/ca.crt"] = _ca().cert_pem
     with image_with(files) as root:
         result = run_in(root, "for cfg in /check/*.cfg; do haproxy -c -q -f $cfg || exit 1; echo VALID $cfg; done")
     assert result.returncode == 0, result.stdout + result.stderr

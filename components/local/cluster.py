@@ -28,6 +28,7 @@ import secrets
 import signal
 import ssl
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ VOLUME_GIB = 8
 class LocalClusterError(RuntimeError):
     """Something the local cluster needs is missing or did not come up."""
 
+
+# One operator certificate per root, made once even when threads ask together.
+_OPERATOR_TLS_LOCK = threading.Lock()
 
 def missing_prerequisites() -> list[str]:
     """What this machine lacks for the local cluster, each with how to get it."""
@@ -628,17 +632,19 @@ class LocalCluster:
         """The host's TLS to the members' Patroni REST API: the cluster CA, and a client
         certificate of that CA (CN <cluster>-operator: no member's name, so never the
         superuser's) for the unsafe endpoints, as an operator's machine would hold one."""
-        if self._operator_tls is None:
-            pki = self.root / "pki"
-            cert, key = pki / "operator.crt", pki / "operator.key"
-            if not (cert.exists() and key.exists()):
-                issued = issue(self.ca, common_name=f"{self.spec.cluster_name}-operator", server=False)
-                _write_private(key, issued.key_pem)
-                _write_private(cert, issued.cert_pem)
-            context = ssl.create_default_context(cafile=str(self.ca_file))
-            context.load_cert_chain(str(cert), str(key))
-            self._operator_tls = context
-        return self._operator_tls
+        with _OPERATOR_TLS_LOCK:
+            if self._operator_tls is None:
+                # Key and certificate in one file, replaced whole: the drills' threads (and other
+                # processes on the same root) ask at once, and a key and a certificate written
+                # apart were once a mismatched pair (CI, 2026-12-01: "no Patroni answers").
+                bundle = self.root / "pki" / "operator.pem"
+                if not bundle.exists():
+                    issued = issue(self.ca, common_name=f"{self.spec.cluster_name}-operator", server=False)
+                    _write_private(bundle, issued.key_pem + issued.cert_pem)
+                context = ssl.create_default_context(cafile=str(self.ca_file))
+                context.load_cert_chain(str(bundle))
+                self._operator_tls = context
+            return self._operator_tls
 
     def patroni_client(self, node: Node, auth: tuple[str, str] | None = None) -> PatroniClient:
         """The agent's client of ``node``'s Patroni (HTTPS), with the host's certificate."""
@@ -719,7 +725,7 @@ def _cert_ips(cert: CertKey) -> set[str]:
 
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
