@@ -96,7 +96,7 @@ def test_a_member_that_cannot_boot_fails_the_wait_with_its_own_words(local_clust
         with pytest.raises(LocalClusterError) as failed:
             cluster.replace(replica, timeout=600)
     finally:
-        cluster._put_secret(cluster.secret_name, values)
+        cluster._publish(values)  # the secrets as up() publishes them: the shared one without TLS keys
     message = str(failed.value)
     assert f"/pgha/{cluster.spec.cluster_name}/{replica.member.name}/status" in message
     assert "failed" in message and "pgha-prepare.service" in message, message
