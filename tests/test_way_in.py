@@ -9,13 +9,14 @@ this instance. EICE's tunnel and IAM's evaluation are AWS's and not here (README
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pgha import contract
 from pgha.agent import authorized_keys as ak
-from pgha.local import eic
+from pgha.local import eic, netns
 
 pytestmark = pytest.mark.cluster
 
@@ -29,12 +30,34 @@ def new_key(tmp_path: Path, name: str) -> tuple[Path, str]:
 
 
 def ssh(ip: str, key: Path | None, known_hosts: Path, *command: str, user: str = USER,
-        options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        options: tuple[str, ...] = (), source: str | None = None) -> subprocess.CompletedProcess:
     argv = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes", *options]
+    if source is not None:
+        argv += ["-b", source]
     if key is not None:
         argv += ["-i", str(key)]
     return subprocess.run([*argv, f"{user}@{ip}", *command], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def sources(local_cluster) -> Iterator[Iterator[str]]:
+    """Fresh client addresses on the host's side of the bridge, one per refused attempt.
+
+    OpenSSH (9.8 on) penalises a source address that keeps failing to authenticate
+    (PerSourcePenalties: authfail 5 s each, enforced from 15 s): from the fourth refusal in a
+    row its connections are reset before any authentication. The node keeps that default; each
+    refusal here comes from an address of its own, so that what refuses it is what it names.
+    """
+    prefix = local_cluster.address_prefix
+    device, taken = netns.bridge(prefix), [f"{prefix}{host}" for host in range(240, 250)]
+    for address in taken:
+        netns.add_address(None, f"{address}/32", device)
+    try:
+        yield iter(taken)
+    finally:
+        for address in taken:
+            netns.remove_address(None, f"{address}/32", device)
 
 
 def host_keys(ip: str, tmp_path: Path) -> tuple[set[str], str]:
@@ -59,7 +82,8 @@ def test_host_keys_are_the_instances_own_and_on_its_console(local_cluster, tmp_p
     assert not first & second  # never the image's keys, shared by every member
 
 
-def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster, tmp_path: Path) -> None:
+def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster, sources: Iterator[str],
+                                                                   tmp_path: Path) -> None:
     node = local_cluster.nodes[0]
     _, known = host_keys(node.ip, tmp_path)
     known_hosts = tmp_path / "known_hosts"
@@ -69,7 +93,7 @@ def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster,
 
     # Nothing pushed: no way in.
     eic.clear(home)
-    refused = ssh(node.ip, key, known_hosts, "true")
+    refused = ssh(node.ip, key, known_hosts, "true", source=next(sources))
     assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr, refused.stderr
 
     # Pushed (send-ssh-public-key): a shell as admin, with passwordless sudo.
@@ -86,8 +110,8 @@ def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster,
     # The same key once it has expired (still served, signed to have expired).
     eic.clear(home)
     local_cluster.push_ssh_key(node.member.name, public, expires_in=-1)
-    expired = ssh(node.ip, key, known_hosts, "true")
-    assert expired.returncode == 255 and "Permission denied" in expired.stderr, expired.stderr
+    expired = ssh(node.ip, key, known_hosts, "true", source=next(sources))
+    assert expired.returncode == 255 and "Permission denied (publickey)" in expired.stderr, expired.stderr
 
     # Unsigned, or signed by a signer the node does not trust.
     instance_id = node.machine.instance["instance_id"]
@@ -95,25 +119,28 @@ def test_pushed_key_opens_a_shell_with_sudo_and_nothing_else_does(local_cluster,
     eic.clear(home)
     local_cluster.push_ssh_key(node.member.name, public,
                                block=f"#Timestamp={now + 60}\n#Instance={instance_id}\n{public}\n\n")
-    assert ssh(node.ip, key, known_hosts, "true").returncode == 255
+    unsigned = ssh(node.ip, key, known_hosts, "true", source=next(sources))
+    assert unsigned.returncode == 255 and "Permission denied (publickey)" in unsigned.stderr, unsigned.stderr
     impostor = eic.Signer.create(local_cluster.s3.region)
     eic.clear(home)
     local_cluster.push_ssh_key(node.member.name, public,
                                block=impostor.key_block(public, instance_id, expires=now + 60))
-    assert ssh(node.ip, key, known_hosts, "true").returncode == 255
+    forged = ssh(node.ip, key, known_hosts, "true", source=next(sources))
+    assert forged.returncode == 255 and "Permission denied (publickey)" in forged.stderr, forged.stderr
 
     # A password (or keyboard-interactive) is never asked for: the server offers public keys only.
     for method in ("password", "keyboard-interactive"):
         tried = ssh(node.ip, None, known_hosts, "true",
-                    options=("-o", f"PreferredAuthentications={method}", "-o", "PubkeyAuthentication=no"))
+                    options=("-o", f"PreferredAuthentications={method}", "-o", "PubkeyAuthentication=no"),
+                    source=next(sources))
         assert tried.returncode == 255 and "Permission denied (publickey)" in tried.stderr, tried.stderr
 
     # root, even with a validly pushed key.
     eic.clear(home)
     local_cluster.push_ssh_key(node.member.name, public, user="root")
     local_cluster.push_ssh_key(node.member.name, public)
-    as_root = ssh(node.ip, key, known_hosts, "true", user="root")
-    assert as_root.returncode == 255 and "Permission denied" in as_root.stderr, as_root.stderr
+    as_root = ssh(node.ip, key, known_hosts, "true", user="root", source=next(sources))
+    assert as_root.returncode == 255 and "Permission denied (publickey)" in as_root.stderr, as_root.stderr
     # ... while the same push lets admin in: the refusal is root's.
     assert ssh(node.ip, key, known_hosts, "true").returncode == 0
 

@@ -95,10 +95,16 @@ def setup(prefix: str, hosts: Sequence[int]) -> None:
         _ip("link", "set", "lo", "up", netns=ns)
 
 
-def add_address(netns: str, cidr: str, device: str) -> None:
-    """Give ``device`` of ``netns`` the address ``cidr`` (idempotent)."""
+def add_address(netns: str | None, cidr: str, device: str) -> None:
+    """Give ``device`` of ``netns`` (None: the host's) the address ``cidr`` (idempotent)."""
     if cidr.split("/")[0] + "/" not in _ip("-4", "addr", "show", "dev", device, netns=netns).stdout:
         _ip("addr", "add", cidr, "dev", device, netns=netns)
+
+
+def remove_address(netns: str | None, cidr: str, device: str) -> None:
+    """Take ``cidr`` off ``device`` again (idempotent)."""
+    if cidr.split("/")[0] + "/" in _ip("-4", "addr", "show", "dev", device, netns=netns).stdout:
+        _ip("addr", "del", cidr, "dev", device, netns=netns)
 
 
 def teardown(prefix: str, hosts: Sequence[int], timeout: float = 10.0, keep_bridge: bool = False) -> None:
