@@ -11,10 +11,14 @@ and, once the new primary takes writes, are let go (SHUTDOWN when the machine is
 their clients reconnect through HAProxy to the new primary and retry; nothing they sent ran
 here, so a retry is safe).
 
+A CHECKPOINT runs first, while clients still write: what the stop's own checkpoint has left
+to write is part of the pause.
+
 How leadership moves:
-- the machine is going down: Patroni is sent SIGTERM. Its shutdown stops PostgreSQL and releases
-  the leader key with the last LSN, and the synchronous standby (in synchronous mode only it may)
-  wins the race. No failover key is set, so the other replicas follow the new leader at once;
+- the machine is going down: PostgreSQL is fast-stopped under a frozen Patroni, then Patroni is
+  sent SIGTERM (stop_patroni: its own stop would spend 2 s polling and sleeping before it lets
+  the key go). Its shutdown releases the leader key with the shutdown checkpoint's location,
+  and the synchronous standby (in synchronous mode only it may) wins the race. No failover key is set, so the other replicas follow the new leader at once;
   after a switchover, a replica whose loop sees the leaderless moment sleeps 2 s first
   (Patroni's process_unhealthy_cluster), and the new primary's commits wait for it;
 - only this unit is stopped: a switchover to the synchronous standby (the node stays up).
@@ -41,7 +45,7 @@ from typing import Any, Callable
 from ..contract import NodeFacts
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
-from .hooks import admin_query, pause_pgbouncer, pgbouncer_admin_conninfo, resume_pgbouncer
+from .hooks import admin_query, local_postgres_dsn, pause_pgbouncer, pgbouncer_admin_conninfo, resume_pgbouncer
 from .patroni_api import PRIMARY_ROLES, PatroniClient, local_client, member_client, patroni_get, rest_credentials
 
 # The whole handover, PAUSE to RESUME; pgha-handover.service's TimeoutStopSec (45 s) is above it.
@@ -50,6 +54,8 @@ from .patroni_api import PRIMARY_ROLES, PatroniClient, local_client, member_clie
 HANDOVER_TIMEOUT = 15.0
 # In <paths.run>: every member is being stopped at once (no one could take over): skip it.
 NO_HANDOVER_FLAG = "no-handover"
+# How long the CHECKPOINT before PAUSE may run (clients still write meanwhile).
+CHECKPOINT_TIMEOUT = 5.0
 # How much of it PAUSE may take to drain running transactions. A transaction still running then
 # is cut by the demotion, as a plain stop would cut it: a long one must not cost the handover.
 PAUSE_TIMEOUT = 10.0
@@ -58,6 +64,10 @@ POLL_INTERVAL = 0.1
 DEFAULT_MAXIMUM_LAG = 1048576
 SYNC_ROLES = ("sync_standby", "quorum_standby")
 PATRONI_UNIT = "pgha-patroni.service"
+# How long Patroni stays frozen while PostgreSQL stops (stop_patroni): far below any ttl, and a
+# shutdown checkpoint longer than this is finished under Patroni's own stop.
+POSTGRES_STOP_BOUND = 5.0
+STOP_POLL = 0.02
 
 
 def _synchronous_mode(config: dict[str, Any]) -> str:
@@ -126,6 +136,23 @@ def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any])
     lag, name = min(eligible)
     kind = "synchronous standby" if mode != "off" else "streaming replica with the least lag"
     return name, f"{kind}, lag {lag} B"
+
+
+def checkpoint(dsn: str, timeout: float = CHECKPOINT_TIMEOUT) -> float | None:
+    """CHECKPOINT while clients still run: the stop's own checkpoint (a switchover's, or the
+    shutdown checkpoint) then has little left to write, and it is part of the write pause. The
+    seconds it took, or None when it failed or ran past ``timeout`` (the stop goes on)."""
+    import psycopg
+
+    began = time.monotonic()
+    try:
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+            conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            conn.execute("CHECKPOINT")
+    except Exception as exc:  # noqa: BLE001 - an optimisation only
+        LOG.warning("CHECKPOINT before the handover failed: %s", str(exc).strip())
+        return None
+    return time.monotonic() - began
 
 
 def shutdown_pgbouncer(dsn: str) -> None:
@@ -202,10 +229,44 @@ def switch_over(node: NodeFacts, candidate: str, deadline: float, candidate_api:
     return f"{candidate} did not take writes within the handover's bound"
 
 
-def stop_patroni(run: Any = subprocess.run, kill: Callable[[int, int], None] = os.kill) -> str | None:
-    """SIGTERM to Patroni's main process, None when sent. Directly, as the user both run as:
-    `systemctl kill` needs privileges this unit does not have, and a `systemctl stop` would wait
-    on this very shutdown, whose stop of Patroni is ordered after this unit's."""
+def _postmaster_pid(pgdata: str) -> int | None:
+    """The postmaster's pid from its postmaster.pid, None when there is none."""
+    try:
+        with open(os.path.join(pgdata, "postmaster.pid")) as f:
+            pid = int(f.readline().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def process_running(pid: int) -> bool:
+    """``pid`` runs (a zombie does not: the postmaster's parent, frozen Patroni, reaps it later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def stop_patroni(pgdata: str, run: Any = subprocess.run, kill: Callable[[int, int], None] = os.kill,
+                 running: Callable[[int], bool] = process_running, bound: float = POSTGRES_STOP_BOUND) -> str | None:
+    """Stop PostgreSQL under a frozen Patroni, then SIGTERM Patroni; None when Patroni was told.
+
+    Patroni's own shutdown of a leader polls pg_control once a second until it reads "shut
+    down", then sleeps 1 s more before it releases the key (ha.py _on_shutdown): about 2 s of
+    the write pause (2026-12-01 trace: PostgreSQL down 0.25 s after the signal, the key
+    released 2.0 s later). Told to stop when PostgreSQL is already down, it releases the key at
+    once, with the shutdown checkpoint's location. So Patroni is frozen (SIGSTOP: its loop must
+    not start PostgreSQL again meanwhile), PostgreSQL is fast-stopped (its walsenders send the
+    standbys everything up to the shutdown checkpoint before it exits), and Patroni gets SIGTERM
+    and SIGCONT. A PostgreSQL still stopping after ``bound`` is left to Patroni's own stop. If
+    this process dies while Patroni is frozen, systemd's stop of Patroni sends SIGCONT with its
+    SIGTERM.
+
+    Signals are sent directly, as the user both run as: `systemctl kill` needs privileges this
+    unit does not have, and a `systemctl stop` would wait on this very shutdown, whose stop of
+    Patroni is ordered after this unit's."""
     try:
         shown = run(["systemctl", "show", "--property=MainPID", "--value", PATRONI_UNIT],
                     capture_output=True, text=True, timeout=5)
@@ -214,15 +275,42 @@ def stop_patroni(run: Any = subprocess.run, kill: Callable[[int, int], None] = o
         return f"cannot find {PATRONI_UNIT}'s process: {exc}"
     if pid <= 0:
         return f"{PATRONI_UNIT} has no running process"
+    postmaster = _postmaster_pid(pgdata)
+    frozen = False
+    if postmaster is not None:
+        try:
+            kill(pid, signal.SIGSTOP)
+            frozen = True
+        except OSError as exc:
+            LOG.warning("cannot freeze Patroni (%s): it stops PostgreSQL itself", exc.strerror)
     try:
+        if frozen and postmaster is not None:
+            began = time.monotonic()
+            try:
+                kill(postmaster, signal.SIGINT)  # PostgreSQL's fast shutdown
+            except OSError as exc:
+                LOG.warning("cannot signal the postmaster %d (%s): Patroni stops it", postmaster, exc.strerror)
+            else:
+                while (still := running(postmaster)) and time.monotonic() - began < bound:
+                    time.sleep(STOP_POLL)
+                if still:
+                    LOG.warning("PostgreSQL still stopping after %.0f s: Patroni finishes its stop", bound)
+                else:
+                    LOG.info("PostgreSQL stopped in %.2f s under a frozen Patroni", time.monotonic() - began)
         kill(pid, signal.SIGTERM)
     except OSError as exc:
         return f"cannot signal {PATRONI_UNIT}'s process {pid}: {exc.strerror}"
+    finally:
+        if frozen:
+            try:
+                kill(pid, signal.SIGCONT)
+            except OSError as exc:
+                LOG.warning("cannot resume Patroni %d: %s", pid, exc.strerror)
     return None
 
 
 def release_leadership(others: dict[str, PatroniClient], deadline: float,
-                       stop: Callable[[], str | None] = stop_patroni) -> tuple[str | None, str | None]:
+                       stop: Callable[[], str | None]) -> tuple[str | None, str | None]:
     """The machine is going down: let Patroni's own shutdown hand leadership over, and wait until
     another member takes writes. (its name, None), or (None, why not).
 
@@ -267,6 +355,9 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
             if m.get("name") != node["member"]}
     others = {name: api for name, api in apis.items() if api is not None}
     stopping = system_stopping()
+    flushed = checkpoint(local_postgres_dsn(node), min(CHECKPOINT_TIMEOUT, timeout / 3))
+    if flushed is not None:
+        LOG.info("CHECKPOINT done in %.2f s, before the pause", flushed)
     dsn = pgbouncer_admin_conninfo(node)
     paused_at = time.monotonic()
     paused, drain = pause_pgbouncer(dsn, min(PAUSE_TIMEOUT, timeout / 3))
@@ -275,7 +366,8 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
     failed: str | None = "not tried"
     try:
         if stopping and others:
-            new_leader, failed = release_leadership(others, deadline)
+            new_leader, failed = release_leadership(others, deadline,
+                                                    lambda: stop_patroni(node["paths"]["pgdata"]))
             candidate = new_leader or candidate
         else:
             failed = switch_over(node, candidate, deadline, apis.get(candidate))

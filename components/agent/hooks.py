@@ -215,6 +215,12 @@ PROMOTION_HOLD_MAX = 10.0
 SETTLE_POLL = 0.1
 
 
+def local_postgres_dsn(node: NodeFacts, connect_timeout: int = 3) -> str:
+    """The superuser over this node's socket (peer authentication as the postgres OS user)."""
+    return conninfo(host=f"{node['paths']['run']}/postgres", port=node["ports"]["postgres"], dbname="postgres",
+                    user=node["os_users"]["postgres"], connect_timeout=connect_timeout)
+
+
 def settle_pgbouncer(node: NodeFacts, role: str, in_recovery: Callable[[], bool | None], *,
                      timeout: float = SETTLE_TIMEOUT, hold_max: float = PROMOTION_HOLD_MAX) -> bool:
     """Bring this node's PgBouncer to ``role`` once PostgreSQL's recovery state matches it:
@@ -279,8 +285,7 @@ def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = 
         for h in list(LOG.handlers) + list(logging.getLogger().handlers):
             if isinstance(h, logging.StreamHandler):
                 h.setStream(sys.stderr)
-        dsn = conninfo(host=f"{node['paths']['run']}/postgres", port=node["ports"]["postgres"], dbname="postgres",
-                       user=node["os_users"]["postgres"], connect_timeout=3)
+        dsn = local_postgres_dsn(node)
         import psycopg
 
         def in_recovery() -> bool | None:

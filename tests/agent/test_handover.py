@@ -269,8 +269,7 @@ def test_a_machine_going_down_lets_patronis_shutdown_hand_over_not_a_switchover(
         fake_patroni.move_leader("pg-x-2")  # the synchronous standby wins the race
 
     monkeypatch.setattr(handover, "system_stopping", lambda run=None: True)
-    monkeypatch.setattr(handover, "stop_patroni", lambda run=None: stop())
-    monkeypatch.setattr(handover.release_leadership, "__defaults__", (handover.stop_patroni,))
+    monkeypatch.setattr(handover, "stop_patroni", lambda pgdata: stop())
     node = node_for(base, fake_patroni)
     caplog.set_level("INFO", logger="pgha-node")
     assert handover.handover(node, timeout=10) == "pg-x-2"
@@ -281,34 +280,138 @@ def test_a_machine_going_down_lets_patronis_shutdown_hand_over_not_a_switchover(
 def test_a_patroni_that_cannot_be_signalled_ends_the_handover_with_the_reason(base, fake_patroni, caplog,
                                                                                monkeypatch):
     monkeypatch.setattr(handover, "system_stopping", lambda run=None: True)
-    monkeypatch.setattr(handover.release_leadership, "__defaults__",
-                        (lambda: "systemctl kill pgha-patroni.service: Unit not loaded",))
+    monkeypatch.setattr(handover, "stop_patroni", lambda pgdata: "pgha-patroni.service has no running process")
     node = node_for(base, fake_patroni)
     caplog.set_level("INFO", logger="pgha-node")
     assert handover.handover(node, timeout=10) is None
-    assert "no handover: systemctl kill pgha-patroni.service: Unit not loaded" in caplog.text
+    assert "no handover: pgha-patroni.service has no running process" in caplog.text
 
 
-def test_stop_patroni_signals_its_main_process_itself():
+class Shown:
+    """`systemctl show --property=MainPID --value pgha-patroni.service`'s answer."""
+
+    def __init__(self, stdout: str) -> None:
+        self.returncode, self.stdout, self.stderr = 0, stdout, ""
+
+
+def test_without_a_postmaster_patroni_is_only_told_to_stop(tmp_path: Path):
     import signal
 
     calls: list[list[str]] = []
     killed: list[tuple[int, int]] = []
 
-    class Shown:
-        returncode, stdout, stderr = 0, "4242\n", ""
-
     def run(argv: list[str], **kwargs: Any) -> Shown:
         calls.append(argv)
-        return Shown()
+        return Shown(answer)
 
-    assert handover.stop_patroni(run, lambda pid, sig: killed.append((pid, sig))) is None
+    answer = "4242\n"
+    assert handover.stop_patroni(str(tmp_path), run, lambda pid, sig: killed.append((pid, sig))) is None
     assert calls == [["systemctl", "show", "--property=MainPID", "--value", "pgha-patroni.service"]]
-    assert killed == [(4242, signal.SIGTERM)]
-    Shown.stdout = "0\n"  # not running: nothing signalled, and said
-    assert handover.stop_patroni(run, lambda pid, sig: killed.append((pid, sig))) == \
+    assert killed == [(4242, signal.SIGTERM)]  # no postmaster.pid: nothing frozen, nothing else sent
+    answer = "0\n"  # not running: nothing signalled, and said
+    assert handover.stop_patroni(str(tmp_path), run, lambda pid, sig: killed.append((pid, sig))) == \
         "pgha-patroni.service has no running process"
     assert len(killed) == 1
+
+
+def test_postgres_stops_under_a_frozen_patroni_which_is_then_told_and_resumed(tmp_path: Path):
+    import signal
+
+    (tmp_path / "postmaster.pid").write_text("5151\n/var/lib/pgha/pg/data\n")
+    sent: list[tuple[int, int]] = []
+    polls = iter([True, True, False])
+    assert handover.stop_patroni(str(tmp_path), lambda argv, **kw: Shown("4242\n"),
+                                 lambda pid, sig: sent.append((pid, sig)), running=lambda pid: next(polls)) is None
+    assert sent == [(4242, signal.SIGSTOP), (5151, signal.SIGINT), (4242, signal.SIGTERM), (4242, signal.SIGCONT)]
+
+    # A shutdown checkpoint longer than the bound is left to Patroni's own stop; a postmaster
+    # that cannot be signalled too. Either way Patroni is told, and always resumed.
+    sent.clear()
+    assert handover.stop_patroni(str(tmp_path), lambda argv, **kw: Shown("4242\n"),
+                                 lambda pid, sig: sent.append((pid, sig)), running=lambda pid: True, bound=0.1) is None
+    assert sent == [(4242, signal.SIGSTOP), (5151, signal.SIGINT), (4242, signal.SIGTERM), (4242, signal.SIGCONT)]
+
+    def refuse_postmaster(pid: int, sig: int) -> None:
+        sent.append((pid, sig))
+        if pid == 5151:
+            raise PermissionError(1, "Operation not permitted")
+
+    sent.clear()
+    assert handover.stop_patroni(str(tmp_path), lambda argv, **kw: Shown("4242\n"), refuse_postmaster,
+                                 running=lambda pid: True) is None
+    assert sent == [(4242, signal.SIGSTOP), (5151, signal.SIGINT), (4242, signal.SIGTERM), (4242, signal.SIGCONT)]
+
+    def refuse_term(pid: int, sig: int) -> None:
+        sent.append((pid, sig))
+        if sig == signal.SIGTERM:
+            raise ProcessLookupError(3, "No such process")
+
+    sent.clear()
+    assert handover.stop_patroni(str(tmp_path), lambda argv, **kw: Shown("4242\n"), refuse_term,
+                                 running=lambda pid: False) == \
+        "cannot signal pgha-patroni.service's process 4242: No such process"
+    assert sent[-1] == (4242, signal.SIGCONT)  # resumed even so
+
+
+# A Patroni stand-in: records, at SIGTERM, the state of the postmaster its postmaster.pid names.
+FAKE_PATRONI = """
+import signal, sys, time
+pgdata, out = sys.argv[1], sys.argv[2]
+def term(*_):
+    postmaster = int(open(pgdata + "/postmaster.pid").readline())
+    try:
+        state = open(f"/proc/{postmaster}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    open(out, "w").write(state)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(out + ".ready", "w").close()
+while True:
+    time.sleep(0.01)
+"""
+# A postmaster stand-in: its fast shutdown takes 0.3 s and notes Patroni's state meanwhile.
+FAKE_POSTMASTER = """
+import signal, sys, time
+patroni, out = int(sys.argv[1]), sys.argv[2]
+def fast_shutdown(*_):
+    time.sleep(0.3)
+    open(out, "w").write(open(f"/proc/{patroni}/stat").read().rsplit(")", 1)[1].split()[0])
+    sys.exit(0)
+signal.signal(signal.SIGINT, fast_shutdown)
+open(out + ".ready", "w").close()
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_real_processes_patroni_frozen_while_postgres_stops_and_told_once_it_is_down(tmp_path: Path):
+    import subprocess
+    import sys
+
+    patroni_saw, postmaster_saw = tmp_path / "postmaster-state", tmp_path / "patroni-state"
+    patroni = subprocess.Popen([sys.executable, "-c", FAKE_PATRONI, str(tmp_path), str(patroni_saw)])
+    # The postmaster stand-in is this test's child and stays a zombie until reaped, as the
+    # postmaster does under a frozen Patroni: a zombie counts as stopped.
+    postmaster = subprocess.Popen([sys.executable, "-c", FAKE_POSTMASTER, str(patroni.pid), str(postmaster_saw)])
+    try:
+        (tmp_path / "postmaster.pid").write_text(f"{postmaster.pid}\n{tmp_path}\n")
+        deadline = time.monotonic() + 10
+        while not (Path(f"{patroni_saw}.ready").exists() and Path(f"{postmaster_saw}.ready").exists()):
+            assert time.monotonic() < deadline, "the stand-ins did not start"
+            time.sleep(0.02)
+        began = time.monotonic()
+        assert handover.stop_patroni(str(tmp_path), lambda argv, **kw: Shown(f"{patroni.pid}\n")) is None
+        assert time.monotonic() - began >= 0.3  # it waited for the postmaster's shutdown
+        assert patroni.wait(timeout=10) == 0
+        assert postmaster_saw.read_text() == "T"  # Patroni was frozen during the shutdown
+        assert patroni_saw.read_text() in ("Z", "gone")  # and told only once PostgreSQL was down
+        assert postmaster.wait(timeout=10) == 0
+    finally:
+        for proc in (patroni, postmaster):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_replica_returns_at_once_without_asking_for_anything(base, fake_patroni, caplog):
