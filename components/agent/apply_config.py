@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .. import contract
 from ..contract import NodeFacts
-from . import fetch
+from . import fetch, handover
 from .cli_types import Subparsers
 from .dcs_sync import start_dcs_sync
 from .errors import LOG, AgentError
@@ -199,25 +199,6 @@ def restart_order(cluster: Mapping[str, Any], me: str) -> RestartPlan:
     return RestartPlan(replicas, "first" if any(_lowers_a_bound(m) for m in members) else "last")
 
 
-def switchover_candidate(cluster: Mapping[str, Any], me: str) -> str | None:
-    """Pure: the member to hand leadership to before the leader restarts. With synchronous
-    mode only the synchronous standby may take it (Patroni refuses another: HTTP 412
-    "candidate name does not match with sync_standby"); else the streaming replica with the
-    least lag. Never one that still needs a restart itself."""
-    members = [m for m in cluster.get("members") or [] if m.get("name") != me]
-    sync = [m for m in members if m.get("role") in ("sync_standby", "quorum_standby")]
-    pool = [m for m in (sync or members) if m.get("state") == "streaming" and not m.get("pending_restart")
-            and not (m.get("tags") or {}).get("nofailover")]
-    if not pool:
-        return None
-
-    def lag(m: Mapping[str, Any]) -> int:
-        value = m.get("lag", 0)
-        return value if isinstance(value, int) else 1 << 62  # "unknown"
-
-    return str(min(pool, key=lambda m: (lag(m), m["name"]))["name"])
-
-
 def _wait(client: PatroniClient, done: Callable[[Mapping[str, Any]], bool], what: str, timeout: float,
           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
     deadline = clock() + timeout
@@ -299,15 +280,13 @@ def rolling_restart(node: NodeFacts, *, timeout: float = RESTART_WAIT) -> list[s
             restart(name, client_of_member)
     cluster = client.get("/cluster")
     if _member(cluster, me).get("pending_restart") and me not in done:
-        candidate = switchover_candidate(cluster, me)
+        # The same handover as a stop's: PgBouncer paused around the switchover, clients let go
+        # once the candidate takes writes.
+        candidate = handover.handover_as(node, node["os_users"]["postgres"], handover.HANDOVER_TIMEOUT,
+                                         for_restart=True)
         if candidate is None:
-            LOG.warning("the leader's pending restart waits: no restarted, streaming standby to hand over to")
+            LOG.warning("the leader's pending restart waits: no handover to a restarted, streaming standby")
             return done
-        LOG.info("switching over to %s before restarting %s", candidate, me)
-        status, raw = local_client(node, auth).request("POST", "/switchover", {"leader": me, "candidate": candidate},
-                                                       timeout=60)
-        if status >= 400:
-            raise AgentError(f"POST /switchover to {candidate}: HTTP {status} {raw[:200]!r}")
         _wait(client, lambda c: _member(c, candidate).get("role") in LEADER_ROLES
               and _member(c, me).get("state") == "streaming", f"{candidate} to lead and {me} to stream", timeout)
         # Demoting restarts PostgreSQL with the new parameters already, most of the time.

@@ -40,7 +40,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..contract import NodeFacts
 from .cli_types import Subparsers
@@ -70,7 +70,7 @@ POSTGRES_STOP_BOUND = 5.0
 STOP_POLL = 0.02
 
 
-def _synchronous_mode(config: dict[str, Any]) -> str:
+def _synchronous_mode(config: Mapping[str, Any]) -> str:
     """'off', 'on' or 'quorum', from the DCS's synchronous_mode (a bool or a string)."""
     value = config.get("synchronous_mode", False)
     text = str(value).strip().lower()
@@ -79,12 +79,13 @@ def _synchronous_mode(config: dict[str, Any]) -> str:
     return "on" if value is True or text in ("on", "true", "yes", "1") else "off"
 
 
-def _lag(member: dict[str, Any]) -> int | None:
+def _lag(member: Mapping[str, Any]) -> int | None:
     lag = member.get("lag")
     return lag if isinstance(lag, int) and not isinstance(lag, bool) else None
 
 
-def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any]) -> tuple[str | None, str]:
+def handover_candidate(me: str, cluster: Mapping[str, Any], config: Mapping[str, Any], *,
+                       restarted_only: bool = False) -> tuple[str | None, str]:
     """Pure: (the member to hand leadership to, why) from Patroni's /cluster and /config; the
     member is None when there is no handover to do, and the reason says why not.
 
@@ -92,7 +93,8 @@ def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any])
     scheduled. With synchronous mode on, the candidate is a synchronous standby (Patroni refuses
     any other); off, a streaming replica within maximum_lag_on_failover. Either way it streams
     on the leader's timeline and may be promoted (no nofailover tag, failover_priority not 0);
-    among several, the least lag wins, then the name."""
+    among several, the least lag wins, then the name. ``restarted_only`` (the leader about to
+    restart for its parameters) refuses a member that still needs a restart itself."""
     members = cluster.get("members") or []
     leader = next((m for m in members if m.get("role") == "leader"), None)
     if leader is None:
@@ -121,6 +123,8 @@ def handover_candidate(me: str, cluster: dict[str, Any], config: dict[str, Any])
             why = f"{state or 'in an unknown state'}, not streaming"
         elif tags.get("nofailover") is True or tags.get("failover_priority") == 0:
             why = "may not be promoted (tags)"
+        elif restarted_only and m.get("pending_restart"):
+            why = "needs a restart itself"
         elif leader.get("timeline") is not None and m.get("timeline") != leader.get("timeline"):
             why = f"on timeline {m.get('timeline')}, the leader on {leader.get('timeline')}"
         elif lag is None:
@@ -333,11 +337,13 @@ def release_leadership(others: dict[str, PatroniClient], deadline: float,
     return None, "no member took writes within the handover's bound"
 
 
-def handover(node: NodeFacts, timeout: float) -> str | None:
-    """Hand leadership over if this member leads; the new leader's name, or None."""
+def handover(node: NodeFacts, timeout: float, *, for_restart: bool = False) -> str | None:
+    """Hand leadership over if this member leads; the new leader's name, or None.
+    ``for_restart``: the leader is about to restart for its parameters (apply-config's rolling
+    restart), not stopping: a switchover, to a member that needs no restart itself."""
     began = time.monotonic()
     deadline = began + timeout
-    if os.path.exists(os.path.join(node["paths"]["run"], NO_HANDOVER_FLAG)):
+    if not for_restart and os.path.exists(os.path.join(node["paths"]["run"], NO_HANDOVER_FLAG)):
         LOG.info("no handover: the whole cluster is stopping (%s)", NO_HANDOVER_FLAG)
         return None
     try:
@@ -346,15 +352,16 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
     except AgentError as exc:
         LOG.info("no handover: %s", exc)
         return None
-    candidate, why = handover_candidate(node["member"], cluster, config)
+    candidate, why = handover_candidate(node["member"], cluster, config, restarted_only=for_restart)
     if candidate is None:
         LOG.info("no handover: %s", why)
         return None
-    LOG.info("this member leads and is stopping: handing leadership to %s (%s)", candidate, why)
+    LOG.info("this member leads and is %s: handing leadership to %s (%s)",
+             "restarting" if for_restart else "stopping", candidate, why)
     apis = {str(m.get("name")): member_client(m, node=node) for m in cluster.get("members") or []
             if m.get("name") != node["member"]}
     others = {name: api for name, api in apis.items() if api is not None}
-    stopping = system_stopping()
+    stopping = not for_restart and system_stopping()
     flushed = checkpoint(local_postgres_dsn(node), min(CHECKPOINT_TIMEOUT, timeout / 3))
     if flushed is not None:
         LOG.info("CHECKPOINT done in %.2f s, before the pause", flushed)
@@ -391,6 +398,38 @@ def handover(node: NodeFacts, timeout: float) -> str | None:
         return candidate
     LOG.warning("no handover: %s (%.1f s of at most %.0f s spent); stopping anyway", failed, took, timeout)
     return None
+
+
+def handover_as(node: NodeFacts, user: str, timeout: float, *, for_restart: bool = False) -> str | None:
+    """:func:`handover` as ``user`` (postgres): PgBouncer's admin console admits that user only
+    (peer), and apply-config, which restarts the leader, runs as root. Forks when it must drop
+    privileges; the child hands its answer back through a pipe."""
+    import pwd
+
+    account = pwd.getpwnam(user)
+    if os.geteuid() != 0 or account.pw_uid == 0:
+        return handover(node, timeout, for_restart=for_restart)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            name = handover(node, timeout, for_restart=for_restart)
+            os.write(write_end, (name or "").encode())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - say why, in the parent's log
+            LOG.error("handover as %s failed: %s: %s", user, type(exc).__name__, str(exc).strip())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        name = answer.read().decode().strip()
+    os.waitpid(pid, 0)
+    return name or None
 
 
 def cmd_handover(node: NodeFacts, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pgha import contract
-from pgha.agent import apply_config, fetch
+from pgha.agent import apply_config, fetch, handover
 from pgha.agent.errors import AgentError
 
 from .agent_helpers import make_node, write_json
@@ -156,19 +156,25 @@ def test_a_lowered_primary_bounded_parameter_restarts_the_leader_first():
 
 
 def test_the_leader_hands_over_to_a_restarted_sync_standby_only():
+    # The restart's handover chooses as a stop's does (handover_candidate), never a member
+    # that still needs its own restart.
+    sync = {"synchronous_mode": True, "maximum_lag_on_failover": 1048576}
     c = cluster(m("pg-x-1", "leader", "running", pending_restart=True),
                 m("pg-x-2", "replica", "streaming", lag=0),
                 m("pg-x-3", "sync_standby", "streaming", lag=1024))
-    assert apply_config.switchover_candidate(c, "pg-x-1") == "pg-x-3"
+    assert handover.handover_candidate("pg-x-1", c, sync, restarted_only=True)[0] == "pg-x-3"
     # Synchronous mode: Patroni refuses any candidate but the sync standby (HTTP 412), so a
     # sync standby that still needs its restart means no candidate yet, not another replica.
     c = cluster(m("pg-x-1", "leader", "running", pending_restart=True),
                 m("pg-x-2", "replica", "streaming", lag=0),
-                m("pg-x-3", "sync_standby", "streaming", pending_restart=True))
-    assert apply_config.switchover_candidate(c, "pg-x-1") is None
+                m("pg-x-3", "sync_standby", "streaming", lag=0, pending_restart=True))
+    name, why = handover.handover_candidate("pg-x-1", c, sync, restarted_only=True)
+    assert name is None and "pg-x-3: needs a restart itself" in why
+    assert handover.handover_candidate("pg-x-1", c, sync)[0] == "pg-x-3"  # a stop may take it
+    not_sync = {"synchronous_mode": False, "maximum_lag_on_failover": 1048576}
     c = cluster(m("pg-x-1", "leader", "running"), m("pg-x-2", "replica", "streaming", lag=4096),
                 m("pg-x-3", "replica", "streaming", lag="unknown"), m("pg-x-4", "replica", "streaming", lag=0,
                                                                      tags={"nofailover": True}))
-    assert apply_config.switchover_candidate(c, "pg-x-1") == "pg-x-2"
-    assert apply_config.switchover_candidate(cluster(m("pg-x-1", "leader", "running"),
-                                                     m("pg-x-2", "replica", "starting")), "pg-x-1") is None
+    assert handover.handover_candidate("pg-x-1", c, not_sync, restarted_only=True)[0] == "pg-x-2"
+    assert handover.handover_candidate("pg-x-1", cluster(m("pg-x-1", "leader", "running"),
+                                                         m("pg-x-2", "replica", "starting")), not_sync)[0] is None

@@ -294,6 +294,33 @@ class Shown:
         self.returncode, self.stdout, self.stderr = 0, stdout, ""
 
 
+def test_the_leader_restarting_for_its_parameters_switches_over_even_as_the_machine_stops(base, fake_patroni,
+                                                                                        caplog, monkeypatch):
+    # apply-config's rolling restart: always a switchover (the node stays up), whatever the
+    # machine's state or the whole-cluster stop flag, and never to a member needing a restart.
+    monkeypatch.setattr(handover, "system_stopping", lambda run=None: True)
+    monkeypatch.setattr(handover, "stop_patroni", lambda pgdata: pytest.fail("a restart must not stop Patroni"))
+    node = node_for(base, fake_patroni)
+    Path(node["paths"]["run"]).mkdir(parents=True, exist_ok=True)
+    (Path(node["paths"]["run"]) / handover.NO_HANDOVER_FLAG).touch()
+    caplog.set_level("INFO", logger="pgha-node")
+    assert handover.handover(node, timeout=10, for_restart=True) == "pg-x-2"
+    assert [(p, b) for p, b, _ in fake_patroni.posts] == [("/switchover", {"leader": "pg-x-1", "candidate": "pg-x-2"})]
+    assert "this member leads and is restarting: handing leadership to pg-x-2" in caplog.text
+
+
+def test_a_restarts_handover_runs_as_the_postgres_user_and_answers_through_the_pipe(_root, base, monkeypatch):
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setattr(handover, "handover", lambda node, timeout, for_restart=False: f"{os.getuid()}:{for_restart}")
+    assert handover.handover_as({}, "nobody", 5, for_restart=True) == f"{nobody.pw_uid}:True"
+    assert os.getuid() == 0  # only the child dropped its privileges
+    monkeypatch.setattr(handover, "handover", lambda node, timeout, for_restart=False: None)
+    assert handover.handover_as({}, "nobody", 5) is None
+
+
 def test_without_a_postmaster_patroni_is_only_told_to_stop(tmp_path: Path):
     import signal
 
