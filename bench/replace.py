@@ -70,6 +70,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def set_pooler_pause(cluster: Any, pause: bool) -> None:
+    """Every running member's handover pauses its PgBouncer, or not (the flag lives in /run: a
+    new instance boots without it)."""
+    from pgha.agent.handover import NO_POOLER_PAUSE_FLAG
+    from pgha.render.context import EC2_LAYOUT
+
+    for node in cluster.nodes:
+        if node.machine.running():
+            flag = f"{EC2_LAYOUT.run}/{NO_POOLER_PAUSE_FLAG}"
+            node.machine.run(["rm", "-f", flag] if pause else ["touch", flag], timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", default="dev")
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--scenarios", nargs="*", default=DEFAULT_SCENARIOS)
     parser.add_argument("--json", type=Path, help="write every trial's result here")
+    parser.add_argument("--no-pooler-pause", action="store_true",
+                        help="the stopping primary hands over without pausing its PgBouncer (the comparison)")
     args = parser.parse_args(argv)
 
     from pgha.local.cluster import LocalCluster
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in args.scenarios:
         results = []
         for trial in range(1, args.trials + 1):
+            set_pooler_pause(cluster, not args.no_pooler_pause)
             result = run_drill(cluster, scenario, log=lambda line: print(line, file=sys.stderr))
             print(f"{scenario} #{trial}: pause {result['max_write_gap_s']} s, errors {result['write_errors']}, "
                   f"lost {result['rpo_rows']}, took {replacement_seconds(result)} s", file=sys.stderr)

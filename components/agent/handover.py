@@ -54,6 +54,9 @@ from .patroni_api import PRIMARY_ROLES, PatroniClient, local_client, member_clie
 HANDOVER_TIMEOUT = 15.0
 # In <paths.run>: every member is being stopped at once (no one could take over): skip it.
 NO_HANDOVER_FLAG = "no-handover"
+# In <paths.run>: hand over without pausing PgBouncer (what the pause saves a client is measured
+# against this: bench/replace.py --no-pooler-pause).
+NO_POOLER_PAUSE_FLAG = "no-pooler-pause"
 # How long the CHECKPOINT before PAUSE may run (clients still write meanwhile).
 CHECKPOINT_TIMEOUT = 5.0
 # How much of it PAUSE may take to drain running transactions. A transaction still running then
@@ -367,9 +370,13 @@ def handover(node: NodeFacts, timeout: float, *, for_restart: bool = False) -> s
         LOG.info("CHECKPOINT done in %.2f s, before the pause", flushed)
     dsn = pgbouncer_admin_conninfo(node)
     paused_at = time.monotonic()
-    paused, drain = pause_pgbouncer(dsn, min(PAUSE_TIMEOUT, timeout / 3))
-    if paused:
-        LOG.info("PgBouncer paused (drained in %.2f s)", drain)
+    paused = False
+    if os.path.exists(os.path.join(node["paths"]["run"], NO_POOLER_PAUSE_FLAG)):
+        LOG.info("PgBouncer not paused (%s): its clients meet the stop as it comes", NO_POOLER_PAUSE_FLAG)
+    else:
+        paused, drain = pause_pgbouncer(dsn, min(PAUSE_TIMEOUT, timeout / 3))
+        if paused:
+            LOG.info("PgBouncer paused (drained in %.2f s)", drain)
     failed: str | None = "not tried"
     try:
         if stopping and others:

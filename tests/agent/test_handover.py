@@ -309,6 +309,16 @@ def test_the_leader_restarting_for_its_parameters_switches_over_even_as_the_mach
     assert "this member leads and is restarting: handing leadership to pg-x-2" in caplog.text
 
 
+def test_the_no_pooler_pause_flag_hands_over_without_pausing(base, fake_patroni, caplog):
+    node = node_for(base, fake_patroni)
+    Path(node["paths"]["run"]).mkdir(parents=True, exist_ok=True)
+    (Path(node["paths"]["run"]) / handover.NO_POOLER_PAUSE_FLAG).touch()
+    caplog.set_level("INFO", logger="pgha-node")
+    assert handover.handover(node, timeout=10) == "pg-x-2"
+    assert "PgBouncer not paused (no-pooler-pause)" in caplog.text
+    assert "PgBouncer not paused: " not in caplog.text and "PgBouncer resumed" not in caplog.text  # never tried
+
+
 def test_a_restarts_handover_runs_as_the_postgres_user_and_answers_through_the_pipe(_root, base, monkeypatch):
     import os
     import pwd
