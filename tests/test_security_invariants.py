@@ -235,3 +235,24 @@ def test_no_node_file_installs_python_packages_from_an_index(combo: str) -> None
         for f in files:
             if isinstance(f.content, str):
                 assert not re.search(r"\bpip3?\b|ensurepip|easy_install|get-pip", f.content), f.path
+
+
+def test_sshd_takes_pushed_keys_only_for_admin_on_the_member_s_address() -> None:
+    """#5 (changed, the node's side): no stored key, no password, no root; keys only from the
+    EC2 Instance Connect check, run under its own account."""
+    spec = make_spec({})
+    ctx = ec2_context(spec)
+    member = spec.members[0]
+    files = {f.path: f.content for f in render_node(spec, member, ctx)}
+    settings: dict[str, str] = {}
+    for line in files["/etc/ssh/sshd_config.d/10-pgha.conf"].splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            settings.setdefault(key, value)  # sshd: the first value wins
+    assert settings["ListenAddress"] == f"{ctx.member_ips[member.name]}:22"
+    assert settings["AllowUsers"] == "admin" and settings["PermitRootLogin"] == "no"
+    assert settings["PasswordAuthentication"] == "no" and settings["KbdInteractiveAuthentication"] == "no"
+    assert settings["AuthenticationMethods"] == "publickey" and settings["AuthorizedKeysFile"] == "none"
+    assert settings["AuthorizedKeysCommand"].endswith(" authorized-keys %u %f")
+    assert settings["AuthorizedKeysCommandUser"] not in ("root", "admin", "postgres")
+    assert settings["X11Forwarding"] == "no" and settings["AllowAgentForwarding"] == "no"
