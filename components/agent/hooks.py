@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..contract import APP_DATABASE, NodeFacts
+from ..contract import APP_DATABASE, NodeFacts, NodeUsers
 from .cli_types import Subparsers
 from .dcs_sync import start_dcs_sync
 from .envfile import conninfo
@@ -21,7 +21,12 @@ from .patroni_api import PRIMARY_ROLES
 from .restore import RESTORE_SETTINGS
 from .secrets import check_value, scram_sha256_verifier
 
-AUTH_FUNCTION_SQL = """
+# PgBouncer's auth_query looks a login up here: application roles only. Superusers, replication
+# roles and pgha's service roles (the replication user, the monitor, pgbouncer_auth itself) are
+# never served, so PgBouncer's auth user cannot read their verifiers. The monitor and
+# pgbouncer_auth still log in through PgBouncer: its auth_file lists them, and auth_query is
+# asked only for users that file does not name.
+AUTH_FUNCTION_TEMPLATE = """
 CREATE SCHEMA IF NOT EXISTS pgbouncer;
 REVOKE ALL ON SCHEMA pgbouncer FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pgbouncer.get_auth(p_usename text)
@@ -33,9 +38,21 @@ AS $fn$
       FROM pg_catalog.pg_shadow s
      WHERE s.usename = p_usename
        AND NOT s.usesuper
+       AND NOT s.userepl
+       AND s.usename <> ALL (ARRAY[{service_roles}]::name[])
 $fn$;
 REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC;
 """
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def auth_function_sql(users: NodeUsers) -> str:
+    """The SQL that (re)creates pgbouncer.get_auth, excluding this node's service roles by name."""
+    names = sorted({users["superuser"], users["replication"], users["monitor"], users["pgbouncer_auth"]})
+    return AUTH_FUNCTION_TEMPLATE.format(service_roles=", ".join(_sql_literal(n) for n in names))
 
 
 def _ensure_role(cur, name: str, password: str, extra: str = "") -> str:
@@ -96,7 +113,7 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
     for target in targets:
         with psycopg.connect(target, autocommit=True, prepare_threshold=None, connect_timeout=10) as conn:
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute(AUTH_FUNCTION_SQL)
+                cur.execute(auth_function_sql(u))
                 cur.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer TO {}").format(sql.Identifier(auth_user)))
                 cur.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}").format(
                     sql.Identifier(auth_user)))

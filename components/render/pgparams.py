@@ -84,6 +84,9 @@ def sized_parameters(spec: ClusterSpec) -> dict[str, Any]:
         # Who came from where (CIS); the prefix (patroni.yml.j2) names the client host and application.
         "log_connections": "on",
         "log_disconnections": "on",
+        # Schema changes and role/grant commands are logged (CIS); not all statements: the volume
+        # and the data in them. A user value replaces it (none, mod, all).
+        "log_statement": "ddl",
         "log_autovacuum_min_duration": "1s",
         "idle_in_transaction_session_timeout": {"oltp": "10min", "crit": "1min", "olap": "0", "tiny": "10min"}[profile],
         "autovacuum_max_workers": max(3, min(8, vcpu // 2)),

@@ -195,9 +195,11 @@ def test_post_bootstrap_roles_and_auth_function(bootstrapped):
         psycopg.connect(tcp_dsn(s, s.pgport, "dbuser_monitor", "wrong"))
 
     with psycopg.connect(tcp_dsn(s, s.pgport, "pgbouncer_auth", PASSWORDS["pgbouncer_auth_password"])) as conn:
-        rows = conn.execute("SELECT usename, passwd FROM pgbouncer.get_auth('dbuser_monitor')").fetchall()
-        assert len(rows) == 1 and rows[0][0] == "dbuser_monitor" and rows[0][1].startswith("SCRAM-SHA-256$4096:")
-        assert conn.execute("SELECT count(*) FROM pgbouncer.get_auth('postgres')").fetchone()[0] == 0
+        rows = conn.execute("SELECT usename, passwd FROM pgbouncer.get_auth('dbuser_app')").fetchall()
+        assert len(rows) == 1 and rows[0][0] == "dbuser_app" and rows[0][1].startswith("SCRAM-SHA-256$4096:")
+        # Application roles only: no superuser's, replication role's or service role's verifier.
+        for role in ("postgres", "replicator", "dbuser_monitor", "pgbouncer_auth"):
+            assert conn.execute("SELECT count(*) FROM pgbouncer.get_auth(%s)", (role,)).fetchone()[0] == 0, role
     # the application role owns its database and is no superuser (PgBouncer pools it)
     with psycopg.connect(tcp_dsn(s, s.pgport, "dbuser_app", PASSWORDS["app_password"], dbname="app")) as conn:
         assert conn.execute("SELECT current_database(), rolsuper FROM pg_roles WHERE rolname = current_user"
