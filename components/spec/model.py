@@ -144,6 +144,17 @@ class RestoreSpec:
 
 
 @dataclass(frozen=True)
+class KubernetesSpec:
+    """Where the cluster's monitoring and connection objects go (``pgha:kubernetes``)."""
+
+    namespace: str
+    kubeconfig: str | None
+    context: str | None
+    release: str
+    scrape_interval: str
+
+
+@dataclass(frozen=True)
 class Member:
     """One cluster member: a node of its own in its own AZ (the first three at least)."""
 
@@ -178,6 +189,8 @@ class ClusterSpec:
     pool_mode: str
     # Set for a branch (and a local restore): the first member restores instead of initdb.
     restore: RestoreSpec | None
+    # Set when pgha:kubernetes is: the monitoring and connection objects in Kubernetes.
+    kubernetes: KubernetesSpec | None = None
     # How the input spelled its keys ("config": pgha:network.subnetIds, "args": network.subnet_ids),
     # so problems found later (a given VPC's subnets, looked up by infra) read like the input.
     key_style: str = field(default="config", compare=False)
