@@ -147,3 +147,14 @@ def test_bad_kubernetes_args_declare_nothing() -> None:
     assert problem.key == "kubernetes.scrape_every" and "scrape_interval" in problem.allowed
     assert run.resources == []
 
+
+def test_dashboards_as_configmaps_for_the_sidecar() -> None:
+    from pgha.observability.dashboards import dashboards
+
+    run, cluster = component_run({"namespace": "orders"})
+    (cm,) = run.of_type("kubernetes:core/v1:ConfigMap")
+    assert cm.inputs["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm.inputs["metadata"]["namespace"] == "orders"
+    assert cm.inputs["data"] == dashboards(cluster.spec) and cm.inputs["data"]
+    for text in cm.inputs["data"].values():
+        assert json.loads(text)["panels"]

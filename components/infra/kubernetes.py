@@ -9,6 +9,8 @@ a program of its own may declare it from a cluster's outputs too. It declares:
   outside the cluster, and a ServiceMonitor needs a Service and a hand-made Endpoints object per
   exporter and cannot label each address with its member without relabelling on addresses;
 - the ``PrometheusRule`` of the generated alerts (monitoring.coreos.com/v1);
+- Grafana dashboards (``pgha.observability.dashboards``, grafanalib) in a ConfigMap labelled
+  ``grafana_dashboard: "1"`` for Grafana's sidecar;
 - for applications, a Secret with each service's DSN and the CA certificate, and an
   ``ExternalName`` Service per service (``pg-name-primary``, ...) pointing at the NLB's DNS name,
   so pods connect by an in-cluster name that the members' certificates carry.
@@ -22,6 +24,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from ..observability import JOBS, rule_groups
+from ..observability.dashboards import dashboards
 from ..observability.scrape import static_configs
 from ..render.files import APP_DATABASE, USERS
 from ..spec import PORTS, SERVICES, ClusterSpec
@@ -108,6 +111,13 @@ class Observability(pulumi.ComponentResource):
                     type="ExternalName", external_name=nlb_dns_name,
                     ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=PORTS[service], protocol="TCP")]),
                 opts=this)
+
+        # Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps with this label.
+        k8s.core.v1.ConfigMap(
+            f"{name}-dashboards",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{cluster}-dashboards", namespace=kube.namespace,
+                                                labels={**labels, "grafana_dashboard": "1"}),
+            data=dashboards(spec), opts=this)
 
         self.namespace = pulumi.Output.from_input(kube.namespace)
         self.secret_name = pulumi.Output.from_input(f"{cluster}-app")

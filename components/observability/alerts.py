@@ -7,7 +7,8 @@ metrics listener and HAProxy 3.0's Prometheus exporter. Every expression selects
 ``cls`` label (``pgha.observability.scrape``), so rules of several clusters live side by side.
 Thresholds come from the spec where it has one: the rto plan's ttl, max_connections and
 idle_in_transaction_session_timeout as pgha sizes them, rpo (synchronous mode, the lag a failover
-may lose), the full-backup schedule, retention and the certificates' renewal window.
+may lose), the full-backup schedule and the certificates' renewal window (retention is named in the
+backup alert's text: no metric of the oldest backup is served to alert on).
 """
 
 import re
