@@ -8,7 +8,7 @@ from typing import Any
 
 from .spec import ClusterSpec, SpecError, build_spec
 
-__all__ = ["ClusterSpec", "PostgresCluster", "PostgresClusterArgs", "SpecError", "build_spec"]
+__all__ = ["ClusterSpec", "Observability", "PostgresCluster", "PostgresClusterArgs", "SpecError", "build_spec"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from . import infra
 
         return getattr(infra, name)
+    if name == "Observability":
+        from .infra import kubernetes
+
+        return kubernetes.Observability
     raise AttributeError(f"module 'pgha' has no attribute {name!r}")

@@ -12,7 +12,9 @@ SUDO=""
 PACKAGES=(systemd-container debootstrap haproxy iproute2 util-linux procps openssl curl xfsprogs e2fsprogs
           python3-venv
           # the node agent's tests (a throwaway database stack; the etcd and postgres OS users)
-          postgresql-15 pgbouncer pgbackrest etcd-server)
+          postgresql-15 pgbouncer pgbackrest etcd-server
+          # promtool: the generated alert rules checked and unit-tested (tests/test_alerts.py)
+          prometheus)
 
 # Debian's postgresql-common would otherwise create and start a default cluster on 5432.
 $SUDO mkdir -p /etc/postgresql-common
@@ -29,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # On a systemd machine the packages start their own services with default configs; pgha needs none.
 if [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now etcd pgbouncer haproxy postgresql >/dev/null 2>&1 || true
+    $SUDO systemctl disable --now etcd pgbouncer haproxy postgresql prometheus >/dev/null 2>&1 || true
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -319,6 +319,16 @@ STACK_FILE_CASES: list[Bad] = [
         "pgha:branch.sourceKeyArn", "(not set)", "needs the source's KMS key ARN"),
     Bad("targetLsn too long", {**BRANCH, "pgha:branch": {**BY_BUCKET, "targetLsn": "123456789/0"}},
         "pgha:branch.targetLsn", '"123456789/0"', "must be an LSN"),
+    # -- pgha:kubernetes (issue 13)
+    Bad("kubernetes unknown key", {"pgha:kubernetes": {"namespace": "apps", "namespaces": "x"}},
+        "pgha:kubernetes.namespaces", '"x"', "unknown key (did you mean namespace?)"),
+    Bad("kubernetes namespace upper", {"pgha:kubernetes": {"namespace": "Apps"}}, "pgha:kubernetes.namespace",
+        '"Apps"', "must be a Kubernetes namespace: a DNS-1123 label"),
+    Bad("kubernetes namespace newline", {"pgha:kubernetes": {"namespace": "apps\n"}}, "pgha:kubernetes.namespace",
+        '"apps\\n"', LINE),
+    Bad("kubernetes without namespace", {"pgha:kubernetes": {"release": "monitoring"}}, "pgha:kubernetes.namespace",
+        "(not set)", "is required with pgha:kubernetes"),
+    Bad("kubernetes not an object", {"pgha:kubernetes": "apps"}, "pgha:kubernetes", '"apps"', "must be an object"),
 ]
 
 

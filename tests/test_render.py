@@ -289,8 +289,8 @@ def test_scrape_targets_carry_pigsty_identity_labels():
     ctx = ec2_context(spec)
     targets = yaml.safe_load(files_of(spec, ctx)["/etc/pgha/prometheus/targets.yml"].content)
     jobs = {t["labels"]["job"] for t in targets}
-    assert jobs == {"node", "pgsql", "pgbouncer", "pgbackrest", "patroni", "haproxy"}
-    assert len(targets) == 6 * 3
+    assert jobs == {"node", "pgsql", "pgbouncer", "pgbackrest", "patroni", "haproxy", "etcd"}
+    assert len(targets) == 7 * 3  # three members, each running etcd
     for target in targets:
         labels = target["labels"]
         assert labels["cls"] == spec.cluster_name and labels["ip"] == ctx.member_ips[labels["ins"]]

@@ -5,7 +5,7 @@ only then registers itself and its children, so a bad input declares nothing at 
 """
 
 import dataclasses
-from typing import Any, Mapping, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -24,6 +24,9 @@ from .nodefiles import upload_node_files
 from .restore import cipher_secret_reference, restore_source_of, source_read_access
 from .security import SecurityGroups
 from .tls import ClusterTls
+
+if TYPE_CHECKING:
+    from .kubernetes import Observability
 
 TYPE_TOKEN = "pgha:index:PostgresCluster"
 
@@ -108,6 +111,23 @@ class BranchArgs(TypedDict, total=False):
     """Restore up to this LSN (``0/3000060``) instead of a time. (default none)"""
 
 
+class KubernetesArgs(TypedDict, total=False):
+    """``kubernetes``: where the monitoring and connection objects go."""
+
+    namespace: str
+    """Namespace of the monitoring objects, the applications' Secret and the Services (a DNS-1123
+    label); required once ``kubernetes`` is given. (default none)"""
+    kubeconfig: str
+    """Path of a kubeconfig file for a provider of its own. (default the default Kubernetes provider)"""
+    context: str
+    """The kubeconfig context to use. (default the kubeconfig's current context)"""
+    release: str
+    """The ``release`` label kube-prometheus-stack selects ScrapeConfigs and PrometheusRules on (its
+    Helm release name). (default ``kube-prometheus-stack``)"""
+    scrape_interval: str
+    """How often Prometheus scrapes each target (``30s``, ``1m``). (default ``30s``)"""
+
+
 class PostgresClusterArgs(TypedDict, total=False):
     """Inputs of ``PostgresCluster``: the snake_case names of the stack config keys."""
 
@@ -146,6 +166,10 @@ class PostgresClusterArgs(TypedDict, total=False):
     """Pin the AMI. (default the newest official Debian 13 image of the arch)"""
     pool_mode: str
     """PgBouncer pool mode: ``transaction``, ``session`` or ``statement``. (default ``transaction``)"""
+    kubernetes: KubernetesArgs
+    """Monitoring (ScrapeConfigs, the PrometheusRule) and the applications' Secret and ExternalName
+    Services in a Kubernetes cluster running kube-prometheus-stack (an ``Observability`` child);
+    unset, nothing is declared there. (default none)"""
 
 
 def resolve_region(opts: pulumi.ResourceOptions | None = None) -> tuple[str, tuple[str, ...]]:
@@ -311,6 +335,15 @@ class PostgresCluster(pulumi.ComponentResource):
         self.instance_connect = pulumi.Output.all(eice.endpoint_id, eice.operator_policy, self.instance_ids).apply(
             lambda v: {"endpoint_id": v[0], "operator_policy": v[1],
                        "shell_commands": {m: shell_command(i, spec.region) for m, i in sorted(v[2].items())}})
+        # pgha:kubernetes: monitoring and the applications' objects in Kubernetes (nothing otherwise,
+        # not even a provider).
+        self.observability: "Observability | None" = None
+        if spec.kubernetes is not None:
+            from .kubernetes import Observability  # pulumi_kubernetes loads only when it is used
+
+            self.observability = Observability(
+                f"{name}-observability", spec=spec, member_ips=member_ips, nlb_dns_name=endpoints.nlb_dns_name,
+                ca_cert_pem=certs.ca_cert_pem, app_password=self.app_password, opts=this)
         self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {
             "nlb_dns_name": dns,
             "zone_name": zone,

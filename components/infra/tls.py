@@ -10,11 +10,8 @@ import pulumi
 import pulumi_tls as tls
 
 from ..spec import ClusterSpec, certificate_ips
+from ..spec.model import CA_VALIDITY_HOURS, CERT_VALIDITY_HOURS, EARLY_RENEWAL_HOURS
 from .common import child
-
-CA_VALIDITY_HOURS = 10 * 365 * 24
-CERT_VALIDITY_HOURS = 3 * 365 * 24
-EARLY_RENEWAL_HOURS = 60 * 24
 
 
 class ClusterTls(pulumi.ComponentResource):

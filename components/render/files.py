@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from .. import contract
+from ..observability.scrape import scrape_targets
 from ..spec import PORTS, ClusterSpec, Member, image
 from ..spec.schedule import cron_to_oncalendar
 from .agentzip import agent_zipapp, fetcher_source
@@ -325,15 +326,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         # HAProxy's TLS to Patroni's REST API (checks, /patroni/metrics): the cluster CA verifies it.
         "patroni_check_tls": f"ca-file {paths['tls']}/ca.crt verify required",
         "patroni_tls_server": f" ssl ca-file {paths['tls']}/ca.crt verify required",
-        "scrape_jobs": [
-            ("node", PORTS["node_exporter"], "/metrics"),
-            ("pgsql", PORTS["postgres_exporter"], "/metrics"),
-            ("pgbouncer", PORTS["pgbouncer_exporter"], "/metrics"),
-            ("pgbackrest", PORTS["pgbackrest_exporter"], "/metrics"),
-            # Patroni's metrics through HAProxy's metrics frontend: its REST API is for members only.
-            ("patroni", PORTS["haproxy_stats"], "/patroni/metrics"),
-            ("haproxy", PORTS["haproxy_stats"], "/metrics"),
-        ],
+        # The scrape model (pgha.observability.scrape): the same targets every monitoring path uses.
+        "scrape_targets": scrape_targets(spec, ctx.member_ips),
         "image": {"packages": image.NODE_PACKAGES, "packaged_services": image.PACKAGED_SERVICES,
                   "postgres_packages": image.postgres_packages(postgres_version(spec, ctx))},
         "units": unit_names(spec, member, ctx),

@@ -25,6 +25,8 @@ PORTS: Mapping[str, int] = {
     "patroni": 8008,
     "etcd_client": 2379,
     "etcd_peer": 2380,
+    # etcd's metrics listener (plain HTTP, /metrics and /health only): its client port needs a CA certificate.
+    "etcd_metrics": 2381,
     "node_exporter": 9100,
     "postgres_exporter": 9630,
     "pgbouncer_exporter": 9631,
@@ -43,6 +45,7 @@ METRICS_PORTS: tuple[int, ...] = (
     PORTS["pgbackrest_exporter"],
     # Also Patroni's metrics (/patroni/metrics): its REST API itself is for members only.
     PORTS["haproxy_stats"],
+    PORTS["etcd_metrics"],
 )
 MEMBER_PORTS: tuple[int, ...] = (
     PORTS["etcd_client"],
@@ -53,6 +56,12 @@ MEMBER_PORTS: tuple[int, ...] = (
     PORTS["pgbackrest_server"],
 )
 
+
+# Certificate lifetimes (infra.tls): ``pulumi up`` renews a certificate inside its last
+# EARLY_RENEWAL_HOURS; the certificate-expiry alert fires when half of that window went unused.
+CA_VALIDITY_HOURS = 10 * 365 * 24
+CERT_VALIDITY_HOURS = 3 * 365 * 24
+EARLY_RENEWAL_HOURS = 60 * 24
 
 # The largest cluster: a primary and five replicas over three AZs.
 MAX_MEMBERS = 6
@@ -135,6 +144,17 @@ class RestoreSpec:
 
 
 @dataclass(frozen=True)
+class KubernetesSpec:
+    """Where the cluster's monitoring and connection objects go (``pgha:kubernetes``)."""
+
+    namespace: str
+    kubeconfig: str | None
+    context: str | None
+    release: str
+    scrape_interval: str
+
+
+@dataclass(frozen=True)
 class Member:
     """One cluster member: a node of its own in its own AZ (the first three at least)."""
 
@@ -169,6 +189,8 @@ class ClusterSpec:
     pool_mode: str
     # Set for a branch (and a local restore): the first member restores instead of initdb.
     restore: RestoreSpec | None
+    # Set when pgha:kubernetes is: the monitoring and connection objects in Kubernetes.
+    kubernetes: KubernetesSpec | None = None
     # How the input spelled its keys ("config": pgha:network.subnetIds, "args": network.subnet_ids),
     # so problems found later (a given VPC's subnets, looked up by infra) read like the input.
     key_style: str = field(default="config", compare=False)

@@ -135,6 +135,17 @@ BRANCH = Group("BranchArgs", (
     Field("targetLsn", "target_lsn", str, "Restore up to this LSN (``0/3000060``) instead of a time."),
 ))
 
+KUBERNETES = Group("KubernetesArgs", (
+    Field("namespace", "namespace", str, "Namespace of the monitoring objects, the applications' Secret and the "
+          "Services (a DNS-1123 label)."),
+    Field("kubeconfig", "kubeconfig", str, "Path of a kubeconfig file for a provider of its own.",
+          derived="the default Kubernetes provider"),
+    Field("context", "context", str, "The kubeconfig context to use.", derived="the kubeconfig's current context"),
+    Field("release", "release", str, "The ``release`` label kube-prometheus-stack selects ScrapeConfigs and "
+          "PrometheusRules on (its Helm release name).", default="kube-prometheus-stack"),
+    Field("scrapeInterval", "scrape_interval", str, "How often Prometheus scrapes each target.", default="30s"),
+))
+
 TOP = Group("PostgresClusterArgs", (
     Field("clusterName", "cluster_name", str, "Pigsty-style cluster name; prefixes members and services.",
           derived="``pg-<stack>``"),
@@ -165,6 +176,8 @@ TOP = Group("PostgresClusterArgs", (
     Field("amiId", "ami_id", str, "Pin the AMI.", derived="the newest official Debian 13 image of the arch"),
     Field("poolMode", "pool_mode", str, "PgBouncer pool mode.", default="transaction",
           choices=("transaction", "session", "statement")),
+    Field("kubernetes", "kubernetes", KUBERNETES, "Monitoring and the applications' connection objects in a "
+          "Kubernetes cluster running kube-prometheus-stack; unset, nothing is declared there."),
 ))
 
 GROUPS: dict[str, Group] = {f.key: f.group for f in TOP.fields if f.group is not None}

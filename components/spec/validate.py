@@ -15,7 +15,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from . import image, pgsettings, schema
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
-from .model import BackupSpec, ClusterSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
+from .model import BackupSpec, ClusterSpec, KubernetesSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
 from .schedule import CronError, cron_to_oncalendar
 
 # The majors the node image provides: one package source (Debian 13), no PGDG.
@@ -392,6 +392,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
                       allowed="must be an AMI id like ami-0123456789abcdef0")
     pool_mode = r.string(["poolMode"])
     restore = _branch(r, stack_kind, cluster_name)
+    kubernetes = _kubernetes(r)
 
     if r.problems:
         raise SpecError(r.problems, style)
@@ -400,6 +401,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
         storage=storage, replicas=replicas, availability_zones=azs, postgres_version=postgres_version,
         profile=profile, rto=rto, rpo=rpo, parameters=parameters, network=network, backup=backup,
         stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore, key_style=style,
+        kubernetes=kubernetes,
     )
     if spec.network.creates_vpc:
         # Given subnets are checked the same way once infra has looked their CIDRs up.
@@ -641,6 +643,37 @@ def _backup(r: _Reader) -> BackupSpec:
         compression=r.string(["backup", "compression"]),
         encryption=r.boolean(["backup", "encryption"]),
     )
+
+
+# Kubernetes names: a DNS-1123 label (namespaces), a label value (release), a Go duration of Prometheus.
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_INTERVAL_RE = re.compile(r"[1-9][0-9]{0,3}(s|m)")
+_PATH_RE = re.compile(r"[^\x00]{1,4096}")
+
+
+def _kubernetes(r: _Reader) -> KubernetesSpec | None:
+    """``kubernetes``: the namespace (required once the key is set), a kubeconfig path or the
+    default provider, the release label kube-prometheus-stack selects on, the scrape interval."""
+    given = r.obj(["kubernetes"])
+    if not given:
+        return None
+    namespace = r.string(["kubernetes", "namespace"], "", pattern=_DNS_LABEL_RE,
+                         allowed="must be a Kubernetes namespace: a DNS-1123 label (lowercase letters, digits and "
+                                 "'-', starting and ending with a letter or digit, at most 63 characters)")
+    if r.raw(["kubernetes", "namespace"]) is _MISSING:
+        r.fail(["kubernetes", "namespace"], _MISSING, "is required with pgha:kubernetes: the namespace of the "
+                                                      "monitoring objects, the Secret and the Services")
+    kubeconfig = r.string(["kubernetes", "kubeconfig"], pattern=_PATH_RE, allowed="must be a kubeconfig file's path")
+    context = r.string(["kubernetes", "context"], pattern=re.compile(r"[^\s]{1,253}"),
+                       allowed="must be a kubeconfig context name (no spaces)")
+    release = r.string(["kubernetes", "release"], pattern=_LABEL_VALUE_RE,
+                       allowed="must be a Kubernetes label value (letters, digits, '-', '_', '.', at most 63 "
+                               "characters): kube-prometheus-stack's Helm release name")
+    interval = r.string(["kubernetes", "scrapeInterval"], pattern=_INTERVAL_RE,
+                        allowed="must be a whole number of seconds or minutes such as 30s or 1m")
+    return KubernetesSpec(namespace=namespace, kubeconfig=kubeconfig, context=context, release=release,
+                          scrape_interval=interval)
 
 
 _LSN_RE = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")

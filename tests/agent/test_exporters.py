@@ -153,3 +153,45 @@ def test_pgbackrest_exporter_serves_up_0_when_pgbackrest_fails(base):
     assert "pgbackrest info exited 55" in out
 
 
+
+
+def _self_signed(days: int):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cert-{days}")])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), (now + datetime.timedelta(days=days)).timestamp()
+
+
+def test_certificate_expiry_families(tmp_path):
+    from pgha.agent.exporters.certificates import certificate_families
+
+    ca, ca_expiry = _self_signed(3650)
+    leaf, leaf_expiry = _self_signed(20)
+    (tmp_path / "ca.crt").write_bytes(ca)
+    # A chain in one file: the earliest expiry is the one that breaks TLS first.
+    (tmp_path / "node.crt").write_bytes(ca + leaf)
+    m = _fams(certificate_families(str(tmp_path)))
+    assert m == {("pgha_tls_certificate_expiry_timestamp_seconds", (("file", "ca.crt"),)): ca_expiry,
+                 ("pgha_tls_certificate_expiry_timestamp_seconds", (("file", "node.crt"),)): leaf_expiry}
+    (tmp_path / "node.crt").write_text("not a certificate")
+    (tmp_path / "ca.crt").unlink()
+    assert _fams(certificate_families(str(tmp_path))) == {}
+
+
+def test_pgbackrest_collector_adds_certificates(tmp_path):
+    cert, expiry = _self_signed(5)
+    (tmp_path / "node.crt").write_bytes(cert)
+    info = pgbackrest_exporter.PgBackRestInfo(["false"])
+    m = _fams(pgbackrest_exporter.PgBackRestCollector(info, tls_dir=str(tmp_path)).collect())
+    assert m[("pgha_tls_certificate_expiry_timestamp_seconds", (("file", "node.crt"),))] == expiry
+    assert m[("pgbackrest_up", ())] == 0.0

@@ -11,6 +11,7 @@ from ...contract import BACKUP_TYPES, NodeFacts
 from ..cli_types import Subparsers
 from ..errors import LOG
 from ..facts import pgbackrest_argv
+from .certificates import certificate_families
 from .common import Families, label_text, number, parse_listen, serve
 
 
@@ -116,18 +117,21 @@ class PgBackRestInfo:
 
 
 class PgBackRestCollector:
-    def __init__(self, info: PgBackRestInfo):
+    def __init__(self, info: PgBackRestInfo, tls_dir: str | None = None):
         self.info = info
+        self.tls_dir = tls_dir
 
     def collect(self):
         data, up = self.info.get()
         yield from pgbackrest_families(data, up)
+        if self.tls_dir:
+            yield from certificate_families(self.tls_dir)
 
 
 def cmd_pgbackrest_exporter(node: NodeFacts, args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen) if args.listen else (node["ip"], int(node["ports"]["pgbackrest_exporter"]))
     argv = pgbackrest_argv(node, f"--stanza={node['stanza']}", "--output=json", "info", binary=args.pgbackrest)
-    serve(PgBackRestCollector(PgBackRestInfo(argv, ttl=args.cache_seconds)), listen)
+    serve(PgBackRestCollector(PgBackRestInfo(argv, ttl=args.cache_seconds), tls_dir=node["paths"]["tls"]), listen)
     return 0
 
 
