@@ -287,3 +287,17 @@ def test_pgbackrest_archives_on_the_role_s_credentials_from_imds(local_cluster):
     with psycopg.connect(local_cluster.superuser_dsn(leader), autocommit=True) as conn:
         segment = backups.switch_wal(conn)
     wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
+
+
+def test_debian_s_nftables_service_does_not_take_the_imds_filter_with_it(local_cluster):
+    # Its /etc/nftables.conf flushes the whole ruleset at start, and its stop flushes too.
+    node = local_cluster.nodes[-1]
+    try:
+        for action in ("start", "reload", "restart", "stop"):
+            done = node.machine.systemctl(action, "nftables.service")
+            assert done.returncode == 0, (action, done.stderr)
+            assert "chain imds" in node.machine.run(["nft", "list", "table", "inet", "pgha_imds"]).stdout, action
+            assert imds_as(node, "nobody").get("error") == "ConnectionRefusedError", action
+            assert imds_as(node, OS_USERS["postgres"]) == {"answer": local_cluster.imds_facts(node.member)["role"]}
+    finally:
+        node.machine.systemctl("stop", "nftables.service")

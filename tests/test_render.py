@@ -558,6 +558,11 @@ def test_the_imds_filter_loads_before_every_daemon(combo):
     assert (s["Type"], s["RemainAfterExit"]) == ("oneshot", "yes")
     assert s["ExecStart"] == s["ExecReload"] == f"/usr/sbin/nft -f {IMDS_RULESET}"
     assert "ExecStop" not in s  # stopping it leaves the filter in place
+    # Debian's nftables.service flushes the whole ruleset when it starts, reloads or stops: the
+    # filter is loaded again after each.
+    dropin = unit_settings(files["/etc/systemd/system/nftables.service.d/pgha.conf"].content)
+    for key in ("ExecStartPost", "ExecReload", "ExecStopPost"):
+        assert dropin[key] == f"/usr/sbin/nft -f {IMDS_RULESET}", key
     # A changed ruleset is loaded on the running member; it travels in the manifest, not the user-data.
     assert files[IMDS_RULESET].on_change == ("reload:pgha-imds-filter.service",)
     assert not is_boot_file(files[IMDS_RULESET]) and not is_boot_file(files[IMDS_UNIT])

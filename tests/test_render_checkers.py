@@ -112,15 +112,15 @@ def test_every_unit_is_valid_and_runs_binaries_that_exist(member_root):
     rendered = [f.path for f in render_node(spec, member, ctx) if f.path.startswith("/etc/systemd/system/")]
     units = [p for p in rendered if "/" not in p.removeprefix("/etc/systemd/system/")]
     assert len(units) >= 12
-    # Drop-ins (Debian's ssh.service's) are verified with the unit they extend.
+    # Drop-ins (Debian's nftables.service's and ssh.service's) are verified with the unit they extend.
     extended = sorted({"/usr/lib/systemd/system/" + p.split("/")[-2].removesuffix(".d")
                        for p in rendered if p not in units})
-    assert extended == ["/usr/lib/systemd/system/ssh.service"]
+    assert extended == ["/usr/lib/systemd/system/nftables.service", "/usr/lib/systemd/system/ssh.service"]
     # systemd's own verdict, with the image's systemd: unknown directives, missing binaries.
     result = run_in(root, "systemd-analyze verify " + " ".join(shlex.quote(u) for u in [*units, *extended])
                     + "; echo EXIT=$?")
     problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.startswith(("/etc/systemd/system/pgha", "/etc/systemd/system/ssh"))
+                if line.startswith(("/etc/systemd/system/pgha", "/etc/systemd/system/ssh", "/etc/systemd/system/nft"))
                 or "not executable" in line or "Unknown" in line]
     assert problems == [], result.stdout + result.stderr
     binaries = set()

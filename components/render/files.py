@@ -418,6 +418,8 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
                  on_change=(contract.ACTION_SYSCTL + lay.path("etc/sysctl.d/90-pgha.conf"),)),
         NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
         NodeFile(view["imds"]["ruleset"], render("imds-filter.nft.j2"), on_change=_reload(units, IMDS_UNIT)),
+        NodeFile(f"{lay.units}/nftables.service.d/pgha.conf", render("systemd/nftables.service.d-pgha.conf.j2"),
+                 on_change=(contract.ACTION_DAEMON_RELOAD,)),
         # The way in (EC2 Instance Connect): Debian's sshd, keys from `pgha-node authorized-keys`.
         NodeFile(lay.path(SSHD_CONFIG_PATH), render("sshd_config.j2"),
                  on_change=(contract.ACTION_RELOAD + SSH_UNIT,)),
