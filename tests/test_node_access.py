@@ -1,8 +1,10 @@
 """Access on a running member (issue 12, point 2): who may log in to PostgreSQL and from where,
 what Patroni's REST API and HAProxy's stats answer to a stranger, which users the exporters
-run as, and the systemd sandbox of every unit, checked on the booted dev stack."""
+run as, the systemd sandbox of every unit, and who may reach IMDS (N31), checked on the booted
+dev stack."""
 
 import json
+import shlex
 import ssl
 import urllib.error
 import urllib.request
@@ -10,6 +12,8 @@ import urllib.request
 import psycopg
 import pytest
 
+from conftest import wait_for_archived
+from pgha import contract
 from pgha.local import backups
 from pgha.render import EC2_LAYOUT, OS_USERS, USERS
 from pgha.spec import PORTS
@@ -214,3 +218,86 @@ def test_a_client_certificate_of_another_ca_is_refused_by_patroni(local_cluster,
     node = local_cluster.nodes[0]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"https://{node.ip}:{PORTS['patroni']}/health", timeout=10, context=context).read()
+
+
+# -- IMDS for the users that call AWS only (N31) ----------------------------------------------
+
+# IMDSv2 as boto3 and pgBackRest ask it: a token, then the instance role's name.
+IMDS_PROBE = """
+import json, sys, time, urllib.request
+began = time.monotonic()
+try:
+    put = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    token = urllib.request.urlopen(put, timeout=5).read().decode()
+    get = urllib.request.Request("http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+                                 headers={"X-aws-ec2-metadata-token": token})
+    print(json.dumps({"answer": urllib.request.urlopen(get, timeout=5).read().decode()}))
+except OSError as exc:
+    reason = getattr(exc, "reason", exc)
+    print(json.dumps({"error": type(reason).__name__, "seconds": time.monotonic() - began}))
+"""
+
+
+def imds_as(node, user: str) -> dict:
+    """What IMDS gives ``user`` on ``node`` (its own group only: nobody's is nogroup)."""
+    argv = f"exec setpriv --reuid={user} --regid=$(id -g {user}) --clear-groups python3 -c {shlex.quote(IMDS_PROBE)}"
+    proc = node.machine.run(["sh", "-c", argv])
+    assert proc.returncode == 0 and proc.stdout.strip(), (user, proc.stderr)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("user", ["root", OS_USERS["postgres"], contract.SSH_KEYS_USER])
+def test_imds_answers_the_users_that_call_aws(local_cluster, user):
+    for node in local_cluster.nodes:
+        assert imds_as(node, user) == {"answer": local_cluster.imds_facts(node.member)["role"]}, node.name
+
+
+# Every daemon user that never calls AWS, and a stranger.
+@pytest.mark.parametrize("user", [OS_USERS["exporter"], OS_USERS["haproxy"], OS_USERS["etcd"], "prometheus",
+                                  "nobody"])
+def test_imds_refuses_every_other_user_at_once(local_cluster, user):
+    for node in local_cluster.nodes:
+        got = imds_as(node, user)
+        assert got.get("error") == "ConnectionRefusedError" and got["seconds"] < 1.0, (node.name, got)
+
+
+def test_the_imds_filter_is_loaded_before_every_daemon_started(local_cluster):
+    for node in local_cluster.nodes:
+        listed = node.machine.run(["nft", "list", "table", "inet", "pgha_imds"])
+        assert "ip daddr 169.254.169.254" in listed.stdout and "ip6 daddr fd00:ec2::254" in listed.stdout, listed
+        assert node.units[0] == "pgha-imds-filter.service"
+
+        def started(unit: str) -> int:
+            shown = node.machine.systemctl("show", "-p", "ActiveEnterTimestampMonotonic,InactiveExitTimestampMonotonic",
+                                           "--value", unit).stdout.split()
+            return int(shown[0] if unit == node.units[0] else shown[1])
+        loaded = started(node.units[0])
+        assert loaded > 0
+        late = [u for u in node.units[1:] if not started(u) > loaded]
+        assert late == [], (node.name, late)
+
+
+def test_pgbackrest_archives_on_the_role_s_credentials_from_imds(local_cluster):
+    # As on EC2: pgBackRest (as postgres) takes the instance role's keys from IMDS itself.
+    leader = backups.leader(local_cluster, running=False)
+    conf = leader.machine.run(["cat", EC2_LAYOUT.pgbackrest_config]).stdout
+    assert "repo1-s3-key-type=auto" in conf.splitlines()
+    prefix = f"{local_cluster.spec.cluster_name}/pgbackrest/archive/{local_cluster.spec.cluster_name}/"
+    with psycopg.connect(local_cluster.superuser_dsn(leader), autocommit=True) as conn:
+        segment = backups.switch_wal(conn)
+    wait_for_archived(local_cluster, segment, local_cluster.bucket, prefix)
+
+
+def test_debian_s_nftables_service_does_not_take_the_imds_filter_with_it(local_cluster):
+    # Its /etc/nftables.conf flushes the whole ruleset at start, and its stop flushes too.
+    node = local_cluster.nodes[-1]
+    try:
+        for action in ("start", "reload", "restart", "stop"):
+            done = node.machine.systemctl(action, "nftables.service")
+            assert done.returncode == 0, (action, done.stderr)
+            assert "chain imds" in node.machine.run(["nft", "list", "table", "inet", "pgha_imds"]).stdout, action
+            assert imds_as(node, "nobody").get("error") == "ConnectionRefusedError", action
+            assert imds_as(node, OS_USERS["postgres"]) == {"answer": local_cluster.imds_facts(node.member)["role"]}
+    finally:
+        node.machine.systemctl("stop", "nftables.service")

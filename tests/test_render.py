@@ -413,7 +413,7 @@ SANDBOXED_UNITS = ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy"
                    "pgha-pgbackrest-server", "pgha-timeline-guard", "pgha-etcd-leadership", "pgha-handover",
                    "pgha-ready", "pgha-backup-full")
 # Root by necessity: they format disks, write /etc and /opt, make users, drive systemctl.
-ROOT_UNITS = ("pgha-host", "pgha-prepare", "pgha-config")
+ROOT_UNITS = ("pgha-host", "pgha-prepare", "pgha-config", "pgha-imds-filter")
 
 
 def unit_settings(text):
@@ -436,6 +436,10 @@ def test_every_daemon_unit_is_sandboxed_and_unprivileged(combo):
         s = unit_settings(text)
         if name in ROOT_UNITS:
             assert "User" not in s, name
+            if name == "pgha-imds-filter":  # nft: the one capability it needs, a read-only system
+                assert (s["NoNewPrivileges"], s["CapabilityBoundingSet"], s["ProtectSystem"]) == (
+                    "yes", "CAP_NET_ADMIN", "strict"), s
+                continue
             assert name == "pgha-host" or s["NoNewPrivileges"] == "yes" and s["PrivateTmp"] == "yes", name
             continue
         assert s.get("User") not in (None, "root"), name
@@ -478,3 +482,88 @@ def test_patroni_s_rest_api_is_tls_with_client_certificates_for_unsafe_endpoints
         assert servers and all(line.endswith(f" check ca-file {tls}/ca.crt verify required") for line in servers), name
     metrics = [line for line in cfg["backend be-patroni-metrics"] if line.startswith("server ")]
     assert metrics[0].endswith(f":8008 ssl ca-file {tls}/ca.crt verify required")
+
+
+# -- IMDS for the users that call AWS only (audit invariant N31) --------------------------------
+
+IMDS_RULESET = "/etc/pgha/imds-filter.nft"
+IMDS_UNIT = "/etc/systemd/system/pgha-imds-filter.service"
+# The units whose processes reach AWS (boto3, pgBackRest's repo1-s3-key-type=auto) under their User=,
+# and those that never do.
+CALLS_AWS = ("pgha-patroni", "pgha-backup-full", "pgha-backup-diff", "pgha-backup-incr", "pgha-pgbackrest-exporter",
+             "pgha-ready", "pgha-prepare", "pgha-config")
+NEVER_CALLS_AWS = ("pgha-etcd", "pgha-haproxy", "pgha-node-exporter", "pgha-postgres-exporter",
+                   "pgha-pgbouncer-exporter")
+
+
+def imds_chain(ruleset: str, name: str) -> list[str]:
+    """The rules of one chain of the ruleset, comments left out."""
+    lines = ruleset.split(f"chain {name} {{", 1)[1].split("}", 1)[0].splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_imds_admits_only_the_users_that_call_aws_and_resets_the_rest(combo):
+    from pgha.agent import authorized_keys, fetch
+    from pgha.local import imds
+
+    spec = make_spec(COMBINATIONS[combo])
+    for index in range(len(spec.members)):
+        ruleset = files_of(spec, ec2_context(spec), index)[IMDS_RULESET].content
+        # pgha's own table, replaced whole by each load (no other ruleset touched, none left behind).
+        assert ruleset.splitlines()[4:7] == ["table inet pgha_imds", "delete table inet pgha_imds",
+                                             "table inet pgha_imds {"]
+        # Both of IMDS's addresses, the ones the agent and the rehearsal's stand-in use; new connections only.
+        assert imds_chain(ruleset, "output") == [
+            "type filter hook output priority filter; policy accept;",
+            "ct state new ip daddr 169.254.169.254 jump imds", "ct state new ip6 daddr fd00:ec2::254 jump imds"]
+        assert fetch.IMDS_ENDPOINT == authorized_keys.IMDS_ENDPOINT + "/" == f"http://{imds.ADDRESS}/"
+        # root, postgres and sshd's key user, each with its reason; then a reset, never a drop.
+        chain = imds_chain(ruleset, "imds")
+        assert chain == ['meta skuid "root" accept', 'meta skuid "postgres" accept', 'meta skuid "pgha-eic" accept',
+                         "meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
+        comments = [line.strip() for line in ruleset.split("chain imds {", 1)[1].splitlines()
+                    if line.strip().startswith("#")]
+        assert len(comments) == 3 and "repo1-s3-key-type=auto" in comments[1] and "key command" in comments[2]
+        assert "drop" not in ruleset
+
+
+def test_the_imds_users_are_exactly_those_of_the_units_that_call_aws():
+    spec = make_spec(COMBINATIONS["arm64-ebs"])
+    files = files_of(spec, ec2_context(spec))
+    allowed = {line.split('"')[1] for line in imds_chain(files[IMDS_RULESET].content, "imds") if "skuid" in line}
+
+    def user(unit):
+        return unit_settings(files[f"/etc/systemd/system/{unit}.service"].content).get("User", "root")
+    assert {user(u) for u in CALLS_AWS} | {"root"} | {contract.SSH_KEYS_USER} == allowed
+    # sshd runs its key command (IMDS's managed-ssh-keys) as that user.
+    assert f"AuthorizedKeysCommandUser {contract.SSH_KEYS_USER}" in files["/etc/ssh/sshd_config.d/10-pgha.conf"].content
+    denied = {user(u) for u in NEVER_CALLS_AWS}
+    assert denied == {"etcd", "haproxy", "prometheus", "pgha-exporter"} and not denied & allowed
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_the_imds_filter_loads_before_every_daemon(combo):
+    spec = make_spec(COMBINATIONS[combo])
+    files = files_of(spec, ec2_context(spec))
+    units = json.loads(files["/etc/pgha/node.json"].content)["units"]
+    # First of the units start-node starts in order at first boot.
+    assert units[0] == "pgha-imds-filter.service"
+    s = unit_settings(files[IMDS_UNIT].content)
+    # At every later boot: before sysinit.target (so every unit of default dependencies) and the network,
+    # and before each pgha unit by name (pgha-host and pgha-ready have no default dependencies).
+    assert s["DefaultDependencies"] == "no" and s["WantedBy"] == "sysinit.target"
+    assert set(s["Before"].split()) == {"network-pre.target", "sysinit.target", *units[1:]}
+    assert "After" not in s and "Requires" not in s
+    assert (s["Type"], s["RemainAfterExit"]) == ("oneshot", "yes")
+    assert s["ExecStart"] == s["ExecReload"] == f"/usr/sbin/nft -f {IMDS_RULESET}"
+    assert "ExecStop" not in s  # stopping it leaves the filter in place
+    # Debian's nftables.service flushes the whole ruleset when it starts, reloads or stops: the
+    # filter is loaded again after each.
+    dropin = unit_settings(files["/etc/systemd/system/nftables.service.d/pgha.conf"].content)
+    for key in ("ExecStartPost", "ExecReload", "ExecStopPost"):
+        assert dropin[key] == f"/usr/sbin/nft -f {IMDS_RULESET}", key
+    # A changed ruleset is loaded on the running member; it travels in the manifest, not the user-data.
+    assert files[IMDS_RULESET].on_change == ("reload:pgha-imds-filter.service",)
+    assert not is_boot_file(files[IMDS_RULESET]) and not is_boot_file(files[IMDS_UNIT])
+    assert "nftables" in files["/opt/pgha/bin/pgha-bootstrap"].content.split("PACKAGES=(", 1)[1].split(")")[0].split()

@@ -112,15 +112,15 @@ def test_every_unit_is_valid_and_runs_binaries_that_exist(member_root):
     rendered = [f.path for f in render_node(spec, member, ctx) if f.path.startswith("/etc/systemd/system/")]
     units = [p for p in rendered if "/" not in p.removeprefix("/etc/systemd/system/")]
     assert len(units) >= 12
-    # Drop-ins (Debian's ssh.service's) are verified with the unit they extend.
+    # Drop-ins (Debian's nftables.service's and ssh.service's) are verified with the unit they extend.
     extended = sorted({"/usr/lib/systemd/system/" + p.split("/")[-2].removesuffix(".d")
                        for p in rendered if p not in units})
-    assert extended == ["/usr/lib/systemd/system/ssh.service"]
+    assert extended == ["/usr/lib/systemd/system/nftables.service", "/usr/lib/systemd/system/ssh.service"]
     # systemd's own verdict, with the image's systemd: unknown directives, missing binaries.
     result = run_in(root, "systemd-analyze verify " + " ".join(shlex.quote(u) for u in [*units, *extended])
                     + "; echo EXIT=$?")
     problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.startswith(("/etc/systemd/system/pgha", "/etc/systemd/system/ssh"))
+                if line.startswith(("/etc/systemd/system/pgha", "/etc/systemd/system/ssh", "/etc/systemd/system/nft"))
                 or "not executable" in line or "Unknown" in line]
     assert problems == [], result.stdout + result.stderr
     binaries = set()
@@ -155,3 +155,48 @@ def test_sshd_takes_its_drop_in(member_root):
                          ("authorizedkeyscommand", "/usr/bin/python3 /opt/pgha/bin/pgha-node.pyz --node-json "
                                                    "/etc/pgha/node.json authorized-keys %u %f")]:
             assert expected in settings, (expected, effective)
+
+
+IMDS_PROBE = r"""
+import socket, sys, time
+began = time.monotonic()
+try:
+    socket.create_connection(("169.254.169.254", 80), timeout=5).close()
+    print("ANSWERED", sys.argv[1])
+except OSError as exc:
+    print("REFUSED" if isinstance(exc, ConnectionRefusedError) else "FAILED", sys.argv[1],
+          f"{time.monotonic() - began:.2f}")
+"""
+
+
+def test_nft_loads_the_imds_filter_which_lets_only_its_users_connect(member_root):
+    """nft checks and loads the ruleset in the image's own network namespace (with its users: root,
+    postgres from the packages, pgha-eic as the bootstrap makes it), then a listener on IMDS's
+    address takes connections from those users and the rest are refused at once."""
+    spec, ctx, member, root, ns = member_root
+    (root / "opt/imds-probe.py").write_text(IMDS_PROBE)
+    allowed, denied = ["root", "postgres", "pgha-eic"], ["nobody", "etcd", "haproxy", "prometheus"]
+    probes = " ; ".join(f"setpriv --reuid={u} --regid=$(id -g {u}) --clear-groups python3 /opt/imds-probe.py {u}"
+                        for u in allowed + denied)
+    script = ("useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgha-eic && "
+              "nft -c -f /etc/pgha/imds-filter.nft && echo CHECKED && "
+              "nft -f /etc/pgha/imds-filter.nft && nft -f /etc/pgha/imds-filter.nft && echo LOADED-TWICE && "
+              "nft list table inet pgha_imds && "
+              "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && "
+              "python3 -c 'import socket,time; s=socket.create_server((\"169.254.169.254\", 80)); time.sleep(60)' & "
+              "sleep 1; " + probes + "; "
+              "echo UIDS $(id -u root) $(id -u postgres) $(id -u pgha-eic)")
+    result = run_in(root, script)
+    out = result.stdout
+    assert "CHECKED" in out and "LOADED-TWICE" in out, out + result.stderr
+    # The names resolved to this system's uids, each accepted once.
+    uids = out.split("UIDS ", 1)[1].split()
+    listed = [line.strip() for line in out.split("chain imds {", 1)[1].splitlines() if "skuid" in line]
+    assert listed == [f"meta skuid {uid} accept" for uid in uids], out
+    answers = {words[1]: words for words in map(str.split, out.splitlines())
+               if words[:1] in (["ANSWERED"], ["REFUSED"], ["FAILED"])}
+    assert sorted(answers) == sorted(allowed + denied), out
+    for user in allowed:
+        assert answers[user][0] == "ANSWERED", out
+    for user in denied:  # a reset: refused at once, not a timeout
+        assert answers[user][0] == "REFUSED" and float(answers[user][2]) < 1.0, out

@@ -193,7 +193,11 @@ class Machine:
                       f"--property=DeviceAllow={device} rwm"]
         argv = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", f"--machine={self.name}",
                 f"--hostname={hostname}", "-D", str(self.root), f"--network-namespace-path={netns_mod.NETNS_DIR}/"
-                f"{self.netns}", "--console=read-only", "--kill-signal=SIGRTMIN+3", *binds]
+                f"{self.netns}", "--console=read-only", "--kill-signal=SIGRTMIN+3",
+                # Root on EC2 administers its own network: the IMDS filter (pgha-imds-filter) loads
+                # an nftables table. nspawn grants this only with --private-network, not with a
+                # namespace of ours; it reaches no namespace but the member's own.
+                "--capability=CAP_NET_ADMIN", *binds]
         cgroup = self._new_cgroup()
         with open(self.console_log, "ab") as console:
             # systemd inside gets a cgroup2 tree of its own (nspawn: the payload under ours), as on

@@ -36,6 +36,19 @@ APP_DATABASE = contract.APP_DATABASE
 OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd", "exporter": "pgha-exporter", "haproxy": "haproxy"}
 # System users pgha makes itself at every boot (pgha-prepare-dirs); the others come with Debian's packages.
 CREATED_OS_USERS: tuple[str, ...] = (OS_USERS["exporter"],)
+# IMDS (EC2's instance metadata, and the instance role's credentials): pgha-imds-filter lets
+# only these users open a connection to it, each for the reason given (the ruleset's comments).
+IMDS_IPV4 = "169.254.169.254"
+IMDS_IPV6 = "fd00:ec2::254"  # served only where the instance's IPv6 metadata endpoint is on
+IMDS_UNIT = "pgha-imds-filter.service"
+IMDS_RULESET = "imds-filter.nft"  # under /etc/pgha
+IMDS_TABLE = "pgha_imds"
+IMDS_USERS: dict[str, str] = {
+    "root": "cloud-init, pgha-fetch, pgha-prepare (Secrets Manager), pgha-config (the bucket), sudo",
+    OS_USERS["postgres"]: "pgBackRest on the role's keys (repo1-s3-key-type=auto): WAL archive and restore, "
+                          "backups, its exporter; pgha-ready (SSM)",
+    contract.SSH_KEYS_USER: "sshd's key command: EC2 Instance Connect's pushed keys (it reads no credentials)",
+}
 # Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
 DCS_ONLY_PARAMETERS = frozenset({
     "max_connections", "max_locks_per_transaction", "max_worker_processes", "max_prepared_transactions",
@@ -78,7 +91,8 @@ def postgres_version(spec: ClusterSpec, ctx: NodeContext) -> int:
 
 def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]:
     """The node's systemd units in start order."""
-    units = ["pgha-host.service", "pgha-prepare.service"]
+    # First: the IMDS filter, before any daemon (start-node starts them in this order at first boot).
+    units = [IMDS_UNIT, "pgha-host.service", "pgha-prepare.service"]
     if member.runs_etcd:
         units.append("pgha-etcd.service")
     units += [
@@ -335,6 +349,8 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "config_poll_seconds": CONFIG_POLL_SECONDS,
         "backup_schedules": backup_schedules(spec),
         "restore": restore,
+        "imds": {"unit": IMDS_UNIT, "ruleset": paths["etc"] + "/" + IMDS_RULESET, "table": IMDS_TABLE,
+                 "ipv4": IMDS_IPV4, "ipv6": IMDS_IPV6, "users": IMDS_USERS},
         "ssh": {"unit": SSH_UNIT, "port": contract.SSH_PORT, "login_user": contract.SSH_LOGIN_USER, "keys_user": contract.SSH_KEYS_USER,
                 "keys_command": agent("authorized-keys", "%u", "%f")},
     }
@@ -395,6 +411,9 @@ def render_node(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[Nod
         NodeFile(lay.path("etc/sysctl.d/90-pgha.conf"), render("sysctl.conf.j2"),
                  on_change=(contract.ACTION_SYSCTL + lay.path("etc/sysctl.d/90-pgha.conf"),)),
         NodeFile(lay.path("etc/logrotate.d/pgha"), render("logrotate.conf.j2")),
+        NodeFile(view["imds"]["ruleset"], render("imds-filter.nft.j2"), on_change=_reload(units, IMDS_UNIT)),
+        NodeFile(f"{lay.units}/nftables.service.d/pgha.conf", render("systemd/nftables.service.d-pgha.conf.j2"),
+                 on_change=(contract.ACTION_DAEMON_RELOAD,)),
         # The way in (EC2 Instance Connect): Debian's sshd, keys from `pgha-node authorized-keys`.
         NodeFile(lay.path(SSHD_CONFIG_PATH), render("sshd_config.j2"),
                  on_change=(contract.ACTION_RELOAD + SSH_UNIT,)),

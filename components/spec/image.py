@@ -44,6 +44,8 @@ SUPPORT_PACKAGES: tuple[str, ...] = (
     # EC2 Instance Connect's key checks (pgha-node authorized-keys) and the sshd they serve.
     "python3-cryptography", "openssh-server",
     "ca-certificates", "mdadm", "xfsprogs", "e2fsprogs", "nvme-cli", "logrotate", "procps", "iproute2",
+    # nft: the filter that keeps IMDS (the instance role's credentials) to the users that call AWS.
+    "nftables",
 )
 NODE_PACKAGES: tuple[str, ...] = (*DAEMON_PACKAGES, *SUPPORT_PACKAGES)
 
