@@ -14,6 +14,7 @@ from .errors import LOG, AgentError
 from .patroni_api import patroni_get, patroni_patch_config
 
 DCS_SYNC_POLL = 2.0
+LOCK_POLL = 0.2
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -68,29 +69,51 @@ def sync_candidate_ready(cluster: dict) -> bool:
                and not (m.get("tags") or {}).get("nosync") for m in cluster.get("members") or [])
 
 
+def _read_stamp(stamp: str) -> str | None:
+    try:
+        with open(stamp, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def cmd_dcs_sync(node: NodeFacts, args: argparse.Namespace) -> int:
     import fcntl
 
     desired = desired_dcs(node)
     digest = dcs_digest(desired)
     stamp = _stamp_path(node)
-    try:
-        with open(stamp, encoding="utf-8") as fh:
-            if fh.read().strip() == digest and not args.force:
-                LOG.info("this node's DCS settings were applied before; nothing to do")
-                return 0
-    except FileNotFoundError:
-        pass
-    # Every Patroni callback starts one; one at a time does the work.
-    lock = open(stamp + ".lock", "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        LOG.info("another dcs-sync is running; leaving it to that one")
+    if _read_stamp(stamp) == digest and not args.force:
+        LOG.info("this node's DCS settings were applied before; nothing to do")
         return 0
+    # Every Patroni callback and configuration change starts one; one at a time does the work.
+    # A later one waits its turn instead of leaving it to the running one: that one may hold an
+    # older patroni.yml's settings (it read them before the change), and would stamp them.
     deadline = time.monotonic() + args.timeout
+    lock = open(stamp + ".lock", "a")
+    waited = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not waited:
+                LOG.info("another dcs-sync is running; this one checks again after it")
+                waited = True
+            if time.monotonic() > deadline:
+                raise AgentError(f"gave up after {args.timeout:.0f}s waiting for the other dcs-sync")
+            time.sleep(LOCK_POLL)
+    if waited:
+        desired = desired_dcs(node)
+        digest = dcs_digest(desired)
+        if _read_stamp(stamp) == digest and not args.force:
+            LOG.info("the other dcs-sync applied this node's DCS settings; nothing to do")
+            return 0
     last_log = 0.0
     while True:
+        # patroni.yml as it is now: apply-config may have changed it while this one waited.
+        desired = desired_dcs(node)
+        digest = dcs_digest(desired)
         try:
             cluster = patroni_get(node, "/cluster")
             has_leader = any(m.get("role") in ("leader", "master") and m.get("state") == "running"

@@ -53,6 +53,48 @@ def test_dcs_sync_runs_once_per_spec(tmp_path, monkeypatch):
     assert patches[-1] == {"ttl": 25}
 
 
+def test_a_dcs_sync_started_while_another_runs_applies_the_newer_spec_after_it(tmp_path, monkeypatch):
+    # CI, 2026-12-01: a change reverted while the previous change's dcs-sync still ran "left it
+    # to that one", which held the older patroni.yml's settings: the revert never reached the DCS.
+    import fcntl
+    import threading
+    import time
+
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    (data / "pg").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        work_mem: 12MB\n")
+    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    config: dict = {"postgresql": {"parameters": {"work_mem": "12MB"}}}
+    cluster = {"members": [{"name": "a", "role": "leader", "state": "running"}]}
+    patches: list[dict] = []
+
+    def patch(node: dict, body: dict) -> dict:
+        patches.append(body)
+        config["postgresql"]["parameters"].update(body["postgresql"]["parameters"])
+        return config
+
+    monkeypatch.setattr(dcs_sync, "patroni_get", lambda node, path: cluster if path == "/cluster" else config)
+    monkeypatch.setattr(dcs_sync, "patroni_patch_config", patch)
+    monkeypatch.setattr(dcs_sync, "LOCK_POLL", 0.02)
+    stamp = data / "pg" / "dcs-applied.sha256"
+    running = open(f"{stamp}.lock", "a")  # the earlier dcs-sync, still at work
+    fcntl.flock(running, fcntl.LOCK_EX)
+    done: list[int] = []
+    later = threading.Thread(target=lambda: done.append(
+        dcs_sync.cmd_dcs_sync(node, types.SimpleNamespace(timeout=10.0, force=False))))
+    later.start()
+    time.sleep(0.3)
+    assert not done and patches == []  # it waits its turn
+    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        work_mem: 4MB\n")
+    fcntl.flock(running, fcntl.LOCK_UN)
+    running.close()
+    later.join(timeout=10)
+    assert done == [0]
+    assert patches == [{"postgresql": {"parameters": {"work_mem": "4MB"}}}]  # the spec as it is now
+    assert stamp.read_text().strip() == dcs_sync.dcs_digest(dcs_sync.desired_dcs(node))
+
+
 def test_dcs_sync_waits_for_a_replica_before_strict_synchronous_mode(tmp_path, monkeypatch):
     etc, data = tmp_path / "etc", tmp_path / "data"
     (data / "pg").mkdir(parents=True)
