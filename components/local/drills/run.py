@@ -94,6 +94,8 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
     end = ctx.now()
     result = analyse(_trial(cluster, scenario, description, run, ctx, writer, reader, monitor, config, fault,
                             rejoined_at, healthy, end))
+    if result["rpo_rows"] or result["split_brain"]:
+        result["evidence"] = evidence(cluster, writer, set(result["lost_ids"]), ctx.now() - fault)
     if keep_timeline:
         result["timeline"] = {
             "fault_at": fault,
@@ -102,6 +104,29 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
             "reads": [(a.sent, a.acked, a.error) for a in reader.attempts],
         }
     return result
+
+
+def evidence(cluster: LocalCluster, writer: Client, lost: set[int], window_s: float) -> str:
+    """What a lost row or a split brain needs to be understood after the cluster is gone (CI):
+    the lost rows' attempts and every member's Patroni and PostgreSQL log over the trial."""
+    lines = [f"attempt {a.id}: sent {a.sent:.3f} acked {a.acked} late {a.late} server {a.server} error {a.error}"
+             for a in writer.attempts if a.id in lost]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - window_s - 5))
+    for node in cluster.nodes:
+        if not node.machine.running():
+            lines.append(f"== {node.member.name}: not running")
+            continue
+        shown = cluster.run_on(node, ["journalctl", "-q", "--no-pager", "-o", "short-precise", "--since", since,
+                                      "-u", "pgha-patroni.service", "-u", "pgha-handover.service"], timeout=60)
+        pg = cluster.run_on(node, ["sh", "-c", "tail -n 400 /var/log/pgha/postgresql/*.log 2>/dev/null | "
+                                   "grep -v -e 'connection received' -e 'connection authorized' "
+                                   "-e 'connection authenticated' -e 'disconnection:'"], timeout=60)
+        # Timestamped lines only, without the tracebacks of health checks that hung up early.
+        patroni = cluster.run_on(node, ["sh", "-c", "grep -h '^20' /var/log/pgha/patroni/patroni.log 2>/dev/null | "
+                                        "grep -v -e Traceback -e 'Exception happened' -e 'no action' | tail -n 300"], timeout=60)
+        lines += [f"== {node.member.name}: journal", shown.stdout[-20000:], f"== {node.member.name}: patroni.log",
+                  patroni.stdout[-20000:], f"== {node.member.name}: postgresql", pg.stdout[-20000:]]
+    return "\n".join(lines)
 
 
 def _trial(cluster: LocalCluster, scenario: str, description: str, run: str, ctx: Context, writer: Client,
