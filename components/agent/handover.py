@@ -26,8 +26,8 @@ Either way the pooler lets clients go only once the new primary's PostgreSQL is 
 (its /primary body's role), not when it holds the key (1.0-1.2 s earlier).
 
 What it costs (bench/replace.py, README "What a change does to a running stack"): replacing the
-primary paused a writer through 5433 4.1-5.2 s with one error per pooled session (2026-12-01);
-with a switchover instead of Patroni's shutdown 5.7-6.0 s.
+primary paused a writer through 5433 3.4-3.8 s with one error per pooled session (2026-12-01);
+4.1-5.2 s when Patroni stopped PostgreSQL itself, 5.7-6.0 s with a switchover instead.
 
 A stop must never hang or fail because of this: when this member is not the leader, or no
 member can take over, it says why and exits 0 at once, and the whole handover is bounded by
