@@ -66,8 +66,29 @@ def choose_plan(node: NodeFacts, info: Any) -> Plan:
     AgentError when the repository's answer is neither a usable backup nor a plain absence."""
     restore = node.get("restore")
     if restore:
-        return Plan(SOURCE, f"node.json names a restore source: stanza {restore['stanza']} in bucket "
-                            f"{restore['bucket']}, target {restore['target']}")
+        source = Plan(SOURCE, f"node.json names a restore source: stanza {restore['stanza']} in bucket "
+                              f"{restore['bucket']}, target {restore['target']}")
+        if info is None:
+            return source
+        # A branch whose own repository holds a backup restores its own history: the source
+        # again would drop every write made since the branch was.
+        own = _own_repository_plan(node, info)
+        if own.path == REPOSITORY:
+            return Plan(REPOSITORY, f"a branch with a history of its own: {own.reason}; not its source "
+                                    f"(stanza {restore['stanza']}), restored when the branch was made",
+                        backup=own.backup)
+        return Plan(SOURCE, f"{source.reason}; this branch's own repository has no backup yet ({own.reason})")
+    return _own_repository_plan(node, info)
+
+
+def asks_own_repository(node: NodeFacts) -> bool:
+    """Whether the bootstrap asks this cluster's own repository: always but for a cluster
+    restored to a target from that very repository (its backups are what the target picks from)."""
+    restore = node.get("restore")
+    return not restore or restore["stanza"] != node["stanza"]
+
+
+def _own_repository_plan(node: NodeFacts, info: Any) -> Plan:
     stanza = node["stanza"]
     entries = [s for s in info if isinstance(s, dict) and s.get("name") == stanza] if isinstance(info, list) else []
     if len(entries) != 1:
@@ -171,7 +192,7 @@ def cmd_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
     # Patroni's own test of emptiness; pgbackrest.conf's delta=y would restore over anything else.
     if os.path.isdir(pgdata) and any(not n.startswith(".") and n != "lost+found" for n in os.listdir(pgdata)):
         raise AgentError(f"{pgdata} is not empty: a bootstrap only fills an empty data directory")
-    plan = choose_plan(node, None if node.get("restore") else repository_info(node, args.pgbackrest))
+    plan = choose_plan(node, repository_info(node, args.pgbackrest) if asks_own_repository(node) else None)
     LOG.info("bootstrap path %s: %s", plan.path, plan.reason)
     if plan.path == SOURCE:
         restore_source(node, args.pgbackrest)

@@ -95,10 +95,33 @@ def test_an_answer_without_this_stanza_fails(info):
         bootstrap.choose_plan(make_node(Path("/nonexistent")), info)
 
 
-def test_a_restore_source_wins_without_asking_the_repository():
-    restore = {"stanza": "pg-src", "bucket": "src", "path": "/pg-src/pgbackrest", "target": "latest", "type": "default"}
-    p = bootstrap.choose_plan(make_node(Path("/nonexistent"), restore=restore), None)
-    assert p.path == bootstrap.SOURCE and "pg-src" in p.reason
+SOURCE = {"stanza": "pg-src", "bucket": "src", "path": "/pg-src/pgbackrest", "target": "latest", "type": "default"}
+
+
+def test_a_new_branch_restores_its_source():
+    node = make_node(Path("/nonexistent"), restore=SOURCE)
+    assert bootstrap.asks_own_repository(node)  # a branch (another stanza): its own is asked too
+    for own in (MISSING, NO_BACKUP):
+        p = plan(own, restore=SOURCE)
+        assert p.path == bootstrap.SOURCE and "pg-src" in p.reason and "has no backup yet" in p.reason
+    assert bootstrap.choose_plan(node, None).path == bootstrap.SOURCE
+
+
+def test_a_branch_that_lost_its_dcs_and_data_restores_its_own_history_not_its_source():
+    # Restoring the source again would drop every write made on the branch since it was made.
+    p = plan(WITH_BACKUPS, restore=SOURCE)
+    assert p.path == bootstrap.REPOSITORY and p.backup == "20261201-155910F_20261201-155919I"
+    assert "a branch with a history of its own" in p.reason and "not its source (stanza pg-src)" in p.reason
+    with pytest.raises(AgentError, match="not bootstrapping"):  # its own unreadable: no guess
+        plan(UNREACHABLE, restore=SOURCE)
+
+
+def test_a_cluster_restored_from_its_own_repository_restores_to_the_target():
+    own = {**SOURCE, "stanza": "pg-x", "path": "/pg-x/pgbackrest", "target": "2026-12-01T12:00:00Z", "type": "time"}
+    node = make_node(Path("/nonexistent"), restore=own)
+    assert not bootstrap.asks_own_repository(node)
+    p = bootstrap.choose_plan(node, None)
+    assert p.path == bootstrap.SOURCE and "2026-12-01T12:00:00Z" in p.reason
 
 
 def test_restore_recovers_the_chosen_backup_to_the_end_of_the_archive():
