@@ -63,6 +63,19 @@ def test_acknowledgements_from_two_servers_interleaving_are_split_brain() -> Non
     assert analysis.split_brain([ack(5, 0, 3.5, a), *handover], [], [])[0] is True
 
 
+def test_a_frozen_primarys_late_answer_for_a_row_the_new_primary_holds_is_no_split_brain() -> None:
+    # primary-hang: a commit the standby confirmed just before SIGSTOP is answered by a after the
+    # thaw, 24.5 s later (the client gave up on it at 5 s), after b took over and acknowledged 3, 4.
+    a, b = "10.0.0.1", "10.0.0.2"
+    thawed = [ack(1, 0, 1, a), ack(3, 23, 24, b), ack(4, 24, 25, b), ack(2, 1, 25.5, a, late=True)]
+    assert analysis.split_brain(thawed, [], [], present={1, 2, 3, 4})[0] is False
+    # The same answer for a row b does not hold: a accepted it while b led. Split brain (and lost).
+    assert analysis.split_brain(thawed, [], [], present={1, 3, 4})[0] is True
+    assert analysis.lost_rows(thawed, {1, 3, 4}) == [2]
+    # An answer in time from a after b's is split brain whatever b holds.
+    assert analysis.split_brain([*thawed[:3], ack(2, 25.2, 25.5, a)], [], [], present={1, 2, 3, 4})[0] is True
+
+
 # Two members' samples every 0.25 s: a writable at 0, 0.25, 0.5 and no longer at 0.75; b writable
 # from 0.5. Spans: a [0, 0.25) [0.25, 0.5) [0.5, 0.75); b [0.5, 0.75) [0.75, 1.0), the last one a
 # sampling period long. They overlap on [0.5, 0.75): 0.25 s both writable.

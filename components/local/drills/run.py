@@ -109,14 +109,18 @@ def run_drill(cluster: LocalCluster, scenario: str, *, log: Callable[[str], None
 def evidence(cluster: LocalCluster, writer: Client, lost: set[int], window_s: float) -> str:
     """What a lost row or a split brain needs to be understood after the cluster is gone (CI):
     the lost rows' attempts and every member's Patroni and PostgreSQL log over the trial."""
+    acked = sorted((a for a in writer.attempts if a.acked), key=lambda a: a.acked or 0.0)
+    # The lost attempts, the late answers, and each point where the acknowledging server changed.
+    shown = [a for i, a in enumerate(acked) if a.id in lost or a.late or i == 0 or a.server != acked[i - 1].server]
+    shown += [a for a in writer.attempts if a.id in lost and not a.acked]
     lines = [f"attempt {a.id}: sent {a.sent:.3f} acked {a.acked} late {a.late} server {a.server} error {a.error}"
-             for a in writer.attempts if a.id in lost]
+             f"{' LOST' if a.id in lost else ''}" for a in shown]
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - window_s - 5))
     for node in cluster.nodes:
         if not node.machine.running():
             lines.append(f"== {node.member.name}: not running")
             continue
-        shown = cluster.run_on(node, ["journalctl", "-q", "--no-pager", "-o", "short-precise", "--since", since,
+        journal = cluster.run_on(node, ["journalctl", "-q", "--no-pager", "-o", "short-precise", "--since", since,
                                       "-u", "pgha-patroni.service", "-u", "pgha-handover.service"], timeout=60)
         pg = cluster.run_on(node, ["sh", "-c", "tail -n 400 /var/log/pgha/postgresql/*.log 2>/dev/null | "
                                    "grep -v -e 'connection received' -e 'connection authorized' "
@@ -124,7 +128,7 @@ def evidence(cluster: LocalCluster, writer: Client, lost: set[int], window_s: fl
         # Timestamped lines only, without the tracebacks of health checks that hung up early.
         patroni = cluster.run_on(node, ["sh", "-c", "grep -h '^20' /var/log/pgha/patroni/patroni.log 2>/dev/null | "
                                         "grep -v -e Traceback -e 'Exception happened' -e 'no action' | tail -n 300"], timeout=60)
-        lines += [f"== {node.member.name}: journal", shown.stdout[-20000:], f"== {node.member.name}: patroni.log",
+        lines += [f"== {node.member.name}: journal", journal.stdout[-20000:], f"== {node.member.name}: patroni.log",
                   patroni.stdout[-20000:], f"== {node.member.name}: postgresql", pg.stdout[-20000:]]
     return "\n".join(lines)
 
