@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +32,17 @@ def test_sync_candidate_needs_a_streaming_replica_that_may_be_synchronous():
     assert dcs_sync.sync_candidate_ready({"members": [leader, restoring, streaming]})
 
 
-def test_dcs_sync_runs_once_per_spec(tmp_path, monkeypatch):
+def dcs_node(tmp_path: Path, patroni_yml: str) -> tuple[dict, Path, Path]:
+    """A node whose patroni.yml says ``patroni_yml``: (node facts, its etc, its data directory)."""
     etc, data = tmp_path / "etc", tmp_path / "data"
     (data / "pg").mkdir(parents=True)
     etc.mkdir()
-    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    ttl: 20\n    synchronous_mode: true\n")
-    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    (etc / "patroni.yml").write_text(patroni_yml)
+    return {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}, etc, data
+
+
+def test_dcs_sync_runs_once_per_spec(tmp_path, monkeypatch):
+    node, etc, data = dcs_node(tmp_path, "bootstrap:\n  dcs:\n    ttl: 20\n    synchronous_mode: true\n")
     config = {"ttl": 30, "synchronous_mode": False}
     cluster = {"members": [{"name": "a", "role": "leader", "state": "running"},
                            {"name": "b", "role": "replica", "state": "streaming"}]}
@@ -60,11 +66,7 @@ def test_a_dcs_sync_started_while_another_runs_applies_the_newer_spec_after_it(t
     import threading
     import time
 
-    etc, data = tmp_path / "etc", tmp_path / "data"
-    (data / "pg").mkdir(parents=True)
-    etc.mkdir()
-    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        work_mem: 12MB\n")
-    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    node, etc, data = dcs_node(tmp_path, "bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        work_mem: 12MB\n")
     config: dict = {"postgresql": {"parameters": {"work_mem": "12MB"}}}
     cluster = {"members": [{"name": "a", "role": "leader", "state": "running"}]}
     patches: list[dict] = []
@@ -96,11 +98,7 @@ def test_a_dcs_sync_started_while_another_runs_applies_the_newer_spec_after_it(t
 
 
 def test_dcs_sync_waits_for_a_replica_before_strict_synchronous_mode(tmp_path, monkeypatch):
-    etc, data = tmp_path / "etc", tmp_path / "data"
-    (data / "pg").mkdir(parents=True)
-    etc.mkdir()
-    (etc / "patroni.yml").write_text("bootstrap:\n  dcs:\n    synchronous_mode: true\n")
-    node = {"ip": "127.0.0.1", "ports": {"patroni": 1}, "paths": {"etc": str(etc), "data": str(data)}}
+    node, etc, data = dcs_node(tmp_path, "bootstrap:\n  dcs:\n    synchronous_mode: true\n")
     cluster = {"members": [{"name": "a", "role": "leader", "state": "running"}]}
     monkeypatch.setattr(dcs_sync, "patroni_get", lambda node, path: cluster if path == "/cluster" else {})
     monkeypatch.setattr(dcs_sync, "patroni_patch_config", lambda node, body: pytest.fail("patched with no replica"))
