@@ -10,8 +10,9 @@ so that case becomes two OnCalendar= lines (a timer fires on any of its lines).
 
 import datetime
 import re
+from typing import Callable
 
-__all__ = ["CronError", "cron_to_oncalendar", "longest_interval"]
+__all__ = ["CronError", "cron_to_oncalendar", "longest_interval", "runs_at"]
 
 # name, lowest, highest
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
@@ -95,24 +96,40 @@ def cron_to_oncalendar(expression: str) -> list[str]:
     return [line("*" if dom_any else _numbers(dom, 2), None)]
 
 
-def longest_interval(expression: str) -> datetime.timedelta | None:
-    """The longest time between two consecutive runs of ``expression`` (cron's day-of-month OR
-    day-of-week rule), over four years so leap days and month lengths count; None if it runs
-    fewer than twice in them (``0 0 31 2 *``). Alerts on a schedule's missed run wait this long."""
+def _parse(expression: str) -> tuple[set[int], set[int], Callable[[datetime.datetime], bool]]:
+    """(minutes, hours, whether a day matches) of a cron expression (cron's day-of-month OR
+    day-of-week rule when both are restricted)."""
     fields = expression.split(" ")
     if len(fields) != 5:
         raise CronError(f"{expression!r} has {len(fields)} fields; cron has five (minute hour day month weekday)")
     (minute, _), (hour, _), (dom, dom_any), (month, _), (dow, dow_any) = (
         _expand(text, name, lo, hi) for text, (name, lo, hi) in zip(fields, _FIELDS))
     weekdays = {d % 7 for d in dow}
+
+    def day_matches(day: datetime.datetime) -> bool:
+        cron_weekday = (day.weekday() + 1) % 7  # cron: 0 is Sunday
+        dom_hit, dow_hit = day.day in dom, cron_weekday in weekdays
+        hit = (dom_hit or dow_hit) if not dom_any and not dow_any else (dom_hit and dow_hit)
+        return day.month in month and hit
+    return minute, hour, day_matches
+
+
+def runs_at(expression: str, when: datetime.datetime) -> bool:
+    """Whether ``expression`` fires in the minute of ``when`` (UTC)."""
+    minute, hour, day_matches = _parse(expression)
+    return when.minute in minute and when.hour in hour and day_matches(when)
+
+
+def longest_interval(expression: str) -> datetime.timedelta | None:
+    """The longest time between two consecutive runs of ``expression`` (cron's day-of-month OR
+    day-of-week rule), over four years so leap days and month lengths count; None if it runs
+    fewer than twice in them (``0 0 31 2 *``). Alerts on a schedule's missed run wait this long."""
+    minute, hour, day_matches = _parse(expression)
     times = sorted(datetime.timedelta(hours=h, minutes=m) for h in hour for m in minute)
     runs: list[datetime.datetime] = []
     day = datetime.datetime(2024, 1, 1)
     for _ in range(4 * 365 + 1):
-        cron_weekday = (day.weekday() + 1) % 7  # cron: 0 is Sunday
-        dom_hit, dow_hit = day.day in dom, cron_weekday in weekdays
-        hit = (dom_hit or dow_hit) if not dom_any and not dow_any else (dom_hit and dow_hit)
-        if day.month in month and hit:
+        if day_matches(day):
             runs.extend(day + t for t in times)
         day += datetime.timedelta(days=1)
     if len(runs) < 2:

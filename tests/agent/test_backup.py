@@ -1,7 +1,9 @@
 """Backups without daemons: cron -> OnCalendar, rendered timers/units/Patroni methods, the
 agent's choice of the member that backs up, and what a restored copy keeps of its source."""
 
+import datetime
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import yaml
 from pgha.agent import backup, errors, restore
 from pgha.render import render_node, timer_names, unit_names
 from pgha.spec import SpecError
-from pgha.spec.schedule import CronError, cron_to_oncalendar
+from pgha.spec.schedule import CronError, cron_to_oncalendar, runs_at
 from render_fixtures import ec2_context, local_context, make_spec
 
 
@@ -36,6 +38,21 @@ def test_oncalendar_is_accepted_by_systemd(cron):
     for line in cron_to_oncalendar(cron):
         proc = subprocess.run(["systemd-analyze", "calendar", line], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("cron", ["0 1 * * *", "*/15 * * * *", "0 3 * * 1-5", "0 2 1,15 * 7", "0 0 * * 0,6,1"])
+def test_runs_at_agrees_with_the_timer_systemd_computes(cron):
+    elapses = []
+    for line in cron_to_oncalendar(cron):
+        out = subprocess.run(["systemd-analyze", "calendar", "--iterations=6", line], capture_output=True,
+                             text=True, check=True).stdout
+        elapses += [datetime.datetime.strptime(m, "%Y-%m-%d %H:%M:%S")
+                    for m in re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", out)]
+    assert len(elapses) >= 6
+    for when in elapses:
+        assert runs_at(cron, when) and runs_at(cron, when + datetime.timedelta(seconds=59))
+        before = when - datetime.timedelta(minutes=1)
+        assert runs_at(cron, before) == (before in elapses)
 
 
 @pytest.mark.parametrize("cron, fragment", [

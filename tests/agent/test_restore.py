@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 
 from .agent_helpers import SOURCE_PASS, branch_node, run_cli, write_json
+from .test_bootstrap import MISSING
 
 FAKE_PGBACKREST = """#!/bin/sh
-# Records what pgBackRest would get: its command line and the cipher pass in its environment.
+# `info` (the branch's own repository, asked first): $FAKE_INFO. Anything else: records what
+# pgBackRest would get, its command line and the cipher pass in its environment.
+for last; do :; done
+if [ "$last" = info ]; then cat "$FAKE_INFO"; exit 0; fi
 printf '%s\\n' "$@" > "$FAKE_OUT.argv"
 printf '%s' "${PGBACKREST_REPO1_CIPHER_PASS-unset}" > "$FAKE_OUT.env"
 exit "${FAKE_RC:-0}"
@@ -28,9 +32,11 @@ def test_bootstrap_of_a_branch_and_archive_get_source_give_pgbackrest_the_pass_i
     sec.mkdir(parents=True)
     (sec / "source-cipher-pass").write_text(SOURCE_PASS + "\n")
     out = base / "call"
-    env = {"FAKE_OUT": str(out)}
+    (base / "info.json").write_text(MISSING.replace("\n", ""))
+    env = {"FAKE_OUT": str(out), "FAKE_INFO": str(base / "info.json")}
     res = run_cli("--node-json", str(nj), "bootstrap", "--pgbackrest", str(fake), env=env)
     assert res.returncode == 0, res.stderr
+    assert "bootstrap path source" in res.stderr  # its own repository is new: it restores its source
     argv = Path(f"{out}.argv").read_text().splitlines()
     assert Path(f"{out}.env").read_text() == SOURCE_PASS
     assert "--repo1-cipher-type=aes-256-cbc" in argv and argv[-1] == "restore"

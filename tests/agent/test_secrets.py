@@ -24,6 +24,7 @@ from .agent_helpers import (
     run_cli,
     write_json,
 )
+from .test_bootstrap import MISSING
 
 
 def test_env_quote_round_trips_through_sh():
@@ -276,9 +277,15 @@ def test_an_unreadable_source_cipher_secret_is_a_warning_and_the_restore_fails_c
     assert (sec / "patroni.env").exists() and not (sec / "source-cipher-pass").exists()
     err = capfd.readouterr().err
     assert "WARNING" in err and "cipher pass was not fetched" in err and "gone.json" in err
-    # The restore stops before pgBackRest runs, naming the file.
-    assert cli.main(["--node-json", str(nj), "bootstrap", "--pgbackrest", "/bin/false"]) == 1
+    # Its own repository is new (asked first), so the source is restored: that stops before
+    # pgBackRest runs, naming the file.
+    fake = base / "pgbackrest"
+    fake.write_text(f"#!/bin/sh\nfor last; do :; done\n[ \"$last\" = info ] || exit 1\n"
+                    f"echo '{MISSING.replace(chr(10), '')}'\n")
+    fake.chmod(0o755)
+    assert cli.main(["--node-json", str(nj), "bootstrap", "--pgbackrest", str(fake)]) == 1
     err = capfd.readouterr().err
+    assert "bootstrap path source" in err
     assert "source-cipher-pass cannot be read" in err and "running" not in err
     # As restore_command: an exit status PostgreSQL takes as fatal, not as the end of the archive.
     rc = cli.main(["--node-json", str(nj), "archive-get-source", "000000010000000000000001", "/tmp/x"])
