@@ -9,6 +9,8 @@ import time
 from ..contract import BACKUP_TYPES, NodeFacts
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
+from .etcd.claim import Claim, ClaimHeld
+from .etcd.client import etcd_client_url, etcd_tls_context
 from .facts import pgbackrest_argv
 from .patroni_api import LEADER_ROLES, patroni_get
 from .relay import TcpRelay
@@ -87,7 +89,29 @@ def cmd_backup(node: NodeFacts, args: argparse.Namespace) -> int:
     if chosen != me and not args.here:
         LOG.info("%s backup: %s takes it (leader %s); nothing to do here", args.type, chosen, leader)
         return 0
-    stanza = node["stanza"]
+    try:
+        with backup_claim(node, args.type):
+            take_backup(node, args, leader)
+    except ClaimHeld as held:
+        LOG.info("%s backup: %s is taking it; nothing to do here", args.type, held.holder)
+    return 0
+
+
+def claim_key(node: NodeFacts, backup_type: str) -> str:
+    """One key per type: a full and an incremental timer firing together must both run (on one
+    member, pgBackRest's own lock then runs them in turn: run_pgbackrest waits for it)."""
+    return f"/pgha/{node['cluster']}/claims/backup-{backup_type}"
+
+
+def backup_claim(node: NodeFacts, backup_type: str) -> Claim:
+    """The cluster-wide claim on taking a backup of this type, asked of this member's etcd first."""
+    with_etcd = sorted((n for n, p in node["peers"].items() if p.get("etcd")), key=lambda n: n != node["member"])
+    return Claim([etcd_client_url(node, n) for n in with_etcd], etcd_tls_context(node, "node.key"),
+                 claim_key(node, backup_type), node["member"])
+
+
+def take_backup(node: NodeFacts, args: argparse.Namespace, leader: str) -> None:
+    me, stanza = node["member"], node["stanza"]
     base = [f"--stanza={stanza}", f"--type={args.type}", "--log-level-console=info"]
     relay = None
     try:
@@ -105,8 +129,6 @@ def cmd_backup(node: NodeFacts, args: argparse.Namespace) -> int:
             relay.close()
     run_pgbackrest(pgbackrest_argv(node, f"--stanza={stanza}", "--log-level-console=info", "expire",
                                    binary=args.pgbackrest), "expire")
-    return 0
-
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import pytest
 from .agent_helpers import mkbase
 
 # Fixtures that mean root (chown to postgres/etcd, daemons running as postgres).
-DAEMON_FIXTURES = {"_root", "stack", "bootstrapped", "exporter_proc"}
+DAEMON_FIXTURES = {"_root", "stack", "bootstrapped", "exporter_proc", "etcd_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
