@@ -1,7 +1,6 @@
 """Patroni's hooks: post-bootstrap and the on_start/on_restart/on_role_change callback."""
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -15,11 +14,14 @@ from ..contract import APP_DATABASE, NodeFacts, NodeUsers
 from .cli_types import Subparsers
 from .dcs_sync import start_dcs_sync
 from .envfile import conninfo
-from .errors import LOG, PROG, AgentError
+from .errors import LOG
 from .facts import pgbackrest_argv
 from .patroni_api import PRIMARY_ROLES
 from .restore import RESTORE_SETTINGS
-from .secrets import check_value, scram_sha256_verifier
+from .secrets import check_value, fetch_secret, scram_sha256_verifier
+
+# Post-bootstrap waits this long for the cluster secret (Secrets Manager on EC2).
+SECRET_TIMEOUT = 60.0
 
 # PgBouncer's auth_query looks a login up here: application roles only. Superusers, replication
 # roles and pgha's service roles (the replication user, the monitor, pgbouncer_auth itself) are
@@ -77,12 +79,9 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
     from psycopg import conninfo as ci
     from psycopg import sql
 
-    path = os.path.join(node["paths"]["secrets"], "roles.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            roles = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise AgentError(f"cannot read {path} (run '{PROG} secrets' first): {exc}")
+    # The roles' passwords from the cluster secret, fetched now rather than kept on every member
+    # for the one moment a member initializes (or restores) the cluster.
+    roles = fetch_secret(node["secret"], node["aws"], timeout=SECRET_TIMEOUT)
     u = node["users"]
     auth_user, monitor = u["pgbouncer_auth"], u["monitor"]
     app = u["app"]

@@ -129,11 +129,6 @@ def render_secret_files(node: NodeFacts, secret: dict) -> dict[str, tuple[str, s
         ("PATRONI_RESTAPI_USERNAME", u["patroni_rest"]),
         ("PATRONI_RESTAPI_PASSWORD", pw["patroni_rest_password"]),
     ]), "postgres")
-    files[f"{sec}/roles.json"] = (json.dumps({
-        "pgbouncer_auth_password": pw["pgbouncer_auth_password"],
-        "monitor_password": pw["monitor_password"],
-        "app_password": pw["app_password"],
-    }, indent=1) + "\n", "postgres")
     files[f"{sec}/pgbouncer-userlist.txt"] = (pgbouncer_userlist(u, pw), "postgres")
 
     br = ["# written by pgha-node secrets; included through --config-include-path", "[global]"]
@@ -228,6 +223,12 @@ def cmd_secrets(node: NodeFacts, args: argparse.Namespace) -> int:
         write_atomic(path, content, user.pw_uid, user.pw_gid, 0o600)
         LOG.info("wrote %s (owner %s, mode 0600)", path, user.pw_name)
     LOG.info("%d secret files written for %s", len(files), node["member"])
+    # Post-bootstrap once read the app's password from here; it now fetches the secret when it
+    # runs (docs/security.md N27), so a member that kept the file from an older agent drops it.
+    stale = os.path.join(p["secrets"], "roles.json")
+    if os.path.exists(stale):
+        os.unlink(stale)
+        LOG.info("removed %s: no password stays on the node that no daemon reads", stale)
     ref = source_cipher_reference(node)
     if ref:
         fetch_source_cipher(node, ref, pg, args.timeout)

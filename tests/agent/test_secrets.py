@@ -54,14 +54,14 @@ def _assert_secret_files(node: dict, secret: dict, *, s3: bool, cipher: bool):
     assert mode_owner(sec) == (0o700, "postgres")
     assert mode_owner(sec / "pgbackrest") == (0o700, "postgres")
     assert mode_owner(tls) == (0o755, "root")
-    expected = {sec / "patroni.env": "postgres", sec / "roles.json": "postgres",
+    expected = {sec / "patroni.env": "postgres",
                 sec / "pgbouncer-userlist.txt": "postgres", sec / "pgbackrest" / "secrets.conf": "postgres",
                 sec / "exporter.env": "postgres", tls / "node.key": "postgres", tls / "etcd.key": "etcd"}
     for path, owner in expected.items():
         assert mode_owner(path) == (0o600, owner), path
     # no temporary files left behind
     assert sorted(x.name for x in sec.iterdir()) == sorted(
-        ["patroni.env", "roles.json", "pgbouncer-userlist.txt", "pgbackrest", "exporter.env"])
+        ["patroni.env", "pgbouncer-userlist.txt", "pgbackrest", "exporter.env"])
 
     env = envfile.env_unquote((sec / "patroni.env").read_text())
     assert env == {
@@ -70,9 +70,8 @@ def _assert_secret_files(node: dict, secret: dict, *, s3: bool, cipher: bool):
         "PATRONI_REWIND_USERNAME": "postgres", "PATRONI_REWIND_PASSWORD": secret["superuser_password"],
         "PATRONI_RESTAPI_USERNAME": "patroni", "PATRONI_RESTAPI_PASSWORD": secret["patroni_rest_password"],
     }
-    assert json.loads((sec / "roles.json").read_text()) == {
-        "pgbouncer_auth_password": secret["pgbouncer_auth_password"], "monitor_password": secret["monitor_password"],
-        "app_password": secret["app_password"]}
+    # The app's password is in no file (post-bootstrap fetches it when it runs: N27).
+    assert not any(secret["app_password"] in f.read_text() for f in sec.rglob("*") if f.is_file())
     userlist = (sec / "pgbouncer-userlist.txt").read_text().splitlines()
     assert userlist[:2] == [f'"pgbouncer_auth" "{secret["pgbouncer_auth_password"]}"',
                             f'"dbuser_monitor" "{secret["monitor_password"]}"']
@@ -106,7 +105,8 @@ def test_secrets_from_file(base, capfd):
     nj = write_json(base / "etc" / "node.json", node)
     assert cli.main(["--node-json", str(nj), "secrets"]) == 0
     _assert_secret_files(node, secret, s3=True, cipher=True)
-    # second run rewrites in place (atomic replace), same result; option after the command works too
+    # second run rewrites in place (atomic replace), same result; option after the command works too;
+    # the roles.json of an older agent is removed
     (Path(node["paths"]["secrets"]) / "roles.json").write_text("stale")
     assert cli.main(["secrets", "--node-json", str(nj)]) == 0
     _assert_secret_files(node, secret, s3=True, cipher=True)
@@ -241,7 +241,7 @@ def test_secrets_fetches_the_source_cipher_pass_of_a_branch(base, capfd):
     conf = (sec / "pgbackrest" / "secrets.conf").read_text()
     assert f"repo1-cipher-pass={secret['pgbackrest_cipher_pass']}" in conf and SOURCE_PASS not in conf
     assert sorted(x.name for x in sec.iterdir()) == sorted(
-        ["patroni.env", "roles.json", "pgbouncer-userlist.txt", "pgbackrest", "exporter.env", "source-cipher-pass"])
+        ["patroni.env", "pgbouncer-userlist.txt", "pgbackrest", "exporter.env", "source-cipher-pass"])
     out, err = capfd.readouterr()
     assert "source-cipher-pass" in err
     _assert_nothing_secret(out + err)
