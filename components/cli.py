@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import contract
@@ -75,8 +76,8 @@ def _spec_of(values: dict, region: str, stack: str) -> ClusterSpec:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan.base import read_base_config
-    from .plan.changes import plan_change
+    from .plan.base import read_base_config, storage_changed_at
+    from .plan.changes import LastModification, plan_change
     from .plan.report import markdown
 
     base_values, base_region = read_base_config(args.project_dir, args.stack, args.base)
@@ -89,7 +90,9 @@ def _plan(args: argparse.Namespace) -> int:
     if base.region != head.region or base.cluster_name != head.cluster_name:
         raise UsageError(f"--base {args.base}: cluster {base.cluster_name} in {base.region}, now {head.cluster_name} "
                          f"in {head.region}: a new region or cluster name is a new stack, not a change")
-    plan = plan_change(base, head, base_label=args.base, head_label="working tree")
+    changed = storage_changed_at(args.project_dir, args.stack, args.base)
+    last = LastModification(changed[0], changed[1], datetime.now(timezone.utc)) if changed else None
+    plan = plan_change(base, head, base_label=args.base, head_label="working tree", last_volume_change=last)
     print(json.dumps(plan.as_dict(), indent=1) if args.json else markdown(plan), end="" if not args.json else "\n")
     return 0
 

@@ -77,7 +77,7 @@ def test_a_third_replica_is_created_and_the_others_learn_of_it(project: Path,
     assert plan["replaced_in_order"] == [] and plan["write_pauses"] == []
     assert all("/etc/pgha/haproxy/haproxy.cfg" in m["files"] for m in plan["members"][:3])
     ec2 = [li for li in plan["cost"]["after"]["lines"] if li["item"].startswith("EC2")][0]
-    assert ec2["quantity"].startswith("4 x")
+    assert ec2["quantity"] == "4 x t4g.medium x 730 h"
 
 
 def test_an_instance_type_change_stops_every_member_in_rolling_order(project: Path,
@@ -112,7 +112,7 @@ def test_an_az_change_replaces_everything_loudly(project: Path, capsys: pytest.C
     assert main(["--project-dir", str(project), "plan", "--base", str(project / "base.yaml")]) == 0
     text = capsys.readouterr().out
     assert "> **WARNING: EVERY MEMBER IS REPLACED" in text
-    assert "**Members replaced, in this order:** pg-dev-3 (replace) -> pg-dev-2 (replace) -> pg-dev-1 (replace)" in text
+    assert "**Members replaced or restarted, in this order:** pg-dev-3 (replace) -> pg-dev-2 (replace) -> pg-dev-1 (replace)" in text
 
 
 def test_no_change_is_an_empty_plan(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,7 +131,7 @@ def test_the_dev_stacks_cost_against_the_price_tables_date(capsys: pytest.Captur
     cost = monthly_cost(spec)
     lines = {li.item: li.monthly_usd for li in cost.lines}
     table = price_table().regions["us-east-1"]
-    assert lines["EC2 t4g.medium"] == round(table["instance_hour"]["t4g.medium"] * 730 * 3, 2)
+    assert lines["EC2 instances"] == round(table["instance_hour"]["t4g.medium"] * 730 * 3, 2)
     assert lines["EBS gp3"] == round(20 * table["ebs"]["gp3"]["gb_month"] * 3, 2)  # baseline IOPS/MiB/s are free
     assert lines["NAT gateway"] == round(table["nat_gateway_hour"] * 730, 2)  # natGateways: single
     assert lines["NLB"] == round(table["nlb_hour"] * 730, 2)
@@ -171,3 +171,36 @@ def test_a_bad_base_is_one_error_naming_it(project: Path, capsys: pytest.Capture
     assert main(["--project-dir", str(project), "plan", "--base", str(project / "base.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"pgha: --base {project / 'base.yaml'}: ") and "pgha:replicas = 9" in err
+
+
+@pytest.mark.parametrize("hours_ago, refused", [(1, True), (24 * 7, False)])
+def test_a_second_volume_modification_inside_six_hours_is_refused(project: Path, capsys: pytest.CaptureFixture[str],
+                                                                  hours_ago: int, refused: bool) -> None:
+    # The base's last storage change is a commit (deployed on merge); its committer date says when.
+    import datetime
+    import os
+
+    def commit(message: str, when: datetime.datetime) -> None:
+        env = {**os.environ, "GIT_COMMITTER_DATE": when.isoformat(), "GIT_AUTHOR_DATE": when.isoformat()}
+        for argv in (["add", "Pulumi.yaml", "Pulumi.dev.yaml"],
+                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message]):
+            subprocess.run(["git", "-C", str(project), *argv], check=True, capture_output=True, env=env)
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subprocess.run(["git", "-C", str(project), "init", "-q"], check=True)
+    commit("dev stack", now - datetime.timedelta(days=30))
+    grown = {**DEV, "pgha:storage": {"kind": "ebs", "volumeType": "gp3", "sizeGiB": 30}}
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": grown}))
+    commit("grow the volumes", now - datetime.timedelta(hours=hours_ago))
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": {**grown, "pgha:parameters": {"work_mem": "8MB"}}}))
+    commit("a parameter (no storage change)", now)
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump(
+        {"config": {**grown, "pgha:storage": {"kind": "ebs", "volumeType": "gp3", "sizeGiB": 40}}}))
+    assert main(["--project-dir", str(project), "plan", "--base", "HEAD", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    if refused:
+        assert len(plan["refused"]) == 3 and all("EBS allows one modification per volume every 6 hours, and commit"
+                                                 in r for r in plan["refused"])
+    else:
+        assert plan["refused"] == []
+        assert all("the storage last changed in commit" in w for w in plan["warnings"])

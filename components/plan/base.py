@@ -2,8 +2,11 @@
 
 import subprocess
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..spec.stackfile import StackFileError, read_stack_config
 
@@ -34,3 +37,30 @@ def read_base_config(project_dir: Path, stack: str, base: str) -> tuple[dict[str
             (where / "Pulumi.yaml").write_text(_git_show(project_dir, base, "Pulumi.yaml"))
             (where / f"Pulumi.{stack}.yaml").write_text(_git_show(project_dir, base, f"Pulumi.{stack}.yaml"))
         return read_stack_config(where, stack)
+
+
+def storage_changed_at(project_dir: Path, stack: str, base: str, *, depth: int = 50) -> tuple[str, datetime] | None:
+    """(commit, committer time) of the newest commit at or before ``base`` whose stack file
+    changed ``pgha:storage``: when the data volumes were last modified, if that commit was
+    deployed. None when ``base`` is no git revision or no such commit is within ``depth``."""
+    if Path(base).is_file():
+        return None
+    name = f"Pulumi.{stack}.yaml"
+    log = subprocess.run(["git", "-C", str(project_dir), "log", f"-{depth}", "--format=%H %cI", base, "--", name],
+                         capture_output=True, text=True, check=False)
+    if log.returncode != 0:
+        return None
+
+    def storage(revision: str) -> Any:
+        try:
+            text = _git_show(project_dir, revision, name)
+        except StackFileError:
+            return None  # the file did not exist there
+        document = yaml.safe_load(text) or {}
+        return ((document.get("config") or {}) if isinstance(document, dict) else {}).get("pgha:storage")
+
+    for line in log.stdout.splitlines():
+        commit, when = line.split(" ", 1)
+        if storage(commit) != storage(f"{commit}^"):
+            return commit, datetime.fromisoformat(when)
+    return None

@@ -9,6 +9,7 @@ in the roll ``apply_config.PRIMARY_BOUNDED``; the order is ``infra.node.rolling_
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from ..agent.apply_config import PRIMARY_BOUNDED, plan_actions
@@ -151,8 +152,17 @@ def _as_int(value: Any) -> int:
         return 0
 
 
-def _volume(base: ClusterSpec, head: ClusterSpec, old_m: Member, new_m: Member,
-            refused: list[str], warnings: list[str]) -> tuple[str, dict[str, tuple[Any, Any]]]:
+@dataclass(frozen=True)
+class LastModification:
+    """When the data volumes were last modified, where known (the commit that changed the storage)."""
+
+    commit: str
+    at: datetime
+    now: datetime
+
+
+def _volume(base: ClusterSpec, head: ClusterSpec, old_m: Member, new_m: Member, refused: list[str],
+            warnings: list[str], last: LastModification | None) -> tuple[str, dict[str, tuple[Any, Any]]]:
     old, new = data_volume(base, old_m), data_volume(head, new_m)
     if old is None and new is None:
         return "", {}
@@ -171,14 +181,24 @@ def _volume(base: ClusterSpec, head: ClusterSpec, old_m: Member, new_m: Member,
     if new["size"] < old["size"]:
         refused.append(f"{new_m.name}: EBS refuses a size decrease ({old['size']} GiB -> {new['size']} GiB); "
                        "a smaller volume is a new volume and a restore")
-    warnings.append(f"{new_m.name}: EBS allows one modification per volume every "
-                    f"{VOLUME_MODIFICATION_INTERVAL_HOURS} hours; it refuses this one if the volume was modified "
-                    "less than that ago")
+    interval = timedelta(hours=VOLUME_MODIFICATION_INTERVAL_HOURS)
+    if last is not None and last.now - last.at < interval:
+        refused.append(f"{new_m.name}: EBS allows one modification per volume every "
+                       f"{VOLUME_MODIFICATION_INTERVAL_HOURS} hours, and commit {last.commit[:12]} changed the "
+                       f"storage at {last.at.isoformat()} ({(last.now - last.at).total_seconds() / 3600:.1f} h ago): "
+                       f"wait until {(last.at + interval).isoformat()}")
+    else:
+        since = f" (the storage last changed in commit {last.commit[:12]} at {last.at.isoformat()})" if last else ""
+        warnings.append(f"{new_m.name}: EBS allows one modification per volume every "
+                        f"{VOLUME_MODIFICATION_INTERVAL_HOURS} hours; it refuses this one if the volume was modified "
+                        f"less than that ago{since}")
     return "modify", changes
 
 
-def plan_change(base: ClusterSpec, head: ClusterSpec, *, base_label: str = "base", head_label: str = "head") -> Plan:
-    """The plan of going from ``base`` to ``head`` (both validated specs of the same stack)."""
+def plan_change(base: ClusterSpec, head: ClusterSpec, *, base_label: str = "base", head_label: str = "head",
+                last_volume_change: LastModification | None = None) -> Plan:
+    """The plan of going from ``base`` to ``head`` (both validated specs of the same stack);
+    ``last_volume_change``, where known, makes a modification inside EBS's interval refused."""
     ctx_old, ctx_new = _context(base), _context(head)
     old_members = {m.name: m for m in base.members}
     new_members = {m.name: m for m in head.members}
@@ -198,7 +218,7 @@ def plan_change(base: ClusterSpec, head: ClusterSpec, *, base_label: str = "base
         differs = [k for k in before if before[k] != after[k]]
         reasons = tuple(f"{k}: {before[k]} -> {after[k]}" for k in differs)
         files, actions = _manifest_changes(config_manifest(base, old_m, ctx_old), config_manifest(head, member, ctx_new))
-        volume, volume_changes = _volume(base, head, old_m, member, refused, warnings)
+        volume, volume_changes = _volume(base, head, old_m, member, refused, warnings, last_volume_change)
         if any(k in INSTANCE_REPLACED_BY for k in differs):
             action = "replace"
         elif any(k in INSTANCE_STOPPED_BY for k in differs):
@@ -227,7 +247,7 @@ def plan_change(base: ClusterSpec, head: ClusterSpec, *, base_label: str = "base
         loud.append("an instance type change is applied by EC2 in place (stop, modify, start): `pulumi up` does not "
                     "wait for a member to be ready again before stopping the next one (MemberReady waits for a "
                     "new instance id only), so two members may be down at once; apply it one member at a time "
-                    "(`pulumi up --target` each instance in the order above, waiting for its status `ready`)")
+                    "(`pulumi up --target` each instance in the order below, waiting for its status `ready`)")
     reload, restart, leader = _parameters(base, head)
     if restart and len(order) == len(head.members):
         leader = ""  # every member starts again anyway, with the new values: no restart roll

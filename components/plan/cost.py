@@ -100,7 +100,7 @@ def monthly_cost(spec: ClusterSpec) -> Cost:
     hourly = prices["instance_hour"].get(spec.instance_type)
     if hourly is None:
         missing.append(f"instance type {spec.instance_type} in {spec.region}")
-    lines.append(CostLine(f"EC2 {spec.instance_type}", f"{members} x {hours} h",
+    lines.append(CostLine("EC2 instances", f"{members} x {spec.instance_type} x {hours} h",
                           None if hourly is None else round(hourly * hours * members, 2)))
 
     volume = data_volume(spec, spec.members[0])

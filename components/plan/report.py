@@ -40,10 +40,10 @@ def markdown(plan: Plan) -> str:
         out.append("**AWS (or Pulumi) would refuse:**")
         out += [f"- {line}" for line in plan.refused] + [""]
     if plan.order:
-        out.append("**Members replaced, in this order:** " + " -> ".join(
+        out.append("**Members replaced or restarted, in this order:** " + " -> ".join(
             f"{name} ({next(m.action for m in plan.members if m.name == name)})" for name in plan.order))
     else:
-        out.append("**No instance replaced.**")
+        out.append("**No instance replaced or restarted.**")
     out.append("")
     out += ["| member | what happens | why | files changed in place | apply-config runs | data volume |",
             "|---|---|---|---|---|---|"]
