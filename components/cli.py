@@ -7,11 +7,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import contract
 from .local import DEFAULT_PREFIX, DEFAULT_ROOT, DEFAULT_S3_PORT
-from .spec import SpecError, build_spec, member_ip
+from .spec import ClusterSpec, SpecError, build_spec
 from .spec.stackfile import StackFileError, read_stack_config
 from .spec.validate import CLUSTER_NAME_RE, check_bucket_name, check_secret_id, offline_region_azs
 
@@ -35,7 +36,7 @@ def _output_dir(out: Path) -> Path:
 
 def _render(args: argparse.Namespace) -> int:
     from .render import render_node, user_data_bytes
-    from .render.context import ec2_context
+    from .render.context import offline_ec2_context
 
     problems = [f"--bucket {args.bucket!r}: {error}" for error in [check_bucket_name(args.bucket)]
                 if error and args.bucket != PLACEHOLDER_BUCKET]
@@ -51,11 +52,8 @@ def _render(args: argparse.Namespace) -> int:
         print("pgha render: the stack uses existing subnets; member IPs are known only to `pulumi up`",
               file=sys.stderr)
         return 2
-    ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
     # Offline: the AWS names `pulumi up` creates are shown as placeholders unless given.
-    ctx = ec2_context(region, member_ips=ips, bucket=args.bucket, secret_id=args.secret_id,
-                      peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots),
-                      tls_secret_ids={m.name: f"TLS-SECRET-ARN-OF-{m.name}" for m in spec.members})
+    ctx = offline_ec2_context(spec, bucket=args.bucket, secret_id=args.secret_id)
     # Everything is rendered (and measured) before the first file is written.
     rendered = [(member, render_node(spec, member, ctx), len(user_data_bytes(spec, member, ctx)))
                 for member in spec.members]
@@ -69,6 +67,43 @@ def _render(args: argparse.Namespace) -> int:
                 target.write_text(f.content)
             target.chmod(f.mode)
         print(f"{member.name}: {out / member.name} (user-data {size} bytes of 16384)")
+    return 0
+
+
+def _spec_of(values: dict, region: str, stack: str) -> ClusterSpec:
+    return build_spec(values, stack=stack, region=region,
+                      region_azs=offline_region_azs(region, values.get("availabilityZones")))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan.base import read_base_config, storage_changed_at
+    from .plan.changes import LastModification, plan_change
+    from .plan.report import markdown
+
+    base_values, base_region = read_base_config(args.project_dir, args.stack, args.base)
+    head_values, head_region = read_stack_config(args.project_dir, args.stack)
+    try:
+        base = _spec_of(base_values, base_region, args.stack)
+    except SpecError as error:
+        raise UsageError(f"--base {args.base}: {error}") from None
+    head = _spec_of(head_values, head_region, args.stack)
+    if base.region != head.region or base.cluster_name != head.cluster_name:
+        raise UsageError(f"--base {args.base}: cluster {base.cluster_name} in {base.region}, now {head.cluster_name} "
+                         f"in {head.region}: a new region or cluster name is a new stack, not a change")
+    changed = storage_changed_at(args.project_dir, args.stack, args.base)
+    last = LastModification(changed[0], changed[1], datetime.now(timezone.utc)) if changed else None
+    plan = plan_change(base, head, base_label=args.base, head_label="working tree", last_volume_change=last)
+    print(json.dumps(plan.as_dict(), indent=1) if args.json else markdown(plan), end="" if not args.json else "\n")
+    return 0
+
+
+def _summarize_preview(args: argparse.Namespace) -> int:
+    from .plan.preview import PreviewError, load_preview, summarize
+
+    try:
+        print(summarize(load_preview(Path(args.preview))), end="")
+    except PreviewError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 
@@ -271,6 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--bucket", default="BUCKET-FROM-PULUMI-UP", help="backup bucket name, if known")
     render.add_argument("--secret-id", default="SECRET-ARN-FROM-PULUMI-UP", help="cluster secret ARN, if known")
     render.set_defaults(func=_render)
+
+    plan = sub.add_parser("plan", help="what changing the stack's config from --base does (offline, no AWS calls)")
+    plan.add_argument("--base", required=True, metavar="REV|FILE",
+                      help="the config to compare with: a git revision (origin/main) or a Pulumi.<stack>.yaml file")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON (default: Markdown, for a PR comment)")
+    plan.set_defaults(func=_plan)
+
+    preview = sub.add_parser("summarize-preview", help="Markdown summary of `pulumi preview --json` for a reviewer")
+    preview.add_argument("preview", metavar="PREVIEW_JSON", help="the file `pulumi preview --json` wrote")
+    preview.set_defaults(func=_summarize_preview)
 
     image = sub.add_parser("image", help="the Debian 13 node image the local members boot (built on first use)")
     image.add_argument("action", choices=("build", "status"))

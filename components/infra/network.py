@@ -129,7 +129,7 @@ class Network(pulumi.ComponentResource):
         aws.ec2.Route(f"{name}-public-default", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
                       gateway_id=igw.id, opts=child(self))
 
-        nat_count = len(spec.availability_zones) if net.nat_gateways == "per-az" else 1
+        nat_count = spec.nat_gateway_count
         nats = []
         eips = []
         for index in range(nat_count):

@@ -7,7 +7,7 @@ instance only, hence ``delete_before_replace`` on the instance.
 """
 
 from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -25,6 +25,28 @@ ROOT_VOLUME_GIB = 20
 # Longer than the node's own wait (agent status.DEFAULT_TIMEOUT, 30 min), so that the update
 # fails with the member's reason, not with this timeout.
 READY_TIMEOUT_SECONDS = 2400
+
+
+# What pulumi-aws does when an input changes (`pulumi up` plans it; `pgha plan` tells it offline).
+# An instance is replaced (delete_before_replace: a new instance id on the same ENI and volume)
+# for a new AMI or user-data (user_data_replace_on_change), or a new subnet (a new AZ); its
+# instance type is changed in place: EC2 stops the instance, modifies it and starts it again.
+INSTANCE_REPLACED_BY: tuple[str, ...] = ("ami", "user_data", "availability_zone")
+INSTANCE_STOPPED_BY: tuple[str, ...] = ("instance_type",)
+# An EBS volume is modified in place (ModifyVolume: larger only, one modification per 6 hours)
+# for size, type, IOPS and throughput; a new AZ is a new, empty volume.
+VOLUME_REPLACED_BY: tuple[str, ...] = ("availability_zone",)
+VOLUME_MODIFIED_BY: tuple[str, ...] = ("size", "type", "iops", "throughput")
+VOLUME_MODIFICATION_INTERVAL_HOURS = 6
+
+
+def data_volume(spec: ClusterSpec, member: Member) -> dict[str, Any] | None:
+    """The inputs of ``member``'s EBS data volume (None for metal) that the spec decides."""
+    if spec.storage.kind != "ebs":
+        return None
+    storage = spec.storage
+    return {"availability_zone": member.availability_zone, "size": storage.size_gib, "type": storage.volume_type,
+            "iops": storage.iops, "throughput": storage.throughput_mibps if storage.volume_type == "gp3" else None}
 
 
 def node_context(spec: ClusterSpec, *, member_ips: Mapping[str, str], bucket: pulumi.Input[str],
@@ -68,14 +90,11 @@ class Node(pulumi.ComponentResource):
         super().__init__("pgha:infra:Node", name, None, opts)
         tags = cluster_tags(spec, Name=member.name, **{"pgha:member": member.name})
         volume = None
-        if spec.storage.kind == "ebs":
-            storage = spec.storage
+        volume_args = data_volume(spec, member)
+        if volume_args is not None:
             # Created before the instance: the user-data names it, and it outlives every instance.
             volume = aws.ebs.Volume(
-                f"{name}-data", availability_zone=member.availability_zone, size=storage.size_gib,
-                type=storage.volume_type, iops=storage.iops,
-                throughput=storage.throughput_mibps if storage.volume_type == "gp3" else None,
-                encrypted=True, kms_key_id=key_arn, final_snapshot=True,
+                f"{name}-data", **volume_args, encrypted=True, kms_key_id=key_arn, final_snapshot=True,
                 tags={**tags, "Name": f"{member.name}-data"},
                 opts=child(self, protect=True, retain_on_delete=True))
         user_data_base64 = node_user_data(spec, member, context)

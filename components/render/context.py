@@ -4,7 +4,10 @@ EC2 and the local rehearsal differ only in these values; the templates are the s
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # the spec imports nothing of render; render needs the spec only to type this
+    from ..spec import ClusterSpec
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,17 @@ def ec2_context(region: str, *, member_ips: Mapping[str, str], bucket: str, secr
                        s3_region=region, secret_id=secret_id, s3_key_type="auto", ca_cert_pem=ca_cert_pem,
                        node_cert_pems=dict(node_cert_pems or {}), peer_ips=peer_ips, layout=EC2_LAYOUT,
                        tls_secret_ids=dict(tls_secret_ids or {}))
+
+
+def offline_ec2_context(spec: "ClusterSpec", *, bucket: str, secret_id: str) -> NodeContext:
+    """The EC2 NodeContext where AWS cannot be asked (``pgha render``, ``pgha plan``): the member
+    IPs the spec's subnets give, the names ``pulumi up`` creates as the values given."""
+    from ..spec import member_ip
+
+    ips = {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
+    return ec2_context(spec.region, member_ips=ips, bucket=bucket, secret_id=secret_id,
+                       peer_ips=tuple(member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.member_slots),
+                       tls_secret_ids={m.name: f"TLS-SECRET-ARN-OF-{m.name}" for m in spec.members})
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,13 @@ class ClusterSpec:
         return _split(self.network.vpc_cidr)[: len(self.availability_zones)]
 
     @property
+    def nat_gateway_count(self) -> int:
+        """NAT gateways of a created VPC (none in a given one): one per AZ, or a single one."""
+        if not self.network.creates_vpc:
+            return 0
+        return len(self.availability_zones) if self.network.nat_gateways == "per-az" else 1
+
+    @property
     def public_subnet_cidrs(self) -> tuple[str, ...]:
         """Public subnets for the NAT gateways, after the private ones."""
         azs = len(self.availability_zones)
