@@ -152,9 +152,24 @@ def test_dashboards_as_configmaps_for_the_sidecar() -> None:
     from pgha.observability.dashboards import dashboards
 
     run, cluster = component_run({"namespace": "orders"})
-    (cm,) = run.of_type("kubernetes:core/v1:ConfigMap")
-    assert cm.inputs["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert cm.inputs["metadata"]["namespace"] == "orders"
-    assert cm.inputs["data"] == dashboards(cluster.spec) and cm.inputs["data"]
-    for text in cm.inputs["data"].values():
-        assert json.loads(text)["panels"]
+    (obs,) = run.of_type(OBSERVABILITY)
+    maps = run.of_type("kubernetes:core/v1:ConfigMap")
+    # Issue 13: at least six dashboards (overview, instance, replication, pooler, backups, queries).
+    assert len(maps) >= 6
+    assert {cm.inputs["metadata"]["name"] for cm in maps} == {
+        f"pg-k8s-dashboard-{b}" for b in ("overview", "instance", "replication", "pooler", "backups", "queries")}
+    served: dict[str, str] = {}
+    for cm in maps:
+        assert cm.parent == obs.urn
+        assert cm.inputs["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm.inputs["metadata"]["namespace"] == "orders"
+        (file_name, text), = cm.inputs["data"].items()
+        served[file_name] = text
+        model = json.loads(text)
+        assert model["uid"] == f"pgha-{file_name.removesuffix('.json')}"
+        assert len(model["panels"]) >= 5
+        for panel in model["panels"]:
+            assert panel["type"] in ("stat", "timeseries", "table") and panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert 'cls="pg-k8s"' in target["expr"], (panel["title"], target["expr"])
+    assert served == dashboards(cluster.spec)

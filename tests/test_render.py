@@ -222,6 +222,26 @@ def test_postgres_sized_from_the_catalog(instance, profile, shared_buffers, max_
     assert "pg_stat_statements" in params["shared_preload_libraries"]
 
 
+@pytest.mark.parametrize("profile, slow_ms, plan_after", [
+    ("oltp", 100, "1s"), ("crit", 100, "1s"), ("olap", 1000, "10s"), ("tiny", 500, "5s")])
+def test_query_insights_in_every_profile(profile, slow_ms, plan_after):
+    spec = make_spec({"profile": profile})
+    params = sized_parameters(spec)
+    assert params["shared_preload_libraries"].split(",") == ["pg_stat_statements", "auto_explain"]
+    # auto_explain logs a plan for statements ten times slower than the slow-statement log's.
+    assert params["log_min_duration_statement"] == slow_ms and params["auto_explain.log_min_duration"] == plan_after
+    assert int(plan_after.removesuffix("s")) * 1000 == 10 * slow_ms
+    # No bind values in the log; no utility statement text (ALTER ROLE ... PASSWORD) kept.
+    assert params["auto_explain.log_parameter_max_length"] == 0
+    assert params["pg_stat_statements.track_utility"] == "off" and params["auto_explain.log_analyze"] == "off"
+    files = files_of(spec, ec2_context(spec))
+    patroni = yaml.safe_load(files["/etc/pgha/patroni.yml"].content)
+    assert patroni["postgresql"]["parameters"]["shared_preload_libraries"] == "pg_stat_statements,auto_explain"
+    unit = files["/etc/systemd/system/pgha-postgres-exporter.service"].content
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert "--collector.stat_statements" in exec_start.split() and "--collector.database_wraparound" in exec_start
+
+
 def test_parameter_overrides_win():
     params = sized_parameters(make_spec({"parameters": {"work_mem": "256MB", "jit": "off"}}))
     assert params["work_mem"] == "256MB" and params["jit"] == "off"

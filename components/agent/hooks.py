@@ -97,8 +97,6 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
             LOG.info("role %s %s", monitor, _ensure_role(cur, monitor, roles["monitor_password"]))
             cur.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(monitor)))
             cur.execute(sql.SQL("ALTER ROLE {} SET search_path = pg_catalog, public").format(sql.Identifier(monitor)))
-            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            LOG.info("extension pg_stat_statements present in %s", dbname)
             # The application's role and database: PgBouncer pools everyone but superusers.
             LOG.info("role %s %s", app, _ensure_role(cur, app, roles["app_password"]))
             cur.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (APP_DATABASE,))
@@ -116,7 +114,10 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
                 cur.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer TO {}").format(sql.Identifier(auth_user)))
                 cur.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO {}").format(
                     sql.Identifier(auth_user)))
-            LOG.info("function pgbouncer.get_auth present in %s", conn.info.dbname)
+                # Query insights: the view the exporter's stat_statements collector reads; template1's
+                # copy is inherited by databases created later (app too).
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            LOG.info("function pgbouncer.get_auth and extension pg_stat_statements present in %s", conn.info.dbname)
     # A restored cluster (a source's or its own repository's backup): pgBackRest wrote its
     # restore_command and any recovery target into postgresql.auto.conf, which a member cloned from
     # this one must not follow. After an initdb there is nothing to reset.
@@ -130,6 +131,12 @@ def cmd_post_bootstrap(node: NodeFacts, args: argparse.Namespace) -> int:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(APP_DATABASE),
                                                                        sql.Identifier(app)))
         LOG.info("database %s created, owned by %s", APP_DATABASE, app)
+    else:
+        # A database restored from a backup made before its template1 held the extension.
+        with psycopg.connect(ci.make_conninfo(args.connstring, dbname=APP_DATABASE), autocommit=True,
+                             prepare_threshold=None, connect_timeout=10) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        LOG.info("extension pg_stat_statements present in %s", APP_DATABASE)
     return 0
 
 

@@ -9,8 +9,8 @@ a program of its own may declare it from a cluster's outputs too. It declares:
   outside the cluster, and a ServiceMonitor needs a Service and a hand-made Endpoints object per
   exporter and cannot label each address with its member without relabelling on addresses;
 - the ``PrometheusRule`` of the generated alerts (monitoring.coreos.com/v1);
-- Grafana dashboards (``pgha.observability.dashboards``, grafanalib) in a ConfigMap labelled
-  ``grafana_dashboard: "1"`` for Grafana's sidecar;
+- Grafana's six dashboards (``pgha.observability.dashboards``, grafanalib), a ConfigMap each,
+  labelled ``grafana_dashboard: "1"`` for Grafana's sidecar;
 - for applications, a Secret with each service's DSN and the CA certificate, and an
   ``ExternalName`` Service per service (``pg-name-primary``, ...) pointing at the NLB's DNS name,
   so pods connect by an in-cluster name that the members' certificates carry.
@@ -112,12 +112,15 @@ class Observability(pulumi.ComponentResource):
                     ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=PORTS[service], protocol="TCP")]),
                 opts=this)
 
-        # Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps with this label.
-        k8s.core.v1.ConfigMap(
-            f"{name}-dashboards",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{cluster}-dashboards", namespace=kube.namespace,
-                                                labels={**labels, "grafana_dashboard": "1"}),
-            data=dashboards(spec), opts=this)
+        # Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps with this label; one
+        # per dashboard keeps each well under a ConfigMap's 1 MiB and lets one change alone.
+        for file_name, text in dashboards(spec).items():
+            board = file_name.removeprefix(f"{cluster}-").removesuffix(".json")
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{board}",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{cluster}-dashboard-{board}", namespace=kube.namespace,
+                                                    labels={**labels, "grafana_dashboard": "1"}),
+                data={file_name: text}, opts=this)
 
         self.namespace = pulumi.Output.from_input(kube.namespace)
         self.secret_name = pulumi.Output.from_input(f"{cluster}-app")

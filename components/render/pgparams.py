@@ -73,9 +73,20 @@ def sized_parameters(spec: ClusterSpec) -> dict[str, Any]:
         "random_page_cost": 1.1,
         "effective_io_concurrency": 500 if spec.storage.kind == "metal" else 200,
         "password_encryption": "scram-sha-256",
-        "shared_preload_libraries": "pg_stat_statements",
+        # Query insights: statement statistics (the postgres exporter's stat_statements collector,
+        # the top-queries dashboard) and the plan of each slow statement in the log.
+        "shared_preload_libraries": "pg_stat_statements,auto_explain",
         "pg_stat_statements.max": 5000,
         "pg_stat_statements.track": "top",
+        # Utility statements off: their text is not normalised (ALTER ROLE ... PASSWORD would be kept).
+        "pg_stat_statements.track_utility": "off",
+        # Ten times the slow-statement log's threshold: a plan for the outliers only.
+        "auto_explain.log_min_duration": {"oltp": "1s", "crit": "1s", "olap": "10s", "tiny": "5s"}[profile],
+        # Plans only, not EXPLAIN ANALYZE: analyze instruments every statement, slow or not.
+        "auto_explain.log_analyze": "off",
+        "auto_explain.log_format": "json",
+        # No bind parameter values in the log: they may be an application's secrets.
+        "auto_explain.log_parameter_max_length": 0,
         "track_io_timing": "on",
         "track_functions": "all",
         "log_min_duration_statement": {"oltp": 100, "crit": 100, "olap": 1000, "tiny": 500}[profile],

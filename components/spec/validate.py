@@ -50,7 +50,7 @@ REFUSED_PARAMETERS: Mapping[str, str] = {
     "password_encryption": "must stay scram-sha-256 (pgha's default): pg_hba accepts SCRAM only, and md5 "
                            "verifiers are a security downgrade",
     "log_line_prefix": "is set by pgha (its log format); a second value would be silently ignored",
-    "shared_preload_libraries": "is managed by pgha (it preloads pg_stat_statements); load other modules "
+    "shared_preload_libraries": "is managed by pgha (it preloads pg_stat_statements and auto_explain); load other modules "
                                 "per session with session_preload_libraries",
     "fsync": "must stay on: off risks an unrecoverable cluster after a crash",
     "full_page_writes": "must stay on: off risks torn pages after a crash (and breaks pg_rewind)",

@@ -97,6 +97,9 @@ def test_pgbackrest_families_from_sample():
     assert m[("pgbackrest_backup_count", lab("incr"))] == 1
     # the newest full is the second one
     assert m[("pgbackrest_backup_last_time_seconds", lab("full"))] == 1795224393
+    # the PITR window starts at the first full's stop
+    assert m[("pgbackrest_backup_oldest_time_seconds", lab("full"))] == 1795224382
+    assert m[("pgbackrest_backup_oldest_time_seconds", lab("diff"))] == 1795224384
     assert m[("pgbackrest_backup_last_duration_seconds", lab("full"))] == 3
     assert m[("pgbackrest_backup_last_size_bytes", lab("full"))] == 26900263
     assert m[("pgbackrest_backup_last_repo_size_bytes", lab("full"))] == 5410250
@@ -113,7 +116,8 @@ def test_pgbackrest_families_from_sample():
     m = _fams(pgbackrest_exporter.pgbackrest_families(json.loads(PGBACKREST_INFO_MISSING), True))
     assert m[("pgbackrest_stanza_status", (("stanza", "nosuch"),))] == 1
     assert m[("pgbackrest_backup_count", (("stanza", "nosuch"), ("type", "full")))] == 0
-    assert not any(k[0] == "pgbackrest_backup_last_time_seconds" for k in m)
+    assert not any(k[0] in ("pgbackrest_backup_last_time_seconds", "pgbackrest_backup_oldest_time_seconds")
+                   for k in m)
 
 
 def test_pgbackrest_info_cache_and_failure(tmp_path):

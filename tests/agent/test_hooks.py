@@ -183,7 +183,9 @@ def test_post_bootstrap_roles_and_auth_function(bootstrapped):
     # idempotent: a second run alters instead of failing
     rc, out = post_bootstrap(s)
     assert rc == 0, out
-    assert "role dbuser_monitor altered" in out and "pgbouncer.get_auth present in template1" in out
+    assert "role dbuser_monitor altered" in out
+    assert "pgbouncer.get_auth and extension pg_stat_statements present in template1" in out
+    assert "extension pg_stat_statements present in app" in out
     _assert_nothing_secret(log_text + out)
 
     # the monitor logs in over TCP with SCRAM and is a pg_monitor member; a wrong password fails
@@ -215,8 +217,12 @@ def test_post_bootstrap_roles_and_auth_function(bootstrapped):
                                 ).fetchone()[0] == 1
             assert conn.execute("SELECT prosecdef FROM pg_proc WHERE oid = 'pgbouncer.get_auth(text)'::regprocedure"
                                 ).fetchone()[0] is True
-        with psycopg.connect(s.pg_dsn_postgres.replace("dbname=postgres", "dbname=template1")) as conn:
-            assert conn.execute("SELECT 'pgbouncer.get_auth(text)'::regprocedure IS NOT NULL").fetchone()[0]
+        for db in ("template1", "app"):
+            with psycopg.connect(s.pg_dsn_postgres.replace("dbname=postgres", f"dbname={db}")) as conn:
+                assert conn.execute("SELECT 'pgbouncer.get_auth(text)'::regprocedure IS NOT NULL").fetchone()[0]
+                # Query insights: template1's extension, inherited by app.
+                assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'"
+                                    ).fetchone()[0] == 1, db
         return 0
     rc, out = run_as("postgres", check_catalog)
     assert rc == 0, out

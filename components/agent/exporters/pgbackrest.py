@@ -43,6 +43,11 @@ def pgbackrest_families(info: list | None, up: bool) -> list:
                 continue
             newest = max(of_type, key=lambda b: ((b.get("timestamp") or {}).get("stop") or 0))
             ts, inf = newest.get("timestamp") or {}, newest.get("info") or {}
+            # The oldest full backup's stop is the earliest point PITR can reach (the PITR window's start).
+            oldest = min(of_type, key=lambda b: ((b.get("timestamp") or {}).get("stop") or 0))
+            f.add("pgbackrest_backup_oldest_time_seconds", "gauge",
+                  "Unix time the oldest backup of this type stopped", labels,
+                  number((oldest.get("timestamp") or {}).get("stop")))
             f.add("pgbackrest_backup_last_time_seconds", "gauge",
                   "Unix time the newest backup of this type stopped", labels, number(ts.get("stop")))
             if ts.get("start") is not None and ts.get("stop") is not None:
