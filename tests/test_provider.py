@@ -3,25 +3,30 @@
 Without the CLI: Pulumi's own component provider analyses both components; the schema it builds
 (with the stack config's input names) is a golden file; ``construct`` with camelCase inputs and
 float numbers, as a TypeScript or YAML program sends them, declares what the Python API declares
-for the same args; the examples use only names the schema has.
+for the same args; the examples use only names the schema has; PulumiPlugin.yaml's entry point
+serves that schema over gRPC, as the engine asks for it in ``pulumi package add``.
 """
 
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import grpc
 import pytest
 import yaml
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.server import ComponentInitError
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
 from infra_mocks import Run, resolve, run_program, summary
 from pgha.infra import PostgresCluster
 from pgha.infra.cluster import TYPE_TOKEN
 from pgha.infra.kubernetes import TYPE_TOKEN as OBSERVABILITY
-from pgha.infra.provider import COMPONENTS, PACKAGE, PghaProvider, package_schema, package_version
+from pgha.infra.provider import COMPONENTS, PACKAGE, TYPE_NAMES, PghaProvider, package_schema, package_version
 from pgha.spec import SpecError, schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +36,12 @@ VOLUME = "aws:ebs/volume:Volume"
 SCRAPE = "kubernetes:monitoring.coreos.com/v1alpha1:ScrapeConfig"
 
 
-def name_drift(package: Mapping[str, Any]) -> list[str]:
+def name_drift(package: Mapping[str, Any], type_names: Mapping[str, str] = TYPE_NAMES) -> list[str]:
     """How the schema's input names disagree with the stack config's (spec.schema), both ways."""
     drift = []
     inputs = package["resources"][TYPE_TOKEN]["inputProperties"]
     places = {"PostgresCluster": (inputs, schema.TOP),
-              **{g.args_class: (package["types"][f"{PACKAGE}:index:{g.args_class}"]["properties"], g)
+              **{g.args_class: (package["types"][f"{PACKAGE}:index:{type_names[g.args_class]}"]["properties"], g)
                  for g in schema.GROUPS.values()}}
     for where, (properties, group) in places.items():
         want = [f.key for f in group.fields]
@@ -51,7 +56,7 @@ def test_pulumis_component_provider_analyses_both_components() -> None:
     assert set(plain["resources"]) == {TYPE_TOKEN, OBSERVABILITY}
     assert plain["resources"][TYPE_TOKEN]["isComponent"] is True
     # Its own camel-casing misses the config's spelling: exactly what PghaProvider corrects.
-    assert sorted(name_drift(plain)) == ["StorageArgs.sizeGiB: config key missing",
+    assert sorted(name_drift(plain, {n: n for n in TYPE_NAMES})) == ["StorageArgs.sizeGiB: config key missing",
                                          "StorageArgs.sizeGib: not a config key",
                                          "StorageArgs.throughputMiBps: config key missing",
                                          "StorageArgs.throughputMibps: not a config key"]
@@ -64,8 +69,16 @@ def test_schema_inputs_carry_the_stack_config_names() -> None:
     outputs = package["resources"][TYPE_TOKEN]["properties"]
     assert {"endpoints", "memberIps", "nlbDnsName", "caCertPem", "appPassword"} <= set(outputs)
     # The TypedDict docstrings become the SDKs' docs, default included.
-    storage = package["types"][f"{PACKAGE}:index:StorageArgs"]["properties"]
+    storage = package["types"][f"{PACKAGE}:index:Storage"]["properties"]
     assert "(default 100)" in storage["sizeGiB"]["description"]
+    # SDK generators append Args to input types; Go names a resource's args <Resource>Args in the same
+    # package, so no type may be called that (Observability's cluster input was PostgresClusterArgs).
+    types = {token.rsplit(":", 1)[1] for token in package["types"]}
+    resources = {token.rsplit(":", 1)[1] for token in package["resources"]}
+    assert types == set(TYPE_NAMES.values())
+    assert not {t for t in types if t.endswith("Args")} and not types & resources
+    refs = set(re.findall(r'"\$ref": "#/types/([^"]+)"', json.dumps(package)))
+    assert refs == set(package["types"])
 
 
 def test_schema_matches_golden() -> None:
@@ -196,10 +209,24 @@ def test_examples_use_only_input_names_in_the_schema() -> None:
     assert used and used <= set(outputs)
 
 
-def test_plugin_manifest_names_the_provider_host() -> None:
+def test_plugin_serves_the_schema_as_the_engine_asks_for_it(tmp_path: Path) -> None:
     manifest = yaml.safe_load((ROOT / "PulumiPlugin.yaml").read_text())
     assert manifest["runtime"]["name"] == "python"
     main = ROOT / manifest["main"]
     # Not the root __main__.py: that is the pgha program.
     assert main.is_file() and main != ROOT / "__main__.py"
-    assert "pgha.infra.provider import host" in main.read_text()
+    # As the Python language host runs a plugin: `python <main> <engine address>`, printing its port.
+    # The engine address is only read when a program constructs; GetSchema is what package add asks.
+    plugin = subprocess.Popen([sys.executable, str(main), "127.0.0.1:1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert plugin.stdout is not None
+        port = plugin.stdout.readline().strip()
+        assert port.isdigit(), plugin.communicate(timeout=60)[1][-4000:]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = provider_pb2_grpc.ResourceProviderStub(channel)
+            answer = stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=120)
+        assert json.loads(answer.schema) == json.loads(GOLDEN.read_text())
+    finally:
+        plugin.terminate()
+        plugin.wait(timeout=60)

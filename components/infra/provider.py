@@ -7,6 +7,9 @@ the Python names) with two corrections:
 - input names come from ``spec.schema``, the stack config's names: the analyser camel-cases
   ``size_gib`` to ``sizeGib`` where the config (and a TypeScript or YAML user reading its docs)
   says ``sizeGiB``;
+- type names drop the Python ``Args`` suffix (``Storage``; the cluster's own args ``Cluster``):
+  SDK generators append ``Args`` to input types themselves, and a type ``PostgresClusterArgs``
+  would be the very name Go's SDK gives the ``PostgresCluster`` resource's args;
 - an integer input sent as a float (every number on the wire is one) reaches the component as
   an ``int``, so the spec's validation sees what a Python caller would pass;
 - a ``SpecError`` names each key as the program spelled it (``storage.sizeGiB``), not as Python does.
@@ -17,7 +20,7 @@ the Python names) with two corrections:
 import dataclasses
 import importlib.metadata
 import json
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pulumi
 from pulumi.provider.experimental.analyzer import PropertyDefinition, PropertyType
@@ -32,6 +35,9 @@ from .kubernetes import Observability
 
 PACKAGE = "pgha"
 COMPONENTS: tuple[type[pulumi.ComponentResource], ...] = (PostgresCluster, Observability)
+# Python TypedDict -> schema type name (see the module docstring).
+TYPE_NAMES: dict[str, str] = {schema.TOP.args_class: "Cluster",
+                              **{g.args_class: g.args_class.removesuffix("Args") for g in schema.GROUPS.values()}}
 
 
 def package_version() -> str:
@@ -52,6 +58,12 @@ class PghaProvider(ComponentProvider):
                     type_def.properties, type_def.properties_mapping, groups[type_def.name])
         top = self._component_defs[PostgresCluster.__name__]
         top.inputs, top.inputs_mapping = _renamed(top.inputs, top.inputs_mapping, schema.TOP)
+        self._type_defs = {TYPE_NAMES.get(key, key): type_def for key, type_def in self._type_defs.items()}
+        for key, type_def in self._type_defs.items():
+            type_def.name = key
+            _retype(type_def.properties.values())
+        for component in self._component_defs.values():
+            _retype([*component.inputs.values(), *component.outputs.values()])
         self.package: dict[str, Any] = generate_schema(PACKAGE, version, None, self._component_defs,
                                                        self._type_defs, self._dependencies).to_json()
         self.schema = json.dumps(self.package)
@@ -88,6 +100,17 @@ def _renamed(properties: Mapping[str, PropertyDefinition], mapping: Mapping[str,
         key = key_of.get(arg, wire_name)
         out[key], names[key] = prop, arg
     return out, names
+
+
+def _retype(properties: Iterable[PropertyDefinition | None]) -> None:
+    """Point each reference to one of pgha's types at its schema name (TYPE_NAMES), nested too."""
+    for prop in properties:
+        if prop is None:
+            continue
+        prefix, _, name = (prop.ref or "").rpartition(":")
+        if prefix == f"#/types/{PACKAGE}:index" and name in TYPE_NAMES:
+            prop.ref = f"{prefix}:{TYPE_NAMES[name]}"
+        _retype([prop.items, prop.additional_properties])
 
 
 def in_input_names(error: SpecError) -> SpecError:
