@@ -77,8 +77,13 @@ def test_schema_inputs_carry_the_stack_config_names() -> None:
     resources = {token.rsplit(":", 1)[1] for token in package["resources"]}
     assert types == set(TYPE_NAMES.values())
     assert not {t for t in types if t.endswith("Args")} and not types & resources
-    refs = set(re.findall(r'"\$ref": "#/types/([^"]+)"', json.dumps(package)))
+    text = json.dumps(package)
+    refs = set(re.findall(r'"\$ref": "#/types/([^"]+)"', text))
     assert refs == set(package["types"])
+    # Descriptions quote the schema's names, not Python's (``vpc_id`` reads ``vpcId``).
+    quoted = set(re.findall(r"``(\w+)``", text))
+    python_names = {f.arg for g in [schema.TOP, *schema.GROUPS.values()] for f in g.fields if f.arg != f.key}
+    assert "vpcId" in quoted and not quoted & (python_names | {"member_ips", "nlb_dns_name"})
 
 
 def test_schema_matches_golden() -> None:
@@ -163,22 +168,39 @@ def test_construct_refuses_bad_input_before_declaring_anything() -> None:
     assert caught.value.pgha_run.resources == []  # type: ignore[attr-defined]
 
 
+def scrape_addresses(run: Run) -> set[str]:
+    return {t.split(":")[0] for r in run.of_type(SCRAPE) for c in r.inputs["spec"]["staticConfigs"]
+            for t in c["targets"]}
+
+
 def test_construct_observability_from_a_clusters_outputs() -> None:
     cluster = {"clusterName": "pg-k8s", "kubernetes": {"namespace": "apps"}}
-    ips = {f"pg-k8s-{i}": f"10.42.{16 * (i - 1)}.1{i}" for i in (1, 2, 3)}
-    run, state = construct(OBSERVABILITY, {"cluster": cluster, "memberIps": ips, "nlbDnsName": "nlb.example",
-                                           "caCertPem": "CA", "appPassword": "pw"})
+    outputs = {"nlbDnsName": "nlb.example", "caCertPem": "CA", "appPassword": "pw"}
+    # The cluster's own member IPs, as its memberIps output has them.
+    python = run_program(lambda: PostgresCluster("db", {"cluster_name": "pg-k8s"}))
+    ips = {r.inputs["tags"]["pgha:member"]: r.inputs["privateIps"][0]
+           for r in python.of_type("aws:ec2/networkInterface:NetworkInterface")}
+    run, state = construct(OBSERVABILITY, {"cluster": cluster, "memberIps": ips, **outputs})
     assert resolve(state["namespace"])[0] == "apps"
-    targets = [t for r in run.of_type(SCRAPE) for c in r.inputs["spec"]["staticConfigs"] for t in c["targets"]]
-    assert {t.split(":")[0] for t in targets} == set(ips.values())
+    assert scrape_addresses(run) == set(ips.values()) and len(ips) == 3
     assert run.of_type(INSTANCE) == []  # monitoring objects only, no second cluster
+    # A VPC pgha creates: the same IPs without memberIps (a TypeScript program need not unwrap an Output).
+    planned, _ = construct(OBSERVABILITY, {"cluster": cluster, **outputs})
+    assert scrape_addresses(planned) == set(ips.values())
 
 
 def test_observability_without_the_clusters_outputs_declares_nothing() -> None:
     provider = PghaProvider()
-    with pytest.raises(ComponentInitError, match="missing member_ips of exactly pg-k8s-1, pg-k8s-2, pg-k8s-3"):
-        run_program(lambda: provider.construct(
-            "obs", OBSERVABILITY, {"cluster": {"clusterName": "pg-k8s", "kubernetes": {"namespace": "apps"}}}, None))
+    given_vpc = {"clusterName": "pg-k8s", "kubernetes": {"namespace": "apps"},
+                 "network": {"vpcId": "vpc-0123456789abcdef0",
+                             "subnetIds": ["subnet-0000000000000000a", "subnet-0000000000000000b",
+                                           "subnet-0000000000000000c"]}}
+    with pytest.raises(ComponentInitError) as caught:
+        run_program(lambda: provider.construct("obs", OBSERVABILITY, {"cluster": given_vpc, "caCertPem": "CA"},
+                                               None))
+    assert str(caught.value) == ("Observability needs the cluster's outputs: missing member_ips of exactly "
+                                 "pg-k8s-1, pg-k8s-2, pg-k8s-3; nlb_dns_name; app_password")
+    assert caught.value.pgha_run.resources == []  # type: ignore[attr-defined]
 
 
 def schema_drift(value: Any, properties: Mapping[str, Any], types: Mapping[str, Any], where: str) -> list[str]:

@@ -29,6 +29,7 @@ from ..observability.scrape import static_configs
 from ..render.files import APP_DATABASE, USERS
 from ..spec import PORTS, SERVICES, ClusterSpec
 from .cluster import PostgresClusterArgs, spec_of
+from .network import planned_member_ips
 
 TYPE_TOKEN = "pgha:index:Observability"
 # Where an application mounts the Secret: the DSNs' sslrootcert points into it.
@@ -50,7 +51,8 @@ class ObservabilityArgs(TypedDict, total=False):
     """The cluster's inputs as given to ``PostgresCluster``, ``kubernetes`` included (it says where the
     objects go); validated like the cluster's. Not needed when ``PostgresCluster`` declares it."""
     member_ips: Mapping[str, str]
-    """The cluster's ``member_ips`` output (member -> fixed private IP), known before the members exist."""
+    """The cluster's ``member_ips`` output (member -> fixed private IP); required with ``network.vpc_id``.
+    (default the IPs the cluster's own VPC gives its members)"""
     nlb_dns_name: pulumi.Input[str]
     """The cluster's ``nlb_dns_name`` output: where the ExternalName Services point."""
     ca_cert_pem: pulumi.Input[str]
@@ -77,7 +79,7 @@ class Observability(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
         if spec is None:
             spec = spec_of(args.get("cluster") or PostgresClusterArgs(), opts)
-        member_ips = args.get("member_ips") or {}
+        member_ips = args.get("member_ips") or (planned_member_ips(spec) if spec.network.creates_vpc else {})
         missing = [key for key in ("nlb_dns_name", "ca_cert_pem", "app_password") if key not in args]
         if set(member_ips) != {m.name for m in spec.members}:
             missing.insert(0, f"member_ips of exactly {', '.join(m.name for m in spec.members)}")

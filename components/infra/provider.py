@@ -12,7 +12,8 @@ the Python names) with two corrections:
   would be the very name Go's SDK gives the ``PostgresCluster`` resource's args;
 - an integer input sent as a float (every number on the wire is one) reaches the component as
   an ``int``, so the spec's validation sees what a Python caller would pass;
-- a ``SpecError`` names each key as the program spelled it (``storage.sizeGiB``), not as Python does.
+- a ``SpecError`` names each key as the program spelled it (``storage.sizeGiB``), not as Python does,
+  and so do the descriptions (a docstring's ````vpc_id```` reads ````vpcId````).
 
 ``plugin/__main__.py`` (named by PulumiPlugin.yaml) hosts it.
 """
@@ -20,6 +21,7 @@ the Python names) with two corrections:
 import dataclasses
 import importlib.metadata
 import json
+import re
 from typing import Any, Iterable, Mapping
 
 import pulumi
@@ -64,9 +66,34 @@ class PghaProvider(ComponentProvider):
             _retype(type_def.properties.values())
         for component in self._component_defs.values():
             _retype([*component.inputs.values(), *component.outputs.values()])
+        self._describe_in_schema_names()
         self.package: dict[str, Any] = generate_schema(PACKAGE, version, None, self._component_defs,
                                                        self._type_defs, self._dependencies).to_json()
         self.schema = json.dumps(self.package)
+
+    def _describe_in_schema_names(self) -> None:
+        """Python names quoted in the docstrings (````vpc_id````) -> the schema's (````vpcId````)."""
+        names: dict[str, str] = {}
+        for definition in [*self._component_defs.values(), *self._type_defs.values()]:
+            for mappings in (getattr(definition, "inputs_mapping", {}), getattr(definition, "outputs_mapping", {}),
+                             getattr(definition, "properties_mapping", {})):
+                names.update({arg: wire for wire, arg in mappings.items() if arg != wire})
+
+        def schema_names(text: str | None) -> str | None:
+            return text and re.sub(r"``(\w+)``", lambda m: f"``{names.get(m[1], m[1])}``", text)
+
+        def walk(props: Iterable[PropertyDefinition | None]) -> None:
+            for prop in props:
+                if prop is not None:
+                    prop.description = schema_names(prop.description)
+                    walk([prop.items, prop.additional_properties])
+
+        for component in self._component_defs.values():
+            component.description = schema_names(component.description)
+            walk([*component.inputs.values(), *component.outputs.values()])
+        for type_def in self._type_defs.values():
+            type_def.description = schema_names(type_def.description)
+            walk(type_def.properties.values())
 
     def construct(self, name: str, resource_type: str, inputs: pulumi.Inputs,
                   options: pulumi.ResourceOptions | None = None) -> ConstructResult:
