@@ -194,6 +194,13 @@ def resolve_offerings(zones: tuple[str, ...], opts: pulumi.ResourceOptions | Non
     return offered
 
 
+def spec_of(args: PostgresClusterArgs, opts: pulumi.ResourceOptions | None = None) -> ClusterSpec:
+    """The validated spec of ``args`` in the provider's region (raises ``SpecError``, declares nothing)."""
+    region, zones = resolve_region(opts)
+    return build_spec(dict(args), stack=pulumi.get_stack(), region=region, region_azs=zones,
+                      style="args", offerings=resolve_offerings(zones, opts))
+
+
 class PostgresCluster(pulumi.ComponentResource):
     """A Patroni/etcd/HAProxy/PgBouncer/pgBackRest PostgreSQL cluster across three AZs.
 
@@ -239,13 +246,13 @@ class PostgresCluster(pulumi.ComponentResource):
     """The way in: the EC2 Instance Connect Endpoint's id, the shell command per member, and the
     IAM policy (JSON) an operator needs for it (README "Getting a shell on a node")."""
 
-    def __init__(self, name: str, args: PostgresClusterArgs | None = None,
+    # ``args`` is a plain TypedDict, not ``X | None``: Pulumi's component analyser (the schema other
+    # languages use) reads this annotation and refuses unions. The empty default is never mutated.
+    def __init__(self, name: str, args: PostgresClusterArgs = PostgresClusterArgs(),
                  opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
         # Validate everything before registering anything: a SpecError must leave no trace.
         if spec is None:
-            region, zones = resolve_region(opts)
-            spec = build_spec(dict(args or {}), stack=pulumi.get_stack(), region=region, region_azs=zones,
-                              style="args", offerings=resolve_offerings(zones, opts))
+            spec = spec_of(args, opts)
         elif args:
             raise TypeError("PostgresCluster takes either args or spec=, not both")
         existing = None if spec.network.creates_vpc else net.lookup_existing(spec, invoke_opts=invoke_options(opts))
@@ -342,8 +349,9 @@ class PostgresCluster(pulumi.ComponentResource):
             from .kubernetes import Observability  # pulumi_kubernetes loads only when it is used
 
             self.observability = Observability(
-                f"{name}-observability", spec=spec, member_ips=member_ips, nlb_dns_name=endpoints.nlb_dns_name,
-                ca_cert_pem=certs.ca_cert_pem, app_password=self.app_password, opts=this)
+                f"{name}-observability", {"member_ips": member_ips, "nlb_dns_name": endpoints.nlb_dns_name,
+                                          "ca_cert_pem": certs.ca_cert_pem, "app_password": self.app_password},
+                this, spec=spec)
         self.endpoints = endpoints.nlb_dns_name.apply(lambda dns: {
             "nlb_dns_name": dns,
             "zone_name": zone,

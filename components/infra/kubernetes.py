@@ -18,7 +18,7 @@ a program of its own may declare it from a cluster's outputs too. It declares:
 Both custom resources carry the ``release`` label kube-prometheus-stack's selectors match.
 """
 
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -28,6 +28,8 @@ from ..observability.dashboards import dashboards
 from ..observability.scrape import static_configs
 from ..render.files import APP_DATABASE, USERS
 from ..spec import PORTS, SERVICES, ClusterSpec
+from .cluster import PostgresClusterArgs, spec_of
+from .network import planned_member_ips
 
 TYPE_TOKEN = "pgha:index:Observability"
 # Where an application mounts the Secret: the DSNs' sslrootcert points into it.
@@ -42,6 +44,23 @@ def dsn(spec: ClusterSpec, service: str, password: str) -> str:
             f"?sslmode=verify-full&sslrootcert={SECRET_MOUNT}/ca.crt")
 
 
+class ObservabilityArgs(TypedDict, total=False):
+    """Inputs of ``Observability``: the cluster's own inputs and four of its outputs."""
+
+    cluster: PostgresClusterArgs
+    """The cluster's inputs as given to ``PostgresCluster``, ``kubernetes`` included (it says where the
+    objects go); validated like the cluster's. Not needed when ``PostgresCluster`` declares it."""
+    member_ips: Mapping[str, str]
+    """The cluster's ``member_ips`` output (member -> fixed private IP); required with ``network.vpc_id``.
+    (default the IPs the cluster's own VPC gives its members)"""
+    nlb_dns_name: pulumi.Input[str]
+    """The cluster's ``nlb_dns_name`` output: where the ExternalName Services point."""
+    ca_cert_pem: pulumi.Input[str]
+    """The cluster's ``ca_cert_pem`` output, put in the applications' Secret."""
+    app_password: pulumi.Input[str]
+    """The cluster's ``app_password`` output (a secret), put in the applications' Secret."""
+
+
 class Observability(pulumi.ComponentResource):
     """ScrapeConfigs, the PrometheusRule, the applications' Secret and ExternalName Services."""
 
@@ -54,9 +73,18 @@ class Observability(pulumi.ComponentResource):
     alert_names: pulumi.Output[list[str]]
     """The alerts of the PrometheusRule."""
 
-    def __init__(self, name: str, *, spec: ClusterSpec, member_ips: Mapping[str, str],
-                 nlb_dns_name: pulumi.Input[str], ca_cert_pem: pulumi.Input[str], app_password: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    # ``args`` a plain TypedDict for Pulumi's component analyser (see PostgresCluster); ``spec=`` when
+    # PostgresCluster declares it, having validated it already.
+    def __init__(self, name: str, args: ObservabilityArgs = ObservabilityArgs(),
+                 opts: pulumi.ResourceOptions | None = None, *, spec: ClusterSpec | None = None) -> None:
+        if spec is None:
+            spec = spec_of(args.get("cluster") or PostgresClusterArgs(), opts)
+        member_ips = args.get("member_ips") or (planned_member_ips(spec) if spec.network.creates_vpc else {})
+        missing = [key for key in ("nlb_dns_name", "ca_cert_pem", "app_password") if key not in args]
+        if set(member_ips) != {m.name for m in spec.members}:
+            missing.insert(0, f"member_ips of exactly {', '.join(m.name for m in spec.members)}")
+        if missing:
+            raise ValueError(f"Observability needs the cluster's outputs: missing {'; '.join(missing)}")
         kube = spec.kubernetes
         if kube is None:
             raise ValueError("Observability needs a spec with kubernetes set (pgha:kubernetes)")
@@ -101,14 +129,14 @@ class Observability(pulumi.ComponentResource):
 
         # A Pulumi secret: the password stays encrypted in the state and out of every plain output.
         string_data: pulumi.Output[dict[str, str]] = pulumi.Output.secret(
-            pulumi.Output.all(app_password, ca_cert_pem).apply(secret_data))
+            pulumi.Output.all(args["app_password"], args["ca_cert_pem"]).apply(secret_data))
         k8s.core.v1.Secret(f"{name}-app", metadata=object_meta(f"{cluster}-app"), type="Opaque",
                                     string_data=string_data, opts=this)
         for service in SERVICES:
             k8s.core.v1.Service(
                 f"{name}-{service}", metadata=object_meta(spec.service_name(service)),
                 spec=k8s.core.v1.ServiceSpecArgs(
-                    type="ExternalName", external_name=nlb_dns_name,
+                    type="ExternalName", external_name=args["nlb_dns_name"],
                     ports=[k8s.core.v1.ServicePortArgs(name="postgres", port=PORTS[service], protocol="TCP")]),
                 opts=this)
 

@@ -168,6 +168,13 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"vpc_id": vpc.id})
 
 
+def planned_member_ips(spec: ClusterSpec) -> dict[str, str]:
+    """Each member's fixed IP in a VPC pgha creates (the ones ``Network``'s subnets give it)."""
+    if not spec.network.creates_vpc:
+        raise ValueError("a given VPC's member IPs depend on its subnets: look them up (lookup_existing)")
+    return {m.name: member_ip(spec.private_subnet_cidrs[m.az_index], m) for m in spec.members}
+
+
 def existing_refs(found: ExistingNetwork) -> NetworkRefs:
     """NetworkRefs of a VPC pgha does not manage."""
     return NetworkRefs(vpc_id=found.vpc_id, vpc_cidr=found.vpc_cidr, subnet_ids=found.subnet_ids,

@@ -194,13 +194,16 @@ def field(path: Sequence[str]) -> Field:
 
 
 def key_name(path: Sequence[str], given: Sequence[str] = (), *, style: str) -> str:
-    """A key as the input spells it: ``pgha:storage.sizeGiB`` (config) or ``storage.size_gib`` (args).
+    """A key as the input spells it: ``pgha:storage.sizeGiB`` (config), ``storage.size_gib`` (args)
+    or ``storage.sizeGiB`` (inputs: the package schema's names, from a program in another language).
 
     ``path`` holds schema keys (config spelling); ``given`` is appended verbatim: a key the
     schema does not know (a typo) or a free-form name (a PostgreSQL parameter).
     """
     if style == "config":
         return "pgha:" + ".".join([*path, *given])
+    if style == "inputs":
+        return ".".join([*path, *given])
     names, group = [], TOP
     for key in path:
         f = group.field(key)
