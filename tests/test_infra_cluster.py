@@ -136,6 +136,8 @@ def test_rolling_order_replicas_first_primary_last_each_after_the_previous_is_re
         # The wait is for this member's instance, once its data volume is attached.
         assert r.inputs["parameter_name"] == f"/pgha/pg-roll/{member}/status"
         assert r.inputs["instance_id"] == f"{inst[member].name}-id" and r.inputs["region"] == "us-east-1"
+        # What EC2 applies by restarting the instance: a change waits for the member again.
+        assert r.inputs["restarted_by"] == f"instance_type={inst[member].inputs['instanceType']}"
         assert urn_of[member] in r.dependencies
         assert any(a.urn in r.dependencies for a in attach.values() if a.name.startswith(inst[member].name[:-9]))
     # member k waits for member k+1 to be ready; member 4 waits for no member.

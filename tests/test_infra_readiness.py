@@ -162,6 +162,75 @@ def test_diff_updates_on_a_new_instance_and_on_nothing_else():
     assert unknown.changes is True
 
 
+def test_diff_waits_again_when_ec2_restarts_the_same_instance():
+    provider = MemberReadyProvider()
+    olds = {**PROPS, "restarted_by": "instance_type=t4g.medium"}
+    resized = provider.diff("id", olds, {**olds, "restarted_by": "instance_type=t4g.large"})
+    assert resized.changes is True and not resized.replaces
+    assert provider.diff("id", olds, dict(olds)).changes is False
+    # A state written before restarted_by existed: one update records it.
+    assert provider.diff("id", PROPS, dict(olds)).changes is True
+
+
+def put_status(ssm: Any, instance_id: str, state: str, at: str) -> None:
+    ssm.put_parameter(Name=PARAMETER, Type="String", Overwrite=True,
+                      Value=contract.status_value(instance_id, state, f"{state} at {at}", at, timeline=1, lag_bytes=0))
+
+
+def test_a_status_from_before_the_restart_is_ignored(ssm):
+    import datetime
+
+    restart = datetime.datetime(2026, 12, 2, 3, 0, 0, tzinfo=datetime.timezone.utc)
+    put_status(ssm, "i-0new", "ready", "2026-12-02T02:10:00Z")  # the last boot's word
+
+    def node(n: int) -> None:
+        if n == 1:
+            put_status(ssm, "i-0new", "booting", "2026-12-02T03:00:20Z")
+        if n == 3:
+            put_status(ssm, "i-0new", "ready", "2026-12-02T03:01:05Z")
+
+    clock = Clock(node)
+    status = wait_for_member(ssm, PARAMETER, "i-0new", timeout=60, poll=5.0, clock=clock, sleep=clock.sleep,
+                             written_after=restart)
+    assert status["at"] == "2026-12-02T03:01:05Z" and clock.sleeps == 3
+    # Only the stale status there: the wait runs out and says why.
+    put_status(ssm, "i-0new", "ready", "2026-12-02T02:10:00Z")
+    idle = Clock()
+    with pytest.raises(MemberNotReady, match="a status from before the restart"):
+        wait_for_member(ssm, PARAMETER, "i-0new", timeout=10, poll=5.0, clock=idle, sleep=idle.sleep,
+                        written_after=restart)
+
+
+def test_an_instance_ec2_restarted_is_waited_for_until_it_reports_after_the_restart(ssm, monkeypatch):
+    put_status(ssm, "i-0new", "ready", "2026-12-01T09:00:00Z")  # before the resize
+    real_wait, seen = readiness.wait_for_member, {}
+
+    def wait_with_a_node_that_boots(*args: Any, **kw: Any) -> contract.MemberStatus:
+        seen.update(kw)
+
+        def node(n: int) -> None:
+            if n == 1:
+                put_status(ssm, "i-0new", "ready", "2999-01-01T00:00:00Z")
+        clock = Clock(node)
+        status = real_wait(*args, **kw, clock=clock, sleep=clock.sleep)
+        seen["sleeps"], seen["at"] = clock.sleeps, status["at"]
+        return status
+    monkeypatch.setattr(readiness, "wait_for_member", wait_with_a_node_that_boots)
+    olds = {**PROPS, "restarted_by": "instance_type=t4g.medium", "state": "ready", "timeline": 1}
+    result = MemberReadyProvider().update(PARAMETER, olds, {**PROPS, "restarted_by": "instance_type=t4g.large"})
+    assert seen["written_after"] is not None
+    assert result.outs["state"] == "ready" and result.outs["restarted_by"] == "instance_type=t4g.large"
+    # Not the ready from before the restart: the one the node wrote while the update waited.
+    assert seen["sleeps"] == 1 and seen["at"] == "2999-01-01T00:00:00Z"
+
+
+def test_a_state_from_before_restarted_by_is_recorded_without_a_wait(ssm):
+    olds = {**PROPS, "state": "ready", "timeline": 4}  # no restarted_by, no status published
+    result = MemberReadyProvider().update(PARAMETER, olds, {**PROPS, "restarted_by": "instance_type=t4g.large"})
+    assert result.outs["restarted_by"] == "instance_type=t4g.large"
+    assert result.outs["state"] == "ready" and result.outs["timeline"] == 4
+
+
 def test_the_first_instance_is_not_waited_for(ssm):
     # A new cluster's members boot together; one alone never becomes ready (no etcd quorum).
     result = MemberReadyProvider().create(dict(PROPS))

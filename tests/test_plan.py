@@ -88,7 +88,7 @@ def test_an_instance_type_change_stops_every_member_in_rolling_order(project: Pa
     assert plan["members"][0]["reasons"] == ["instance_type: t4g.medium -> t4g.large"]
     assert plan["parameters"]["restart"]["shared_buffers"] == ["1024MB", "2048MB"]
     assert plan["switchovers"] == 1 and plan["write_pauses"][0]["figure"] == "a roll of all three"
-    assert any("does not wait for a member to be ready again" in line for line in plan["loud"])
+    assert any("waits for the member to report ready after the restart" in line for line in plan["loud"])
     costs = [li["monthly_usd"] for li in plan["cost"]["after"]["lines"] if li["item"].startswith("EC2")]
     assert costs == [round(0.0672 * 730 * 3, 2)]
 

@@ -40,6 +40,13 @@ VOLUME_MODIFIED_BY: tuple[str, ...] = ("size", "type", "iops", "throughput")
 VOLUME_MODIFICATION_INTERVAL_HOURS = 6
 
 
+def restart_key(spec: ClusterSpec) -> str:
+    """The values of INSTANCE_STOPPED_BY: a change has EC2 restart the instance, and MemberReady
+    waits for the member again before the next one goes."""
+    values = {"instance_type": spec.instance_type}
+    return ",".join(f"{name}={values[name]}" for name in INSTANCE_STOPPED_BY)
+
+
 def data_volume(spec: ClusterSpec, member: Member) -> dict[str, Any] | None:
     """The inputs of ``member``'s EBS data volume (None for metal) that the spec decides."""
     if spec.storage.kind != "ebs":
@@ -136,7 +143,7 @@ class Node(pulumi.ComponentResource):
         self.member_ready = MemberReady(
             f"{name}-ready", parameter_name=contract.status_parameter(spec.cluster_name, member.name),
             instance_id=instance.id, region=spec.region, timeout_seconds=READY_TIMEOUT_SECONDS,
-            opts=child(self, depends_on=booted))
+            restarted_by=restart_key(spec), opts=child(self, depends_on=booted))
         self.ready = [self.member_ready]
 
         self.instance_id = instance.id

@@ -244,10 +244,10 @@ def plan_change(base: ClusterSpec, head: ClusterSpec, *, base_label: str = "base
         loud.insert(0, "EVERY MEMBER IS REPLACED ON A NEW, EMPTY DATA VOLUME: the cluster's data survives only "
                        "through the members not yet replaced and the backup repository")
     if any(changes[n].action == "stop-start" for n in order):
-        loud.append("an instance type change is applied by EC2 in place (stop, modify, start): `pulumi up` does not "
-                    "wait for a member to be ready again before stopping the next one (MemberReady waits for a "
-                    "new instance id only), so two members may be down at once; apply it one member at a time "
-                    "(`pulumi up --target` each instance in the order below, waiting for its status `ready`)")
+        loud.append("an instance type change is applied by EC2 in place (stop, modify, start): each member is "
+                    "down for its restart, one at a time in the order below (MemberReady waits for the member to "
+                    "report ready after the restart before the next one stops); on metal the instance store "
+                    "comes back empty and the member is rebuilt from a peer")
     reload, restart, leader = _parameters(base, head)
     if restart and len(order) == len(head.members):
         leader = ""  # every member starts again anyway, with the new values: no restart roll
