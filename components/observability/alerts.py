@@ -33,6 +33,8 @@ LONG_TRANSACTION_SECONDS = 1800
 XID_AGE_LIMIT = 1_000_000_000
 # Disk: a filesystem the last 2 hours' trend fills within this many hours.
 DISK_FULL_HORIZON_HOURS = 6
+# How long PostgresFailover fires after the timeline rose.
+FAILOVER_WINDOW = "10m"
 # Only real filesystems: the data volume (XFS) and the root volume (ext4).
 FSTYPES = "xfs|ext4"
 
@@ -114,8 +116,9 @@ def etcd_members(spec: ClusterSpec) -> int:
     return sum(1 for m in spec.members if m.runs_etcd)
 
 
-def cluster_alerts(spec: ClusterSpec) -> tuple[Alert, ...]:
-    """Every alert of the cluster of ``spec``."""
+def cluster_alerts(spec: ClusterSpec, *, failover_window: str = FAILOVER_WINDOW) -> tuple[Alert, ...]:
+    """Every alert of the cluster of ``spec``. ``failover_window``: how long ``PostgresFailover``
+    stays firing after a new timeline (a test's Prometheus may shorten it; production never does)."""
     from ..render.pgparams import sized_parameters  # render imports this package (the scrape model)
 
     c = spec.cluster_name
@@ -158,12 +161,15 @@ def cluster_alerts(spec: ClusterSpec) -> tuple[Alert, ...]:
               f"{c} is in Patroni maintenance mode",
               "Patroni has been paused for 15m: no automatic failover happens while it is.",
               "`patronictl resume` once the maintenance is over."),
+        # The lowest cluster timeline over the window (a subquery), not one sample `offset` the window
+        # ago: a Prometheus (re)started within the window has no such sample and would miss the failover.
         Alert("PostgresFailover",
               f"max by (cls) ({_sel('patroni_postgres_timeline', c)}) "
-              f"> max by (cls) ({_sel('patroni_postgres_timeline', c)} offset 10m)", "0s", "warning",
+              f"> min_over_time((max by (cls) ({_sel('patroni_postgres_timeline', c)}))[{failover_window}:])",
+              "0s", "warning",
               f"{c} failed over: timeline now {{{{ $value }}}}",
-              "The cluster's timeline rose in the last 10 minutes: a new primary was promoted (a failover or a "
-              "switchover). Resolves by itself after 10 minutes.",
+              f"The cluster's timeline rose in the last {failover_window}: a new primary was promoted (a failover "
+              f"or a switchover). Resolves by itself {failover_window} after it.",
               "Find why the old primary lost the key (Patroni's log on it, `patronictl history`); check that it "
               "rejoined as a replica (`patronictl list`)."),
         Alert("PostgresReplicaNotStreaming",
