@@ -84,6 +84,8 @@ def test_client_and_metrics_sources(run: Run) -> None:
             assert ports <= allowed, (source, ports)
         elif source in monitoring:
             assert ports <= set(METRICS_PORTS)
+        elif source == f"{node_sg}-id" and sg_name(run, rule) == "db-api-sg":
+            assert ports == {443}  # the members' AWS API calls to the interface endpoints
         elif source == f"{node_sg}-id":
             assert ports <= set(MEMBER_PORTS)
         elif source == lb_id:

@@ -8,7 +8,7 @@
 * metrics ports only from ``monitoring_cidrs`` (no rule at all when empty); Patroni's REST API
   is not one of them (its metrics go through HAProxy's 9101), so only members reach 8008;
 * the NLB's group forwards the service ports to the members (traffic and health checks);
-* egress: 443 only for packages and AWS APIs (no port 80: the bootstrap points apt at
+* egress: 443 only for packages, S3 and AWS APIs (no port 80: the bootstrap points apt at
   Debian's mirrors over https), member ports between members;
 * SSH (22) only from the EC2 Instance Connect Endpoint's own group, whose only egress is 22 to
   the members (pgha.infra.access); never 0.0.0.0/0 or ::/0 ingress.
@@ -90,7 +90,8 @@ class SecurityGroups(pulumi.ComponentResource):
         for i, cidr in enumerate(net.monitoring_cidrs):
             self._ingress(node_ref, f"metrics-{i}", METRICS_PORTS, cidr=cidr, what="monitoring")
 
-        # Packages, pgBackRest to S3, Secrets Manager, SSM (the status parameter): HTTPS only.
+        # HTTPS only: Debian's mirrors (a CDN, no fixed addresses), S3, and the AWS APIs with
+        # vpcEndpoints none (otherwise they go to the endpoints' ENIs in the VPC).
         for port in EGRESS_PORTS:
             self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
 

@@ -93,10 +93,17 @@ class NetworkSpec:
     monitoring_cidrs: tuple[str, ...]
     nat_gateways: str
     expose_direct_ports: bool
+    # create | existing | none (pgha.infra.vpc_endpoints).
+    vpc_endpoints: str
 
     @property
     def creates_vpc(self) -> bool:
         return self.vpc_id is None
+
+    @property
+    def through_endpoints(self) -> bool:
+        """Every AWS API call of the members stays in the VPC (interface endpoints, S3's gateway)."""
+        return self.vpc_endpoints != "none"
 
 
 @dataclass(frozen=True)

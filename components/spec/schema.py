@@ -108,6 +108,11 @@ NETWORK = Group("NetworkArgs", (
           default="per-az", choices=("per-az", "single")),
     Field("exposeDirectPorts", "expose_direct_ports", bool,
           "Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member.", default=False),
+    Field("vpcEndpoints", "vpc_endpoints", str,
+          "Interface endpoints (private DNS) for the AWS APIs the members call: ``create`` them in the members' "
+          "subnets (about $7.30 a month per service and AZ), ``existing`` (a given VPC already has them) or "
+          "``none`` (through the NAT gateways).",
+          derived="``create``; ``none`` on a branch", choices=("create", "existing", "none")),
 ))
 
 BACKUP = Group("BackupArgs", (

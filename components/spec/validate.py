@@ -385,7 +385,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
         r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
     parameters = _parameters(r, postgres_version)
-    network = _network(r, len(azs))
+    network = _network(r, len(azs), is_branch)
     backup = _backup(r)
     stack_kind = r.string(["stackKind"])
     ami_id = r.string(["amiId"], pattern=re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -583,7 +583,7 @@ def _parameters(r: _Reader, major: int) -> dict[str, Any]:
     return out
 
 
-def _network(r: _Reader, az_count: int) -> NetworkSpec:
+def _network(r: _Reader, az_count: int, is_branch: bool) -> NetworkSpec:
     r.obj(["network"])
     cidr_check = _cidr_check(r.string(["network", "cidrPolicy"]))
     vpc_id = r.string(["network", "vpcId"], pattern=re.compile(r"vpc-[0-9a-f]{8,17}"),
@@ -615,7 +615,19 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
         monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], cidr_check),
         nat_gateways=r.string(["network", "natGateways"]),
         expose_direct_ports=r.boolean(["network", "exposeDirectPorts"]),
+        vpc_endpoints=_vpc_endpoints(r, vpc_id, is_branch),
     )
+
+
+def _vpc_endpoints(r: _Reader, vpc_id: str | None, is_branch: bool) -> str:
+    """``network.vpcEndpoints``; ``existing`` speaks of a VPC the user brings, so it needs vpcId."""
+    # A branch is one cost-optimised node: the endpoints would cost more than it.
+    value = r.string(["network", "vpcEndpoints"], "none" if is_branch else "create")
+    if value == "existing" and vpc_id is None:
+        r.fail(["network", "vpcEndpoints"], value,
+               "existing needs network.vpcId (a VPC pgha creates has no endpoints but its own): use create or none")
+        return "create"
+    return value
 
 
 def _backup(r: _Reader) -> BackupSpec:
