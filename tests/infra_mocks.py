@@ -51,6 +51,8 @@ EXISTING_ENIS: dict[str, dict[str, Any]] = {}
 # Existing network the getVpc/getSubnet invokes know about.
 EXISTING_VPC: dict[str, Any] = {"id": "vpc-0123456789abcdef0", "cidr_block": "10.9.0.0/16",
                                 "enable_dns_support": True, "enable_dns_hostnames": True}
+# AWS's managed prefix list of S3 in REGION (getPrefixList).
+S3_PREFIX_LIST = "pl-63a5400a"
 # Endpoints the given VPC already has: service name -> (type, private DNS). getVpcEndpoint fails
 # for any other service, as AWS's invoke does when nothing matches.
 EXISTING_VPC_ENDPOINTS: dict[str, tuple[str, bool]] = {}
@@ -227,6 +229,10 @@ class Recorder(pulumi.runtime.Mocks):
             return {"id": given["id"], "cidrBlock": EXISTING_VPC["cidr_block"],
                     "enableDnsSupport": EXISTING_VPC["enable_dns_support"],
                     "enableDnsHostnames": EXISTING_VPC["enable_dns_hostnames"]}
+        if token == "aws:ec2/getPrefixList:getPrefixList":
+            assert given["name"] == f"com.amazonaws.{REGION}.s3", given
+            return {"id": S3_PREFIX_LIST, "prefixListId": S3_PREFIX_LIST, "name": given["name"],
+                    "cidrBlocks": ["3.5.0.0/19", "52.216.0.0/15"]}
         if token == "aws:ec2/getVpcEndpoint:getVpcEndpoint":
             if given["serviceName"] not in EXISTING_VPC_ENDPOINTS or given["vpcId"] != EXISTING_VPC["id"]:
                 raise NotFound("no matching EC2 VPC Endpoint found")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from infra_mocks import SECRET_MARK, Run, decode_user_data, resolve, run_program
+from infra_mocks import S3_PREFIX_LIST, SECRET_MARK, Run, decode_user_data, resolve, run_program
 from pgha.infra import PostgresCluster
 from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS
 
@@ -125,6 +125,8 @@ def test_egress_is_limited(run: Run) -> None:
         ports = ports_of(rule)
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0":
             assert ports == {443}  # no port 80: apt uses Debian's mirrors over https
+        elif "prefixListId" in rule.inputs:
+            assert ports == {443} and rule.inputs["prefixListId"] == S3_PREFIX_LIST  # S3 alone
         else:
             assert "referencedSecurityGroupId" in rule.inputs
     # The endpoint's group reaches the members' sshd and nothing else.

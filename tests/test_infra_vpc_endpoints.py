@@ -183,3 +183,58 @@ def test_every_aws_api_the_members_call_has_an_endpoint_in_the_vpc() -> None:
     services = agent_aws_services()
     assert {"secretsmanager", "ssm", "s3"} <= services, services
     assert services <= set(INTERFACE_SERVICES) | {"s3"}, services - set(INTERFACE_SERVICES)
+
+
+def node_egress(run: Run) -> list[dict[str, Any]]:
+    return [r.inputs for r in run.of_type(EGRESS) if r.inputs["securityGroupId"] == "db-sg-nodes-id"]
+
+
+def beyond_the_group(rule: dict[str, Any]) -> tuple[str, str]:
+    """Where a members' egress rule leads other than to the members: (kind, target)."""
+    for kind in ("cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId"):
+        if kind in rule:
+            return kind, rule[kind]
+    raise AssertionError(rule)
+
+
+def test_with_endpoints_each_aws_destination_has_its_own_https_rule(run: Run) -> None:
+    out = {beyond_the_group(r): (r["fromPort"], r["toPort"]) for r in node_egress(run)
+           if r.get("referencedSecurityGroupId") != "db-sg-nodes-id"}
+    assert out == {("referencedSecurityGroupId", "db-api-sg-id"): (443, 443),        # the interface endpoints
+                   ("prefixListId", infra_mocks.S3_PREFIX_LIST): (443, 443),         # S3 (its gateway)
+                   ("cidrIpv4", "0.0.0.0/0"): (443, 443)}                            # Debian's mirrors (default)
+    asked = [c[1] for c in run.calls if c[0] == "aws:ec2/getPrefixList:getPrefixList"]
+    assert asked == [{"name": f"com.amazonaws.{REGION}.s3"}]
+
+
+def test_package_mirror_cidrs_replace_the_internet() -> None:
+    run = cluster({"package_mirror_cidrs": ["10.0.5.0/24"]})
+    targets = {beyond_the_group(r) for r in node_egress(run)}
+    assert ("cidrIpv4", "10.0.5.0/24") in targets
+    assert not [t for t in targets if t[0] in ("cidrIpv4", "cidrIpv6") and t[1] != "10.0.5.0/24"], targets
+    # An image with every package: no egress beyond the VPC and S3 at all.
+    sealed = {beyond_the_group(r)[0] for r in node_egress(cluster({"package_mirror_cidrs": []}))}
+    assert sealed == {"referencedSecurityGroupId", "prefixListId"}
+
+
+def test_without_endpoints_the_internet_rule_carries_the_aws_apis() -> None:
+    out = {beyond_the_group(r) for r in node_egress(cluster({"vpc_endpoints": "none"}))}
+    assert out == {("referencedSecurityGroupId", "db-sg-nodes-id"), ("cidrIpv4", "0.0.0.0/0")}
+
+
+@pytest.mark.usefixtures("given_vpc")
+def test_given_vpc_existing_endpoints_are_reached_by_the_vpc_cidr() -> None:
+    for service in INTERFACE_SERVICES:
+        infra_mocks.EXISTING_VPC_ENDPOINTS[endpoint_service_name(REGION, service)] = ("Interface", True)
+    run = cluster({**GIVEN, "vpc_endpoints": "existing", "package_mirror_cidrs": []})
+    out = {beyond_the_group(r) for r in node_egress(run)}
+    assert out == {("referencedSecurityGroupId", "db-sg-nodes-id"), ("prefixListId", infra_mocks.S3_PREFIX_LIST),
+                   ("cidrIpv4", infra_mocks.EXISTING_VPC["cidr_block"])}
+
+
+def test_package_mirror_cidrs_need_the_endpoints() -> None:
+    with pytest.raises(SpecError) as caught:
+        build_spec({"network": {"vpc_endpoints": "none", "package_mirror_cidrs": ["10.0.5.0/24"]}}, stack="dev",
+                   region=REGION, region_azs=REGION_AZS, style="args")
+    (problem,) = caught.value.problems
+    assert problem.path == ("network", "packageMirrorCidrs") and "use create or existing" in problem.allowed

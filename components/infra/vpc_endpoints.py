@@ -63,6 +63,11 @@ class InterfaceEndpoints(pulumi.ComponentResource):
                                          ip_protocol="tcp", from_port=HTTPS_PORT, to_port=HTTPS_PORT,
                                          referenced_security_group_id=node_security_group_id,
                                          description="AWS APIs from the cluster members", opts=child(self))
+        # The members' side (their group's other egress is pgha.infra.security's).
+        aws.vpc.SecurityGroupEgressRule(f"{name}-members-out-{HTTPS_PORT}", security_group_id=node_security_group_id,
+                                        ip_protocol="tcp", from_port=HTTPS_PORT, to_port=HTTPS_PORT,
+                                        referenced_security_group_id=group.id,
+                                        description="AWS APIs through the interface endpoints", opts=child(self))
         subnets = [subnet_ids[index] for index in endpoint_subnet_indexes(spec)]
         self.endpoint_ids = {}
         for service in INTERFACE_SERVICES:

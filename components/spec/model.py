@@ -95,6 +95,8 @@ class NetworkSpec:
     expose_direct_ports: bool
     # create | existing | none (pgha.infra.vpc_endpoints).
     vpc_endpoints: str
+    # Egress 443 for apt beyond the VPC and S3 (pgha.infra.security).
+    package_mirror_cidrs: tuple[str, ...]
 
     @property
     def creates_vpc(self) -> bool:

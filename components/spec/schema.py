@@ -113,6 +113,10 @@ NETWORK = Group("NetworkArgs", (
           "subnets (about $7.30 a month per service and AZ), ``existing`` (a given VPC already has them) or "
           "``none`` (through the NAT gateways).",
           derived="``create``; ``none`` on a branch", choices=("create", "existing", "none")),
+    Field("packageMirrorCidrs", "package_mirror_cidrs", list,
+          "With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only "
+          "egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package.",
+          derived="``0.0.0.0/0`` (Debian's mirrors are a CDN)"),
 ))
 
 BACKUP = Group("BackupArgs", (

@@ -606,6 +606,7 @@ def _network(r: _Reader, az_count: int, is_branch: bool) -> NetworkSpec:
         r.fail(["network", "vpcCidr"], vpc_cidr,
                f"must be an IPv4 CIDR block such as {default_cidr} (host bits zero)")
         vpc_cidr = default_cidr
+    endpoints = _vpc_endpoints(r, vpc_id, is_branch)
     return NetworkSpec(
     vpc_id=vpc_id,
         subnet_ids=subnet_ids,
@@ -615,8 +616,33 @@ def _network(r: _Reader, az_count: int, is_branch: bool) -> NetworkSpec:
         monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], cidr_check),
         nat_gateways=r.string(["network", "natGateways"]),
         expose_direct_ports=r.boolean(["network", "exposeDirectPorts"]),
-        vpc_endpoints=_vpc_endpoints(r, vpc_id, is_branch),
+        vpc_endpoints=endpoints,
+        package_mirror_cidrs=_package_mirror_cidrs(r, endpoints),
     )
+
+
+INTERNET_V4 = "0.0.0.0/0"
+
+
+def _package_mirror_cidrs(r: _Reader, vpc_endpoints: str) -> tuple[str, ...]:
+    """``network.packageMirrorCidrs``: any CIDR block (a mirror may be public); narrower than the
+    internet only when the AWS APIs do not need it (endpoints on)."""
+    path = ["network", "packageMirrorCidrs"]
+    if r.raw(path) is _MISSING:
+        return (INTERNET_V4,)
+
+    def check(value: str) -> str | None:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            return "must be a CIDR block such as 10.0.5.0/24 or 0.0.0.0/0 (host bits zero)"
+        return None
+
+    cidrs = r.string_list(path, check)
+    if vpc_endpoints == "none" and cidrs != (INTERNET_V4,):
+        r.fail(path, list(cidrs), "with network.vpcEndpoints none the AWS APIs go through the NAT gateways to the "
+                                  f"internet: only [\"{INTERNET_V4}\"]; use create or existing to narrow it")
+    return cidrs
 
 
 def _vpc_endpoints(r: _Reader, vpc_id: str | None, is_branch: bool) -> str:
