@@ -91,6 +91,13 @@ def test_members_boot_after_the_endpoints_exist(run: Run) -> None:
         assert set(endpoints) <= set(instance.dependencies), instance.name
 
 
+def test_the_role_s_deny_changes_only_after_the_endpoints_exist(run: Run) -> None:
+    """A running cluster turning endpoints on: its members keep the NAT path until they are there."""
+    endpoints = [r.urn for r in run.of_type(ENDPOINT) if r.inputs["vpcEndpointType"] == "Interface"]
+    policy = run.one("aws:iam/rolePolicy:RolePolicy", "db-role-access")
+    assert endpoints and set(endpoints) <= set(policy.dependencies)
+
+
 def test_none_declares_no_interface_endpoint() -> None:
     run = cluster({"vpc_endpoints": "none"})
     assert interface_endpoints(run) == {}

@@ -291,7 +291,10 @@ class PostgresCluster(pulumi.ComponentResource):
                                     vpc_id=refs.vpc_id if refs.egress_ips or spec.network.through_endpoints else "",
                                     egress_ips=refs.egress_ips, through_endpoints=spec.network.through_endpoints,
                                     s3_in_vpc=refs.s3_endpoint_id is not None,
-                                    tls_secret_arns=secret.tls_secret_arns, member_ips=member_ips)
+                                    tls_secret_arns=secret.tls_secret_arns, member_ips=member_ips,
+                                    # A running cluster gaining endpoints: the Deny that refuses the NAT
+                                    # path applies only once the endpoints are there.
+                                    after=[api_endpoints] if api_endpoints else [])
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
                            tls_secret_arns=secret.tls_secret_arns,

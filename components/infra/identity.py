@@ -265,7 +265,8 @@ def node_access_policy(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[
                        egress_ips: Sequence[pulumi.Input[str]] = (), through_endpoints: bool = False,
                        s3_in_vpc: bool = True,
                        tls_secret_arns: Mapping[str, pulumi.Input[str]] | None = None,
-                       member_ips: Mapping[str, str] | None = None) -> aws.iam.RolePolicy:
+                       member_ips: Mapping[str, str] | None = None,
+                       after: Sequence[pulumi.Resource] = ()) -> aws.iam.RolePolicy:
     """Attach the members' data access policy to the role."""
     ips = dict(member_ips or {})
     document = pulumi.Output.all(bucket_arn, secret_arn, key_arn, vpc_id, pulumi.Output.all(*egress_ips),
@@ -273,7 +274,8 @@ def node_access_policy(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[
         lambda v: node_policy_document(spec, bucket_arn=v[0], secret_arn=v[1], key_arn=v[2], vpc_id=v[3],
                                        egress_ips=v[4], through_endpoints=through_endpoints, s3_in_vpc=s3_in_vpc,
                                        tls_secrets={m: (arn, ips[m]) for m, arn in v[5].items()}))
-    return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document, opts=child(parent))
+    return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document,
+                              opts=child(parent, depends_on=list(after)))
 
 
 def _own_tls_key_json(member: str, pem: str) -> str:
