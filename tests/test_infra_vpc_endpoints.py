@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+# An image with the node packages (a narrower packageMirrorCidrs needs one).
+OWN_IMAGE = "ami-0123456789abcdef0"
 GIVEN = {"vpc_id": "vpc-0123456789abcdef0",
          "subnet_ids": ["subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"]}
 
@@ -215,12 +217,12 @@ def test_with_endpoints_each_aws_destination_has_its_own_https_rule(run: Run) ->
 
 
 def test_package_mirror_cidrs_replace_the_internet() -> None:
-    run = cluster({"package_mirror_cidrs": ["10.0.5.0/24"]})
+    run = cluster({"package_mirror_cidrs": ["10.0.5.0/24"]}, ami_id=OWN_IMAGE)
     targets = {beyond_the_group(r) for r in node_egress(run)}
     assert ("cidrIpv4", "10.0.5.0/24") in targets
     assert not [t for t in targets if t[0] in ("cidrIpv4", "cidrIpv6") and t[1] != "10.0.5.0/24"], targets
     # An image with every package: no egress beyond the VPC and S3 at all.
-    sealed = {beyond_the_group(r)[0] for r in node_egress(cluster({"package_mirror_cidrs": []}))}
+    sealed = {beyond_the_group(r)[0] for r in node_egress(cluster({"package_mirror_cidrs": []}, ami_id=OWN_IMAGE))}
     assert sealed == {"referencedSecurityGroupId", "prefixListId"}
 
 
@@ -233,7 +235,7 @@ def test_without_endpoints_the_internet_rule_carries_the_aws_apis() -> None:
 def test_given_vpc_existing_endpoints_are_reached_by_the_vpc_cidr() -> None:
     for service in INTERFACE_SERVICES:
         infra_mocks.EXISTING_VPC_ENDPOINTS[endpoint_service_name(REGION, service)] = ("Interface", True)
-    run = cluster({**GIVEN, "vpc_endpoints": "existing", "package_mirror_cidrs": []})
+    run = cluster({**GIVEN, "vpc_endpoints": "existing", "package_mirror_cidrs": []}, ami_id=OWN_IMAGE)
     out = {beyond_the_group(r) for r in node_egress(run)}
     assert out == {("referencedSecurityGroupId", "db-sg-nodes-id"), ("prefixListId", infra_mocks.S3_PREFIX_LIST),
                    ("cidrIpv4", infra_mocks.EXISTING_VPC["cidr_block"])}
@@ -241,7 +243,16 @@ def test_given_vpc_existing_endpoints_are_reached_by_the_vpc_cidr() -> None:
 
 def test_package_mirror_cidrs_need_the_endpoints() -> None:
     with pytest.raises(SpecError) as caught:
-        build_spec({"network": {"vpc_endpoints": "none", "package_mirror_cidrs": ["10.0.5.0/24"]}}, stack="dev",
-                   region=REGION, region_azs=REGION_AZS, style="args")
+        build_spec({"network": {"vpc_endpoints": "none", "package_mirror_cidrs": ["10.0.5.0/24"]},
+                    "ami_id": OWN_IMAGE}, stack="dev", region=REGION, region_azs=REGION_AZS, style="args")
     (problem,) = caught.value.problems
     assert problem.path == ("network", "packageMirrorCidrs") and "use create or existing" in problem.allowed
+
+
+@pytest.mark.parametrize("cidrs", [[], ["10.0.5.0/24"]])
+def test_narrower_package_mirror_cidrs_need_an_image_of_one_s_own(cidrs: list[str]) -> None:
+    """The official Debian AMI has none of the node packages and names deb.debian.org (a CDN)."""
+    error, run = failing_run(lambda: PostgresCluster("db", {"network": {"package_mirror_cidrs": cidrs}}))
+    (problem,) = error.problems
+    assert run.resources == []
+    assert problem.path == ("network", "packageMirrorCidrs") and "needs amiId" in problem.allowed

@@ -76,7 +76,7 @@ class NetworkArgs(TypedDict, total=False):
     vpc_endpoints: str
     """Interface endpoints (private DNS) for the AWS APIs the members call: ``create`` them in the members' subnets (about $7.30 a month per service and AZ), ``existing`` (a given VPC already has them) or ``none`` (through the NAT gateways). (default ``create``; ``none`` on a branch)"""
     package_mirror_cidrs: Sequence[str]
-    """With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package. (default ``0.0.0.0/0`` (Debian's mirrors are a CDN))"""
+    """With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package (either needs ``ami_id``, an image of one's own). (default ``0.0.0.0/0`` (Debian's mirrors are a CDN))"""
 
 
 class BackupArgs(TypedDict, total=False):

@@ -115,7 +115,8 @@ NETWORK = Group("NetworkArgs", (
           derived="``create``; ``none`` on a branch", choices=("create", "existing", "none")),
     Field("packageMirrorCidrs", "package_mirror_cidrs", list,
           "With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only "
-          "egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package.",
+          "egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package "
+          "(either needs ``ami_id``, an image of one's own).",
           derived="``0.0.0.0/0`` (Debian's mirrors are a CDN)"),
 ))
 

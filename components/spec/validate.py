@@ -390,6 +390,12 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     stack_kind = r.string(["stackKind"])
     ami_id = r.string(["amiId"], pattern=re.compile(r"ami-[0-9a-f]{8,17}"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
+    mirrors_ok = not any(p.path == ("network", "packageMirrorCidrs") for p in r.problems)
+    if mirrors_ok and network.package_mirror_cidrs != (INTERNET_V4,) and r.raw(["amiId"]) is _MISSING:
+        # The official Debian AMI has none of the node packages and names deb.debian.org (a CDN).
+        r.fail(["network", "packageMirrorCidrs"], list(network.package_mirror_cidrs),
+               "narrower than 0.0.0.0/0 needs amiId: an image that has every node package or whose apt "
+               "sources name that mirror (the official Debian image has neither)")
     pool_mode = r.string(["poolMode"])
     restore = _branch(r, stack_kind, cluster_name)
     kubernetes = _kubernetes(r)
