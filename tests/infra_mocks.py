@@ -49,7 +49,13 @@ OFFERINGS = {zone: types for zone, types in moto_offerings().items() if zone in 
 EXISTING_ENIS: dict[str, dict[str, Any]] = {}
 
 # Existing network the getVpc/getSubnet invokes know about.
-EXISTING_VPC = {"id": "vpc-0123456789abcdef0", "cidr_block": "10.9.0.0/16"}
+EXISTING_VPC: dict[str, Any] = {"id": "vpc-0123456789abcdef0", "cidr_block": "10.9.0.0/16",
+                                "enable_dns_support": True, "enable_dns_hostnames": True}
+# AWS's managed prefix list of S3 in REGION (getPrefixList).
+S3_PREFIX_LIST = "pl-63a5400a"
+# Endpoints the given VPC already has: service name -> (type, private DNS). getVpcEndpoint fails
+# for any other service, as AWS's invoke does when nothing matches.
+EXISTING_VPC_ENDPOINTS: dict[str, tuple[str, bool]] = {}
 EXISTING_SUBNETS = {
     "subnet-0000000000000000a": ("us-east-1a", "10.9.0.0/24"),
     "subnet-0000000000000000b": ("us-east-1b", "10.9.1.0/24"),
@@ -117,6 +123,10 @@ def _result_fields(token: str) -> list[str]:
     return [_camel(p) for p in params]
 
 
+class NotFound(Exception):
+    """An invoke whose lookup matches nothing (the provider fails it)."""
+
+
 class Recorder(pulumi.runtime.Mocks):
     """Answers resources with plausible outputs and records invokes."""
 
@@ -176,7 +186,11 @@ class Recorder(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         self.run.calls.append((args.token, dict(args.args)))
-        values = self._answer(args.token, args.args)
+        try:
+            values = self._answer(args.token, args.args)
+        except NotFound as missing:
+            # What the engine makes of a provider's error: the invoke raises in the program.
+            return {}, [("", str(missing))]  # type: ignore[return-value]
         if args.token.startswith("aws:"):
             values = {key: values.get(key) for key in _result_fields(args.token)} | values
         return values
@@ -212,7 +226,20 @@ class Recorder(pulumi.runtime.Mocks):
             return {"id": image, "imageId": image, "architecture": arch,
                     "name": pattern.replace("*", "20250101-1234"), "ownerId": given["owners"][0]}
         if token == "aws:ec2/getVpc:getVpc":
-            return {"id": given["id"], "cidrBlock": EXISTING_VPC["cidr_block"]}
+            return {"id": given["id"], "cidrBlock": EXISTING_VPC["cidr_block"],
+                    "enableDnsSupport": EXISTING_VPC["enable_dns_support"],
+                    "enableDnsHostnames": EXISTING_VPC["enable_dns_hostnames"]}
+        if token == "aws:ec2/getPrefixList:getPrefixList":
+            assert given["name"] == f"com.amazonaws.{REGION}.s3", given
+            return {"id": S3_PREFIX_LIST, "prefixListId": S3_PREFIX_LIST, "name": given["name"],
+                    "cidrBlocks": ["3.5.0.0/19", "52.216.0.0/15"]}
+        if token == "aws:ec2/getVpcEndpoint:getVpcEndpoint":
+            if given["serviceName"] not in EXISTING_VPC_ENDPOINTS or given["vpcId"] != EXISTING_VPC["id"]:
+                raise NotFound("no matching EC2 VPC Endpoint found")
+            kind, private_dns = EXISTING_VPC_ENDPOINTS[given["serviceName"]]
+            return {"id": f"vpce-{given['serviceName'].rsplit('.', 1)[1]}", "vpcId": given["vpcId"],
+                    "serviceName": given["serviceName"], "vpcEndpointType": kind, "privateDnsEnabled": private_dns,
+                    "state": "available"}
         if token == "aws:ec2/getSubnet:getSubnet":
             az, cidr = EXISTING_SUBNETS[given["id"]]
             return {"id": given["id"], "availabilityZone": az, "cidrBlock": cidr, "vpcId": EXISTING_VPC["id"]}

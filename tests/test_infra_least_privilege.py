@@ -157,14 +157,44 @@ def test_overwritten_and_expired_objects_stay_retention_plus_7_days() -> None:
 # -- 3. credentials work only from the VPC -----------------------------------------------------------
 
 def test_bucket_denies_the_node_role_outside_the_s3_gateway_endpoint(run: Run) -> None:
-    (endpoint,) = run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
-    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    (endpoint,) = [e for e in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if e.inputs["vpcEndpointType"] == "Gateway"]
     deny = by_sid(bucket_policy(run))["DenyMembersOutsideTheVpc"]
     assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": ROLE_ARN} and actions(deny) == ["s3:*"]
     assert deny["Condition"] == {"StringNotEquals": {"aws:SourceVpce": f"{endpoint.name}-id"}}
 
 
-def test_node_role_denied_everything_outside_the_vpc_and_its_nat_gateways(run: Run) -> None:
+def test_node_role_denied_everything_not_through_the_vpc_with_its_endpoints(run: Run) -> None:
+    """network.vpcEndpoints create (the default): every call goes through an endpoint of the VPC
+    (S3's gateway, the interface endpoints), so aws:SourceVpc alone decides; the NAT gateways'
+    addresses no longer pass (no aws:SourceIp escape)."""
+    deny = by_sid(node_policy(run))["DenyOutsideTheVpc"]
+    assert deny["Effect"] == "Deny" and actions(deny) == ["*"] and deny["Resource"] == "*"
+    assert "NotAction" not in deny
+    assert deny["Condition"] == {"StringNotEquals": {"aws:SourceVpc": "db-network-vpc-id"},
+                                 # KMS calls S3 and Secrets Manager make for the role are not denied for their origin.
+                                 "BoolIfExists": {"aws:ViaAWSService": "false"}}
+
+
+def test_every_service_the_role_may_call_is_reached_through_the_vpc(run: Run) -> None:
+    """What the Allow statements grant is callable under the Deny: S3 through its gateway
+    endpoint, the rest through an interface endpoint; KMS only through S3 and Secrets Manager."""
+    from pgha.infra.vpc_endpoints import INTERFACE_SERVICES
+
+    doc = node_policy(run)
+    for statement in doc["Statement"]:
+        if statement["Effect"] != "Allow":
+            continue
+        for action in actions(statement):
+            service = action.split(":")[0]
+            if service == "kms":
+                assert statement["Condition"]["StringEquals"]["kms:ViaService"] == VIA_S3_SM, statement["Sid"]
+            else:
+                assert service == "s3" or service in INTERFACE_SERVICES, (statement["Sid"], action)
+
+
+def test_without_endpoints_the_nat_gateways_addresses_also_pass() -> None:
+    run = cluster({"network": {"vpc_endpoints": "none"}})
+    assert [e.inputs["vpcEndpointType"] for e in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")] == ["Gateway"]
     deny = by_sid(node_policy(run))["DenyOutsideTheVpc"]
     assert deny["Effect"] == "Deny" and actions(deny) == ["*"] and deny["Resource"] == "*"
     assert len(run.of_type("aws:ec2/eip:Eip")) == 3  # one NAT gateway per AZ by default
@@ -173,21 +203,35 @@ def test_node_role_denied_everything_outside_the_vpc_and_its_nat_gateways(run: R
     sources = condition["NotIpAddress"]["aws:SourceIp"]
     assert len(set(sources)) == 3 and all(s.startswith("198.51.100.") and s.endswith("/32") for s in sources)
     assert condition["StringNotEquals"] == {"aws:SourceVpc": "db-network-vpc-id"}
-    # KMS calls S3 and Secrets Manager make for the role are not denied for their origin.
     assert condition["BoolIfExists"] == {"aws:ViaAWSService": "false"}
 
 
 def test_single_nat_gateway_is_the_one_egress_address() -> None:
-    run = cluster({"network": {"nat_gateways": "single"}})
+    run = cluster({"network": {"nat_gateways": "single", "vpc_endpoints": "none"}})
     deny = by_sid(node_policy(run))["DenyOutsideTheVpc"]
     assert len(deny["Condition"]["NotIpAddress"]["aws:SourceIp"]) == 1
 
 
-def test_given_vpc_has_no_network_bound_and_says_so_nowhere_else() -> None:
-    """A given VPC: pgha does not know its egress addresses or endpoints, so it adds no
-    network condition it could not keep (documented in README)."""
-    run = cluster({"network": {"vpc_id": "vpc-0123456789abcdef0", "subnet_ids": [
-        "subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"]}})
+GIVEN_VPC = {"vpc_id": "vpc-0123456789abcdef0", "subnet_ids": [
+    "subnet-0000000000000000a", "subnet-0000000000000000b", "subnet-0000000000000000c"]}
+
+
+def test_given_vpc_with_endpoints_binds_every_call_but_s3_to_that_vpc() -> None:
+    """A given VPC with endpoints (created there by default): its id is known, so the role is
+    denied everything but S3 from elsewhere. Its S3 path (a NAT, or a gateway endpoint pgha does
+    not own) is unknown, so S3 is left out, and the bucket adds no endpoint condition."""
+    run = cluster({"network": GIVEN_VPC})
+    deny = by_sid(node_policy(run))["DenyOutsideTheVpc"]
+    assert deny["NotAction"] == "s3:*" and "Action" not in deny and deny["Resource"] == "*"
+    assert deny["Condition"] == {"StringNotEquals": {"aws:SourceVpc": GIVEN_VPC["vpc_id"]},
+                                 "BoolIfExists": {"aws:ViaAWSService": "false"}}
+    assert "DenyMembersOutsideTheVpc" not in by_sid(bucket_policy(run))
+
+
+def test_given_vpc_without_endpoints_has_no_network_bound() -> None:
+    """A given VPC and vpcEndpoints none: pgha knows neither its egress addresses nor its
+    endpoints, so it adds no network condition it could not keep (documented in README)."""
+    run = cluster({"network": {**GIVEN_VPC, "vpc_endpoints": "none"}})
     assert "DenyOutsideTheVpc" not in by_sid(node_policy(run))
     assert "DenyMembersOutsideTheVpc" not in by_sid(bucket_policy(run))
     assert "DenyMembersPermanentDeletes" in by_sid(bucket_policy(run))

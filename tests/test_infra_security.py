@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from infra_mocks import SECRET_MARK, Run, decode_user_data, resolve, run_program
+from infra_mocks import S3_PREFIX_LIST, SECRET_MARK, Run, decode_user_data, resolve, run_program
 from pgha.infra import PostgresCluster
 from pgha.spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS
 
@@ -84,6 +84,8 @@ def test_client_and_metrics_sources(run: Run) -> None:
             assert ports <= allowed, (source, ports)
         elif source in monitoring:
             assert ports <= set(METRICS_PORTS)
+        elif source == f"{node_sg}-id" and sg_name(run, rule) == "db-api-sg":
+            assert ports == {443}  # the members' AWS API calls to the interface endpoints
         elif source == f"{node_sg}-id":
             assert ports <= set(MEMBER_PORTS)
         elif source == lb_id:
@@ -123,6 +125,8 @@ def test_egress_is_limited(run: Run) -> None:
         ports = ports_of(rule)
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0":
             assert ports == {443}  # no port 80: apt uses Debian's mirrors over https
+        elif "prefixListId" in rule.inputs:
+            assert ports == {443} and rule.inputs["prefixListId"] == S3_PREFIX_LIST  # S3 alone
         else:
             assert "referencedSecurityGroupId" in rule.inputs
     # The endpoint's group reaches the members' sshd and nothing else.

@@ -24,6 +24,7 @@ from .nodefiles import upload_node_files
 from .restore import cipher_secret_reference, restore_source_of, source_read_access
 from .security import SecurityGroups
 from .tls import ClusterTls
+from .vpc_endpoints import InterfaceEndpoints
 
 if TYPE_CHECKING:
     from .kubernetes import Observability
@@ -72,6 +73,10 @@ class NetworkArgs(TypedDict, total=False):
     """NAT gateways of a created VPC: one per AZ (``per-az``) or a ``single`` one. (default ``per-az``)"""
     expose_direct_ports: bool
     """Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member. (default ``false``)"""
+    vpc_endpoints: str
+    """Interface endpoints (private DNS) for the AWS APIs the members call: ``create`` them in the members' subnets (about $7.30 a month per service and AZ), ``existing`` (a given VPC already has them) or ``none`` (through the NAT gateways). (default ``create``; ``none`` on a branch)"""
+    package_mirror_cidrs: Sequence[str]
+    """With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package (either needs ``ami_id``, an image of one's own). (default ``0.0.0.0/0`` (Debian's mirrors are a CDN))"""
 
 
 class BackupArgs(TypedDict, total=False):
@@ -273,6 +278,12 @@ class PostgresCluster(pulumi.ComponentResource):
         member_ips = {m.name: refs.ip_of(m) for m in spec.members}
 
         groups = SecurityGroups(f"{name}-sg", spec=spec, vpc_id=refs.vpc_id, vpc_cidr=refs.vpc_cidr, opts=this)
+        # The members' AWS API calls through the VPC (network.vpcEndpoints create; existing: the
+        # given VPC has them, checked by lookup_existing).
+        api_endpoints = None
+        if spec.network.vpc_endpoints == "create":
+            api_endpoints = InterfaceEndpoints(f"{name}-api", spec=spec, vpc_id=refs.vpc_id, subnet_ids=refs.subnet_ids,
+                                               node_security_group_id=groups.node_sg_id, opts=this)
         role = NodeRole(f"{name}-role", spec=spec, opts=this)
         key = EncryptionKey(f"{name}-kms", spec=spec, role_arn=role.role_arn, opts=this)
         backup = BackupBucket(f"{name}-backup", spec=spec, key_arn=key.key_arn, role_arn=role.role_arn,
@@ -284,8 +295,13 @@ class PostgresCluster(pulumi.ComponentResource):
         access = node_access_policy(f"{name}-role", spec=spec, role_name=role.role_name,
                                     bucket_arn=backup.bucket_arn, secret_arn=secret.secret_arn,
                                     key_arn=key.key_arn, parent=self,
-                                    vpc_id=refs.vpc_id if refs.egress_ips else "", egress_ips=refs.egress_ips,
-                                    tls_secret_arns=secret.tls_secret_arns, member_ips=member_ips)
+                                    vpc_id=refs.vpc_id if refs.egress_ips or spec.network.through_endpoints else "",
+                                    egress_ips=refs.egress_ips, through_endpoints=spec.network.through_endpoints,
+                                    s3_in_vpc=refs.s3_endpoint_id is not None,
+                                    tls_secret_arns=secret.tls_secret_arns, member_ips=member_ips,
+                                    # A running cluster gaining endpoints: the Deny that refuses the NAT
+                                    # path applies only once the endpoints are there.
+                                    after=[api_endpoints] if api_endpoints else [])
         ami = choose_ami(spec, parent=self)
         ctx = node_context(spec, member_ips=member_ips, bucket=backup.bucket_name, secret_arn=secret.secret_arn,
                            tls_secret_arns=secret.tls_secret_arns,
@@ -305,9 +321,11 @@ class PostgresCluster(pulumi.ComponentResource):
         files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, key_arn=key.key_arn,
                                   member_ips=member_ips, ctx=ctx, parent=self)
 
-        # A node boots only when it can read its secret and configuration and reach the internet.
+        # A node boots only when it can read its secret and configuration and reach the internet
+        # and the AWS APIs.
         base: list[pulumi.Resource] = [access, *restore_access,
-                                       *([network_component] if network_component else [])]
+                                       *([network_component] if network_component else []),
+                                       *([api_endpoints] if api_endpoints else [])]
         nodes: dict[str, Node] = {}
         previous: list[pulumi.Resource] = []
         for member in rolling_order(spec):

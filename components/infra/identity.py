@@ -187,24 +187,43 @@ def status_parameters_arn(spec: ClusterSpec, *, account_arn: str) -> str:
             f"{contract.status_parameter_prefix(spec.cluster_name)}*")
 
 
-def outside_the_vpc_denial(*, vpc_id: str, egress_ips: Sequence[str]) -> dict[str, Any]:
-    """Deny the role every request that comes neither through a VPC endpoint of the VPC nor
-    from its NAT gateways: credentials copied off a member work nowhere else.
+def outside_the_vpc_denial(*, vpc_id: str, egress_ips: Sequence[str] = (), through_endpoints: bool = False,
+                           s3_in_vpc: bool = True) -> dict[str, Any]:
+    """Deny the role every request that does not come from the cluster's VPC: credentials
+    copied off a member work nowhere else.
 
     AWS's own keys for this, aws:ec2InstanceSourceVPC / aws:ec2InstanceSourcePrivateIPv4, name
-    the VPC and address the credentials were delivered to, not where a request comes from; AWS's
-    pattern compares them with ${aws:SourceVpc} / ${aws:VpcSourceIp}, which exist only for
-    requests through a VPC endpoint. Here only S3 has one (the gateway endpoint); Secrets
-    Manager, SSM and KMS are reached through the NAT gateways, whose public addresses are then
-    aws:SourceIp. So: deny when the request is not from the NAT addresses (NotIpAddress, also
-    true when aws:SourceIp is absent, as through an endpoint) and not through this VPC
-    (StringNotEquals, also true when aws:SourceVpc is absent, as over the internet). Requests an
-    AWS service makes for the role (S3 or Secrets Manager calling KMS) are not the role's own
-    network location and stay allowed."""
-    return {"Sid": "DenyOutsideTheVpc", "Effect": "Deny", "Action": "*", "Resource": "*",
-            "Condition": {"NotIpAddress": {"aws:SourceIp": [f"{ip}/32" for ip in egress_ips]},
-                          "StringNotEquals": {"aws:SourceVpc": vpc_id},
-                          "BoolIfExists": {"aws:ViaAWSService": "false"}}}
+    the VPC and address the credentials were delivered to, not where a request comes from.
+    aws:SourceVpc and aws:SourceVpce are in a request's context only when it comes through a VPC
+    endpoint, gateway (S3) or interface alike; aws:SourceIp is then not the requester's (AWS:
+    "not effective" through an endpoint), and over the internet it is the NAT gateway's public
+    address. A negated operator is true when its key is absent, so ``StringNotEquals
+    aws:SourceVpc`` denies requests over the internet as well as through another VPC.
+
+    * ``through_endpoints`` (network.vpcEndpoints create or existing): every call of a member
+      goes through an endpoint of the VPC, so aws:SourceVpc alone decides (not aws:SourceVpce:
+      the ids of endpoints a given VPC already has are unknown, and the VPC is the boundary).
+      S3 is included only when it has the VPC's gateway endpoint (``s3_in_vpc``, a VPC pgha
+      creates); a given VPC's S3 path is its own (a NAT or a gateway), so there S3 is left out.
+    * otherwise (``none``, a VPC pgha creates): also allowed from the NAT gateways' addresses
+      (NotIpAddress is true when aws:SourceIp is absent, as through an endpoint).
+
+    Requests an AWS service makes for the role (S3 or Secrets Manager calling KMS) are not the
+    role's own network location and stay allowed."""
+    statement: dict[str, Any] = {"Sid": "DenyOutsideTheVpc", "Effect": "Deny", "Resource": "*",
+                                 "Condition": {"StringNotEquals": {"aws:SourceVpc": vpc_id},
+                                               "BoolIfExists": {"aws:ViaAWSService": "false"}}}
+    if through_endpoints:
+        if s3_in_vpc:
+            statement["Action"] = "*"
+        else:
+            statement["NotAction"] = "s3:*"
+        return statement
+    if not egress_ips:
+        raise ValueError("a VPC-bound Deny without endpoints needs the NAT gateways' addresses")
+    statement["Action"] = "*"
+    statement["Condition"]["NotIpAddress"] = {"aws:SourceIp": [f"{ip}/32" for ip in egress_ips]}
+    return statement
 
 
 def own_tls_key_statements(tls_secrets: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
@@ -218,11 +237,11 @@ def own_tls_key_statements(tls_secrets: Mapping[str, tuple[str, str]]) -> list[d
 
 
 def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str, key_arn: str,
-                         vpc_id: str = "", egress_ips: Sequence[str] = (),
-                         tls_secrets: Mapping[str, tuple[str, str]] | None = None) -> str:
+                         vpc_id: str = "", egress_ips: Sequence[str] = (), through_endpoints: bool = False,
+                         s3_in_vpc: bool = True, tls_secrets: Mapping[str, tuple[str, str]] | None = None) -> str:
     """The members' inline policy: their secret, their bucket prefix, their key, their status
-    parameters. No ``*`` resources in an Allow. With a VPC pgha created (its id and NAT
-    addresses known), a Deny of any use from elsewhere (``outside_the_vpc_denial``)."""
+    parameters. No ``*`` resources in an Allow. With the VPC's id and either its endpoints or
+    its NAT addresses, a Deny of any use from elsewhere (``outside_the_vpc_denial``)."""
     statements = [
         {"Sid": "ReadClusterSecret", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": secret_arn},
@@ -234,24 +253,29 @@ def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str,
         {"Sid": "PublishMemberStatus", "Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
          "Resource": status_parameters_arn(spec, account_arn=secret_arn)},
     ]
-    if vpc_id and egress_ips:
-        statements.append(outside_the_vpc_denial(vpc_id=vpc_id, egress_ips=egress_ips))
+    if vpc_id and (through_endpoints or egress_ips):
+        statements.append(outside_the_vpc_denial(vpc_id=vpc_id, egress_ips=egress_ips,
+                                                 through_endpoints=through_endpoints, s3_in_vpc=s3_in_vpc))
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
 def node_access_policy(name: str, *, spec: ClusterSpec, role_name: pulumi.Input[str],
                        bucket_arn: pulumi.Input[str], secret_arn: pulumi.Input[str], key_arn: pulumi.Input[str],
                        parent: pulumi.Resource, vpc_id: pulumi.Input[str] = "",
-                       egress_ips: Sequence[pulumi.Input[str]] = (),
+                       egress_ips: Sequence[pulumi.Input[str]] = (), through_endpoints: bool = False,
+                       s3_in_vpc: bool = True,
                        tls_secret_arns: Mapping[str, pulumi.Input[str]] | None = None,
-                       member_ips: Mapping[str, str] | None = None) -> aws.iam.RolePolicy:
+                       member_ips: Mapping[str, str] | None = None,
+                       after: Sequence[pulumi.Resource] = ()) -> aws.iam.RolePolicy:
     """Attach the members' data access policy to the role."""
     ips = dict(member_ips or {})
     document = pulumi.Output.all(bucket_arn, secret_arn, key_arn, vpc_id, pulumi.Output.all(*egress_ips),
                                  pulumi.Output.all(**dict(tls_secret_arns or {}))).apply(
         lambda v: node_policy_document(spec, bucket_arn=v[0], secret_arn=v[1], key_arn=v[2], vpc_id=v[3],
-                                       egress_ips=v[4], tls_secrets={m: (arn, ips[m]) for m, arn in v[5].items()}))
-    return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document, opts=child(parent))
+                                       egress_ips=v[4], through_endpoints=through_endpoints, s3_in_vpc=s3_in_vpc,
+                                       tls_secrets={m: (arn, ips[m]) for m, arn in v[5].items()}))
+    return aws.iam.RolePolicy(f"{name}-access", role=role_name, policy=document,
+                              opts=child(parent, depends_on=list(after)))
 
 
 def _own_tls_key_json(member: str, pem: str) -> str:

@@ -11,7 +11,8 @@ import pulumi
 import pulumi_aws as aws
 
 from ..spec import ClusterSpec, Member, Problem, SpecError, member_ip, member_ip_problems
-from .common import child, cluster_tags, dns_suffix
+from .common import child, cluster_tags
+from .vpc_endpoints import INTERFACE_SERVICES, endpoint_service_name
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | No
         if subnet.availability_zone != expected:
             problems.append(Problem(key, subnet_id, f"is in {subnet.availability_zone}, but entry {index + 1} "
                                                     f"must be the subnet of {expected} (AZ order)"))
+    problems += endpoint_problems(spec, vpc, invoke_opts=invoke_opts)
     if not problems:
         problems += member_ip_problems(spec, cidrs, key)
     if not problems:
@@ -74,6 +76,32 @@ def lookup_existing(spec: ClusterSpec, *, invoke_opts: pulumi.InvokeOptions | No
         raise SpecError(problems, spec.key_style)
     return ExistingNetwork(vpc_id=vpc_id, vpc_cidr=vpc.cidr_block, subnet_ids=tuple(spec.network.subnet_ids),
                            subnet_cidrs=tuple(cidrs))
+
+
+def endpoint_problems(spec: ClusterSpec, vpc: aws.ec2.GetVpcResult, *,
+                      invoke_opts: pulumi.InvokeOptions | None) -> list[Problem]:
+    """What network.vpcEndpoints needs of a given VPC. ``create``: DNS support and hostnames
+    (private DNS of an interface endpoint needs both). ``existing``: an available interface
+    endpoint with private DNS for each of INTERFACE_SERVICES, since the role's Deny then refuses
+    those calls from anywhere but the VPC (a missing one would fail every boot)."""
+    key = ("network", "vpcEndpoints")
+    mode = spec.network.vpc_endpoints
+    if mode == "create" and not (vpc.enable_dns_support and vpc.enable_dns_hostnames):
+        return [Problem(key, mode, f"creates endpoints with private DNS, which needs enableDnsSupport and "
+                                   f"enableDnsHostnames on {vpc.id}: turn them on, or use none")]
+    if mode != "existing":
+        return []
+    problems = []
+    for service in INTERFACE_SERVICES:
+        name = endpoint_service_name(spec.region, service)
+        try:
+            found = aws.ec2.get_vpc_endpoint(vpc_id=vpc.id, service_name=name, state="available", opts=invoke_opts)
+        except Exception:  # noqa: BLE001 - the invoke's error when no endpoint matches
+            found = None
+        if found is None or found.vpc_endpoint_type != "Interface" or not found.private_dns_enabled:
+            problems.append(Problem(key, mode, f"{vpc.id} has no available interface endpoint with private DNS "
+                                               f"for {name}: create one, or use create or none"))
+    return problems
 
 
 def addresses_in_use(spec: ClusterSpec, cidrs: list[str], key: tuple[str, ...], *,
@@ -157,8 +185,7 @@ class Network(pulumi.ComponentResource):
 
         # Backups and WAL archives go to S3 through the free gateway endpoint, not the NAT gateways.
         s3_endpoint = aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, vpc_endpoint_type="Gateway",
-                            service_name=f"com.amazonaws.{spec.region}.s3" if dns_suffix(spec.region) == "amazonaws.com"
-                            else f"cn.com.amazonaws.{spec.region}.s3",
+                            service_name=endpoint_service_name(spec.region, "s3"),
                             route_table_ids=[rt.id for rt in route_tables], tags=tags("s3"), opts=child(self))
 
         self.vpc_id = vpc.id

@@ -8,7 +8,8 @@
 * metrics ports only from ``monitoring_cidrs`` (no rule at all when empty); Patroni's REST API
   is not one of them (its metrics go through HAProxy's 9101), so only members reach 8008;
 * the NLB's group forwards the service ports to the members (traffic and health checks);
-* egress: 443 only for packages and AWS APIs (no port 80: the bootstrap points apt at
+* egress: 443 only, one rule per destination with endpoints (their group, S3's prefix list,
+  packageMirrorCidrs), 443 to anywhere without (no port 80: the bootstrap points apt at
   Debian's mirrors over https), member ports between members;
 * SSH (22) only from the EC2 Instance Connect Endpoint's own group, whose only egress is 22 to
   the members (pgha.infra.access); never 0.0.0.0/0 or ::/0 ingress.
@@ -25,6 +26,7 @@ import pulumi_aws as aws
 from .. import contract
 from ..spec import CLIENT_PORTS, MEMBER_PORTS, METRICS_PORTS, PORTS, ClusterSpec
 from .common import child, cluster_tags, port_ranges
+from .vpc_endpoints import endpoint_service_name
 
 DIRECT_PORTS: tuple[int, ...] = (PORTS["postgres"], PORTS["pgbouncer"])
 EGRESS_PORTS: tuple[int, ...] = (443,)
@@ -90,9 +92,22 @@ class SecurityGroups(pulumi.ComponentResource):
         for i, cidr in enumerate(net.monitoring_cidrs):
             self._ingress(node_ref, f"metrics-{i}", METRICS_PORTS, cidr=cidr, what="monitoring")
 
-        # Packages, pgBackRest to S3, Secrets Manager, SSM (the status parameter): HTTPS only.
-        for port in EGRESS_PORTS:
-            self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
+        # HTTPS only. Without endpoints the AWS APIs are on the internet, so 443 to all of it. With
+        # them: S3 (its gateway, or a given VPC's path) by AWS's prefix list, a given VPC's own
+        # endpoints by its CIDR (pgha's get a rule from pgha.infra.vpc_endpoints), and Debian's
+        # mirrors where packageMirrorCidrs says (default anywhere: a CDN has no fixed addresses).
+        if not net.through_endpoints:
+            for port in EGRESS_PORTS:
+                self._egress(node_ref, f"internet-{port}", (port,), cidr="0.0.0.0/0", what="packages and AWS APIs")
+        else:
+            s3 = aws.ec2.get_prefix_list(name=endpoint_service_name(spec.region, "s3"),
+                                         opts=pulumi.InvokeOptions(parent=self))
+            self._egress(node_ref, "s3", EGRESS_PORTS, prefix_list=s3.id, what="S3 (pgBackRest, node files)")
+            if net.vpc_endpoints == "existing":
+                self._egress(node_ref, "vpc-endpoints", EGRESS_PORTS, cidr=vpc_cidr, what="the VPC's AWS API endpoints")
+            for i, cidr in enumerate(net.package_mirror_cidrs):
+                label = f"internet-{EGRESS_PORTS[0]}" if cidr == "0.0.0.0/0" else f"mirror-{i}"
+                self._egress(node_ref, label, EGRESS_PORTS, cidr=cidr, what="Debian's mirrors (apt)")
 
         self.node_sg_id = node.id
         self.lb_sg_id = lb.id
@@ -104,19 +119,21 @@ class SecurityGroups(pulumi.ComponentResource):
         self._rules(aws.vpc.SecurityGroupIngressRule, f"{sg[0]}-in-{label}", sg[1], ports, cidr, group, what)
 
     def _egress(self, sg: tuple[str, pulumi.Input[str]], label: str, ports: tuple[int, ...], *,
-                cidr: str | None = None, group: pulumi.Input[str] | None = None, what: str) -> None:
-        self._rules(aws.vpc.SecurityGroupEgressRule, f"{sg[0]}-out-{label}", sg[1], ports, cidr, group, what)
+                cidr: str | None = None, group: pulumi.Input[str] | None = None,
+                prefix_list: str | None = None, what: str) -> None:
+        self._rules(aws.vpc.SecurityGroupEgressRule, f"{sg[0]}-out-{label}", sg[1], ports, cidr, group, what,
+                    prefix_list=prefix_list)
 
     def _rules(self, rule: type[aws.vpc.SecurityGroupIngressRule] | type[aws.vpc.SecurityGroupEgressRule],
                prefix: str, sg_id: pulumi.Input[str], ports: tuple[int, ...], cidr: str | None,
-               group: pulumi.Input[str] | None, what: str) -> None:
-        """One rule per contiguous port range, from a CIDR or a security group."""
+               group: pulumi.Input[str] | None, what: str, *, prefix_list: str | None = None) -> None:
+        """One rule per contiguous port range, from a CIDR, a security group or a prefix list."""
         network = ipaddress.ip_network(cidr, strict=False) if group is None and cidr is not None else None
-        if group is None and network is None:
-            raise ValueError(f"{prefix}: a rule needs a CIDR or a security group")
+        if group is None and network is None and prefix_list is None:
+            raise ValueError(f"{prefix}: a rule needs a CIDR, a security group or a prefix list")
         for low, high in port_ranges(ports):
             rule(f"{prefix}-{low}", security_group_id=sg_id, ip_protocol="tcp", from_port=low, to_port=high,
-                 description=what, referenced_security_group_id=group,
+                 description=what, referenced_security_group_id=group, prefix_list_id=prefix_list,
                  cidr_ipv4=str(network) if network is not None and network.version == 4 else None,
                  cidr_ipv6=str(network) if network is not None and network.version == 6 else None,
                  opts=child(self))

@@ -93,10 +93,19 @@ class NetworkSpec:
     monitoring_cidrs: tuple[str, ...]
     nat_gateways: str
     expose_direct_ports: bool
+    # create | existing | none (pgha.infra.vpc_endpoints).
+    vpc_endpoints: str
+    # Egress 443 for apt beyond the VPC and S3 (pgha.infra.security).
+    package_mirror_cidrs: tuple[str, ...]
 
     @property
     def creates_vpc(self) -> bool:
         return self.vpc_id is None
+
+    @property
+    def through_endpoints(self) -> bool:
+        """Every AWS API call of the members stays in the VPC (interface endpoints, S3's gateway)."""
+        return self.vpc_endpoints != "none"
 
 
 @dataclass(frozen=True)

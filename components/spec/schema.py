@@ -108,6 +108,16 @@ NETWORK = Group("NetworkArgs", (
           default="per-az", choices=("per-az", "single")),
     Field("exposeDirectPorts", "expose_direct_ports", bool,
           "Also allow clients on 5432 (PostgreSQL) and 6432 (PgBouncer) of each member.", default=False),
+    Field("vpcEndpoints", "vpc_endpoints", str,
+          "Interface endpoints (private DNS) for the AWS APIs the members call: ``create`` them in the members' "
+          "subnets (about $7.30 a month per service and AZ), ``existing`` (a given VPC already has them) or "
+          "``none`` (through the NAT gateways).",
+          derived="``create``; ``none`` on a branch", choices=("create", "existing", "none")),
+    Field("packageMirrorCidrs", "package_mirror_cidrs", list,
+          "With ``vpc_endpoints`` create or existing: where the members may reach Debian's mirrors (443), their only "
+          "egress beyond the VPC and S3; an internal mirror's block, or none for an image that has every package "
+          "(either needs ``ami_id``, an image of one's own).",
+          derived="``0.0.0.0/0`` (Debian's mirrors are a CDN)"),
 ))
 
 BACKUP = Group("BackupArgs", (

@@ -385,11 +385,17 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     if rpo == 0 and replicas == 0 and r.raw(["replicas"]) is not _MISSING:
         r.fail(["replicas"], replicas, "rpo 0 confirms every commit on a replica: needs at least 1 replica")
     parameters = _parameters(r, postgres_version)
-    network = _network(r, len(azs))
+    network = _network(r, len(azs), is_branch)
     backup = _backup(r)
     stack_kind = r.string(["stackKind"])
     ami_id = r.string(["amiId"], pattern=re.compile(r"ami-[0-9a-f]{8,17}"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
+    mirrors_ok = not any(p.path == ("network", "packageMirrorCidrs") for p in r.problems)
+    if mirrors_ok and network.package_mirror_cidrs != (INTERNET_V4,) and r.raw(["amiId"]) is _MISSING:
+        # The official Debian AMI has none of the node packages and names deb.debian.org (a CDN).
+        r.fail(["network", "packageMirrorCidrs"], list(network.package_mirror_cidrs),
+               "narrower than 0.0.0.0/0 needs amiId: an image that has every node package or whose apt "
+               "sources name that mirror (the official Debian image has neither)")
     pool_mode = r.string(["poolMode"])
     restore = _branch(r, stack_kind, cluster_name)
     kubernetes = _kubernetes(r)
@@ -583,7 +589,7 @@ def _parameters(r: _Reader, major: int) -> dict[str, Any]:
     return out
 
 
-def _network(r: _Reader, az_count: int) -> NetworkSpec:
+def _network(r: _Reader, az_count: int, is_branch: bool) -> NetworkSpec:
     r.obj(["network"])
     cidr_check = _cidr_check(r.string(["network", "cidrPolicy"]))
     vpc_id = r.string(["network", "vpcId"], pattern=re.compile(r"vpc-[0-9a-f]{8,17}"),
@@ -606,6 +612,7 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
         r.fail(["network", "vpcCidr"], vpc_cidr,
                f"must be an IPv4 CIDR block such as {default_cidr} (host bits zero)")
         vpc_cidr = default_cidr
+    endpoints = _vpc_endpoints(r, vpc_id, is_branch)
     return NetworkSpec(
     vpc_id=vpc_id,
         subnet_ids=subnet_ids,
@@ -615,7 +622,44 @@ def _network(r: _Reader, az_count: int) -> NetworkSpec:
         monitoring_cidrs=r.string_list(["network", "monitoringCidrs"], cidr_check),
         nat_gateways=r.string(["network", "natGateways"]),
         expose_direct_ports=r.boolean(["network", "exposeDirectPorts"]),
+        vpc_endpoints=endpoints,
+        package_mirror_cidrs=_package_mirror_cidrs(r, endpoints),
     )
+
+
+INTERNET_V4 = "0.0.0.0/0"
+
+
+def _package_mirror_cidrs(r: _Reader, vpc_endpoints: str) -> tuple[str, ...]:
+    """``network.packageMirrorCidrs``: any CIDR block (a mirror may be public); narrower than the
+    internet only when the AWS APIs do not need it (endpoints on)."""
+    path = ["network", "packageMirrorCidrs"]
+    if r.raw(path) is _MISSING:
+        return (INTERNET_V4,)
+
+    def check(value: str) -> str | None:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            return "must be a CIDR block such as 10.0.5.0/24 or 0.0.0.0/0 (host bits zero)"
+        return None
+
+    cidrs = r.string_list(path, check)
+    if vpc_endpoints == "none" and cidrs != (INTERNET_V4,):
+        r.fail(path, list(cidrs), "with network.vpcEndpoints none the AWS APIs go through the NAT gateways to the "
+                                  f"internet: only [\"{INTERNET_V4}\"]; use create or existing to narrow it")
+    return cidrs
+
+
+def _vpc_endpoints(r: _Reader, vpc_id: str | None, is_branch: bool) -> str:
+    """``network.vpcEndpoints``; ``existing`` speaks of a VPC the user brings, so it needs vpcId."""
+    # A branch is one cost-optimised node: the endpoints would cost more than it.
+    value = r.string(["network", "vpcEndpoints"], "none" if is_branch else "create")
+    if value == "existing" and vpc_id is None:
+        r.fail(["network", "vpcEndpoints"], value,
+               "existing needs network.vpcId (a VPC pgha creates has no endpoints but its own): use create or none")
+        return "create"
+    return value
 
 
 def _backup(r: _Reader) -> BackupSpec:
