@@ -6,6 +6,9 @@ EC2 and the local rehearsal differ only in these values; the templates are the s
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+# The log shipper's systemd StateDirectory= (under /var/lib).
+LOGS_STATE_DIR = "pgha-logs"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -62,6 +65,11 @@ class Layout:
     @property
     def log(self) -> str:
         return self.path("var/log/pgha")
+
+    @property
+    def logs_state(self) -> str:
+        """The log shipper's offsets (its unit's StateDirectory, on the root volume)."""
+        return self.path("var/lib", LOGS_STATE_DIR)
 
     @property
     def run(self) -> str:
