@@ -64,10 +64,15 @@ def test_every_member_ships_its_daemons_logs_to_the_cluster_group_kept_7_days(lo
     for name in wanted:
         assert messages(logs, spec.log_group, name), name
     for member in spec.members:
-        # Patroni names its member in its own lines ("I am (pg-dev-1)").
-        assert f"({member.name})" in "\n".join(messages(logs, spec.log_group, f"{member.name}/patroni"))
+        # Patroni names its member in its own lines ("I am pg-dev-1", "I am (pg-dev-1)").
+        patroni = "\n".join(messages(logs, spec.log_group, f"{member.name}/patroni"))
+        assert f"I am {member.name}" in patroni or f"I am ({member.name})" in patroni
     for node in local_cluster.nodes:
         assert node.systemd.is_active("pgha-ship-logs.service"), node.member.name
+        # Every file under the daemons' log directories was readable to it (pgha-logs).
+        journal = node.machine.run(["journalctl", "-u", "pgha-ship-logs.service", "-o", "cat", "--no-pager"],
+                                   check=True).stdout
+        assert "cannot read" not in journal and "shipping " in journal, journal[-2000:]
 
 
 def test_a_password_postgresql_logs_is_redacted_before_it_leaves_the_member(local_cluster):

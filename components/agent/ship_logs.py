@@ -11,9 +11,10 @@ PgBouncer and pgBackRest write their own files there too), so this follows those
   event's), so a batch is always chronological and spans seconds; the line keeps its own
   timestamp in its text. Lines are prefixed with their file's name.
 * Offsets (inode, byte) are persisted after each accepted batch only: a restart or an outage
-  resends at most the last unacknowledged batch and loses nothing still on disk. A file whose
-  inode changed or that shrank (logrotate's copytruncate, PostgreSQL's weekday files) is read
-  again from its start.
+  resends at most the last unacknowledged batch and loses nothing still in the followed files.
+  A file whose inode changed or that shrank (logrotate's copytruncate, PostgreSQL's weekday
+  files) is read again from its start; what a daemon wrote just before renaming its file away
+  (Patroni's own rotation) is not followed into the renamed file.
 * CloudWatch unreachable or refusing: nothing is dropped and nothing is held in memory beyond
   one batch per stream; the shipper backs off (up to ``BACKOFF_MAX``) and retries from the
   persisted offsets. It runs as its own unit at idle priority and nothing depends on it.

@@ -236,3 +236,18 @@ def test_the_real_client_ships_to_moto_s_cloudwatch_logs(tmp_path: Path, monkeyp
     assert [e["message"] for e in events] == ["etcd.log: elected leader",
                                               "etcd.log: ALTER ROLE x PASSWORD '[redacted]'",
                                               "etcd.log: after a restart"]
+
+
+def test_the_agent_s_own_logs_stay_readable_under_patroni_s_umask(tmp_path: Path) -> None:
+    from pgha.agent.fsutil import open_log
+
+    # Patroni runs its callbacks (dcs-sync, the PgBouncer role settle) under umask 0077.
+    old = os.umask(0o077)
+    try:
+        fd = open_log(str(tmp_path / "dcs-sync.log"))
+        os.write(fd, b"synced\n")
+        os.close(fd)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "dcs-sync.log").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "dcs-sync.log").read_text() == "synced\n"
