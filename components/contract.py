@@ -154,6 +154,16 @@ def status_parameter(cluster: str, member: str) -> str:
     return f"/pgha/{cluster}/{member}/status"
 
 
+def log_group(cluster: str) -> str:
+    """The CloudWatch Logs group every member of ``cluster`` ships its daemons' logs to."""
+    return f"/pgha/{cluster}"
+
+
+def log_stream(member: str, source: str) -> str:
+    """A member's stream of one daemon's log in the cluster's group: who wrote it, and what."""
+    return f"{member}/{source}"
+
+
 def status_parameter_prefix(cluster: str) -> str:
     """Every member's status parameter is under this path (the node role may write it)."""
     return f"/pgha/{cluster}/"
@@ -231,6 +241,8 @@ class NodePaths(TypedDict):
     patroni: str
     pg_bin: str
     pgbackrest_config: str
+    # The log shipper's state directory (its offsets).
+    logs_state: str
 
 
 class NodeUsers(TypedDict):
@@ -248,6 +260,8 @@ class OsUsers(TypedDict):
     # The PostgreSQL and PgBouncer exporters: the monitor role by password, never the postgres OS user.
     exporter: str
     haproxy: str
+    # The log shipper (agent ship_logs): reads the daemons' logs, may only put them to CloudWatch.
+    logs: str
 
 
 class AwsFacts(TypedDict):
@@ -298,6 +312,15 @@ class BootFacts(TypedDict):
     etc: str
 
 
+class LogFacts(TypedDict):
+    """Where the member's daemon logs go (agent ship_logs): the cluster's CloudWatch Logs group,
+    the files of each daemon (globs; stream ``<member>/<daemon>``) and the shipper's offsets file."""
+
+    group: str
+    sources: dict[str, list[str]]
+    state: str
+
+
 class NodeFacts(TypedDict):
     cluster: str
     member: str
@@ -322,6 +345,7 @@ class NodeFacts(TypedDict):
     # The node's systemd units in start order and its timers (backups, apply-config).
     units: list[str]
     timers: list[str]
+    logs: LogFacts
     # Set by the agent at load (where it read the facts from); never in the file.
     node_json: NotRequired[str]
 

@@ -27,6 +27,8 @@ def export_outputs(spec: ClusterSpec, cluster: PostgresCluster) -> None:
     pulumi.export("nlbDnsName", cluster.nlb_dns_name)
     pulumi.export("zoneName", cluster.zone_name)
     pulumi.export("backupBucket", cluster.bucket_name)
+    # The members' daemon logs (a stream per member and daemon), kept pgha:logs.retentionDays.
+    pulumi.export("logGroup", cluster.log_group_name)
     # A branch of this stack reads the repository with this key (SSE-KMS).
     pulumi.export("backupKeyArn", cluster.backup_key_arn)
     if cluster.backup_cipher_secret_arn is not None:

@@ -341,6 +341,17 @@ STACK_FILE_CASES: list[Bad] = [
     Bad("kubernetes without namespace", {"pgha:kubernetes": {"release": "monitoring"}}, "pgha:kubernetes.namespace",
         "(not set)", "is required with pgha:kubernetes"),
     Bad("kubernetes not an object", {"pgha:kubernetes": "apps"}, "pgha:kubernetes", '"apps"', "must be an object"),
+    # -- pgha:logs (issue 13): CloudWatch Logs takes only its own retention periods
+    Bad("logs retention 8", {"pgha:logs": {"retentionDays": 8}}, "pgha:logs.retentionDays", "8",
+        "must be one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, "
+        "2922, 3288, 3653: the retention periods CloudWatch Logs allows"),
+    Bad("logs retention 0", {"pgha:logs": {"retentionDays": 0}}, "pgha:logs.retentionDays", "0",
+        "the retention periods CloudWatch Logs allows"),
+    Bad("logs retention word", {"pgha:logs": {"retentionDays": "week"}}, "pgha:logs.retentionDays", '"week"',
+        "must be an integer: one of 1, 3, 5, 7"),
+    Bad("logs unknown key", {"pgha:logs": {"retention": 7}}, "pgha:logs.retention", "7",
+        "unknown key (did you mean retentionDays?)"),
+    Bad("logs not an object", {"pgha:logs": "7"}, "pgha:logs", '"7"', "must be an object"),
 ]
 
 
@@ -414,6 +425,8 @@ ARGS_CASES: list[tuple[str, Any, str, str]] = [
     ("D6 storage bad JSON", {"storage": "{bad json"}, 'storage = "{bad json"', "must be an object"),
     ("nested key not a string", {"storage": {7: "x"}}, 'storage.7 = "x"', "unknown key"),
     ("args bool parameter", {"parameters": {"jit": "perhaps"}}, 'parameters.jit = "perhaps"', "must be a boolean"),
+    ("args logs retention", {"logs": {"retention_days": 10}}, "logs.retention_days = 10",
+     "the retention periods CloudWatch Logs allows"),
 ]
 
 
@@ -543,6 +556,8 @@ ACCEPTED: list[tuple[str, dict[str, Any], Any]] = [
                                          "search_path": '"$user", public', "wal_compression": True,
                                          "max_connections": "200", "effective_io_concurrency": 300}},
      lambda s: s.parameters["jit"] is False and len(s.parameters) == 16),
+    ("logs kept 7 days by default", {}, lambda s: s.logs.retention_days == 7),
+    ("logs kept a year", {"logs": {"retentionDays": "365"}}, lambda s: s.logs.retention_days == 365),
     ("-1 where the range allows it", {"parameters": {"log_min_duration_statement": -1, "temp_file_limit": "-1"}},
      lambda s: s.parameters["temp_file_limit"] == "-1"),
 ]

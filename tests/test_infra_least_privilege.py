@@ -58,7 +58,10 @@ def test_key_policy_separates_administration_from_use(run: Run) -> None:
         assert statement["Effect"] == "Allow"
         assert "kms:*" not in actions(statement), statement["Sid"]
         crypto = set(actions(statement)) & CRYPTO_ACTIONS
-        if crypto:
+        if crypto and statement["Principal"] == {"Service": f"logs.{REGION}.amazonaws.com"}:
+            # CloudWatch Logs itself, for the cluster's log group only (test_infra_logs.py).
+            assert list(statement["Condition"]) == ["ArnEquals"], statement["Sid"]
+        elif crypto:
             # Every use of the key is bound to a service: nobody calls kms:Decrypt directly.
             via = statement["Condition"]["StringEquals"]["kms:ViaService"]
             assert via in (VIA_S3_SM, VIA_EC2), statement["Sid"]

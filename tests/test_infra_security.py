@@ -238,6 +238,11 @@ def test_iam_policies_are_scoped(run: Run) -> None:
                 # Only the cluster's status parameters, in this account and region.
                 assert action in ("ssm:PutParameter", "ssm:GetParameter")
                 assert resources == ["arn:aws:ssm:us-east-1:123456789012:parameter/pgha/pg-sec/*"]
+            elif service == "logs":
+                # Streams of the cluster's own log group, write only (test_infra_logs.py).
+                assert action in ("logs:CreateLogStream", "logs:PutLogEvents")
+                group = "arn:aws:logs:us-east-1:123456789012:log-group:/pgha/pg-sec"
+                assert resources in ([f"{group}:*"], [f"{group}:log-stream:*"])
             else:
                 pytest.fail(f"unexpected action {action}")
     # No managed policy: nothing on a member uses SSM's agent (the way in is EC2 Instance Connect).

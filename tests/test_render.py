@@ -431,7 +431,7 @@ def test_exporters_run_as_their_own_user_with_the_monitor_role():
 SANDBOXED_UNITS = ("pgha-patroni", "pgha-etcd", "pgha-pgbouncer", "pgha-haproxy", "pgha-node-exporter",
                    "pgha-postgres-exporter", "pgha-pgbouncer-exporter", "pgha-pgbackrest-exporter",
                    "pgha-pgbackrest-server", "pgha-timeline-guard", "pgha-etcd-leadership", "pgha-handover",
-                   "pgha-ready", "pgha-backup-full")
+                   "pgha-ready", "pgha-backup-full", "pgha-ship-logs")
 # Root by necessity: they format disks, write /etc and /opt, make users, drive systemctl.
 ROOT_UNITS = ("pgha-host", "pgha-prepare", "pgha-config", "pgha-imds-filter")
 
@@ -511,7 +511,7 @@ IMDS_UNIT = "/etc/systemd/system/pgha-imds-filter.service"
 # The units whose processes reach AWS (boto3, pgBackRest's repo1-s3-key-type=auto) under their User=,
 # and those that never do.
 CALLS_AWS = ("pgha-patroni", "pgha-backup-full", "pgha-backup-diff", "pgha-backup-incr", "pgha-pgbackrest-exporter",
-             "pgha-ready", "pgha-prepare", "pgha-config")
+             "pgha-ready", "pgha-prepare", "pgha-config", "pgha-ship-logs")
 NEVER_CALLS_AWS = ("pgha-etcd", "pgha-haproxy", "pgha-node-exporter", "pgha-postgres-exporter",
                    "pgha-pgbouncer-exporter")
 
@@ -538,13 +538,15 @@ def test_imds_admits_only_the_users_that_call_aws_and_resets_the_rest(combo):
             "type filter hook output priority filter; policy accept;",
             "ct state new ip daddr 169.254.169.254 jump imds", "ct state new ip6 daddr fd00:ec2::254 jump imds"]
         assert fetch.IMDS_ENDPOINT == authorized_keys.IMDS_ENDPOINT + "/" == f"http://{imds.ADDRESS}/"
-        # root, postgres and sshd's key user, each with its reason; then a reset, never a drop.
+        # root, postgres, sshd's key user and the log shipper, each with its reason; then a reset, never a drop.
         chain = imds_chain(ruleset, "imds")
         assert chain == ['meta skuid "root" accept', 'meta skuid "postgres" accept', 'meta skuid "pgha-eic" accept',
+                         'meta skuid "pgha-logs" accept',
                          "meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
         comments = [line.strip() for line in ruleset.split("chain imds {", 1)[1].splitlines()
                     if line.strip().startswith("#")]
-        assert len(comments) == 3 and "repo1-s3-key-type=auto" in comments[1] and "key command" in comments[2]
+        assert len(comments) == 4 and "repo1-s3-key-type=auto" in comments[1] and "key command" in comments[2]
+        assert "CloudWatch Logs" in comments[3]
         assert "drop" not in ruleset
 
 

@@ -171,11 +171,12 @@ except OSError as exc:
 
 def test_nft_loads_the_imds_filter_which_lets_only_its_users_connect(member_root):
     """nft checks and loads the ruleset in the image's own network namespace (with its users: root,
-    postgres from the packages, pgha-eic as the bootstrap makes it), then a listener on IMDS's
+    postgres from the packages, pgha-eic as the bootstrap makes it, pgha-logs as pgha-prepare-dirs
+    does too), then a listener on IMDS's
     address takes connections from those users and the rest are refused at once."""
     spec, ctx, member, root, ns = member_root
     (root / "opt/imds-probe.py").write_text(IMDS_PROBE)
-    allowed, denied = ["root", "postgres", "pgha-eic"], ["nobody", "etcd", "haproxy", "prometheus"]
+    allowed, denied = ["root", "postgres", "pgha-eic", "pgha-logs"], ["nobody", "etcd", "haproxy", "prometheus"]
     probes = " ; ".join(f"setpriv --reuid={u} --regid=$(id -g {u}) --clear-groups python3 /opt/imds-probe.py {u}"
                         for u in allowed + denied)
     script = ("useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgha-eic && "
@@ -185,7 +186,7 @@ def test_nft_loads_the_imds_filter_which_lets_only_its_users_connect(member_root
               "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && "
               "python3 -c 'import socket,time; s=socket.create_server((\"169.254.169.254\", 80)); time.sleep(60)' & "
               "sleep 1; " + probes + "; "
-              "echo UIDS $(id -u root) $(id -u postgres) $(id -u pgha-eic)")
+              "echo UIDS $(id -u root) $(id -u postgres) $(id -u pgha-eic) $(id -u pgha-logs)")
     result = run_in(root, script)
     out = result.stdout
     assert "CHECKED" in out and "LOADED-TWICE" in out, out + result.stderr

@@ -16,6 +16,7 @@ from . import (
     hooks,
     restore,
     secrets,
+    ship_logs,
     status,
     timeline_guard,
 )
@@ -26,7 +27,7 @@ from .facts import load_node
 
 # Help lists the commands in this order.
 COMMAND_MODULES = (secrets, hooks, pgbouncer, pgbackrest, backup, bootstrap, restore, membership, dcs_sync,
-                   leadership, timeline_guard, handover, status, apply_config, authorized_keys)
+                   leadership, timeline_guard, handover, status, apply_config, authorized_keys, ship_logs)
 # A Patroni callback must never fail Patroni; a stop must never fail for the handover.
 ALWAYS_ZERO = ("on-role-change", "handover")
 

@@ -11,6 +11,7 @@ from typing import Any
 from ..contract import NodeFacts, agent_argv
 from .cli_types import Subparsers
 from .errors import LOG, AgentError
+from .fsutil import open_log
 from .patroni_api import patroni_get, patroni_patch_config
 
 DCS_SYNC_POLL = 2.0
@@ -152,7 +153,7 @@ def start_dcs_sync(node: NodeFacts) -> subprocess.Popen:
     log_path = os.path.join(node["paths"]["log"], "patroni", "dcs-sync.log")
     # The same command line the units use (pgha.contract), so the zipapp runs it, whichever file this is.
     argv = agent_argv(node["paths"], "dcs-sync", node_json=node.get("node_json"))
-    with open(log_path, "ab") as out:
+    with os.fdopen(open_log(log_path), "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     LOG.info("started dcs-sync in the background (pid %d, log %s)", proc.pid, log_path)

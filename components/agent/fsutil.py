@@ -3,6 +3,20 @@
 import os
 import tempfile
 
+# The agent's own log files: group-readable, for the log shipper (its group owns the directories).
+LOG_FILE_MODE = 0o640
+
+
+def open_log(path: str) -> int:
+    """Open ``path`` to append, created ``LOG_FILE_MODE`` whatever the umask: Patroni runs its
+    callbacks under its own umask (0077), which would hide the file from the log shipper."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+    try:
+        os.fchmod(fd, LOG_FILE_MODE)
+    except OSError:  # another owner's file: as it is
+        pass
+    return fd
+
 
 def ensure_dir(path: str, mode: int, uid: int, gid: int) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)

@@ -16,6 +16,7 @@ from .dcs_sync import start_dcs_sync
 from .envfile import conninfo
 from .errors import LOG
 from .facts import pgbackrest_argv
+from .fsutil import open_log
 from .patroni_api import PRIMARY_ROLES
 from .restore import RESTORE_SETTINGS
 from .secrets import check_value, fetch_secret, scram_sha256_verifier
@@ -182,7 +183,7 @@ def start_stanza_create(node: NodeFacts, binary: str = "pgbackrest") -> subproce
               f'echo "not yet (exit $rc, attempt $attempt): again in {STANZA_WAIT:g}s"; sleep {STANZA_WAIT:g}; done; '
               f"if [ $rc = 0 ]; then {check}; rc=$?; fi; "
               f'echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished rc=$rc"; exit $rc')
-    with open(log_path, "ab") as out:
+    with os.fdopen(open_log(log_path), "ab") as out:
         proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     LOG.info("started pgbackrest stanza-create + check for %s in the background (pid %d, log %s)",
@@ -298,7 +299,7 @@ def settle_pgbouncer_in_background(node: NodeFacts, role: str, timeout: float = 
         os.setsid()
         log_path = os.path.join(node["paths"]["log"], "pgbouncer", "role-settle.log")
         try:
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            fd = open_log(log_path)
         except OSError:
             fd = os.open(os.devnull, os.O_WRONLY)
         null = os.open(os.devnull, os.O_RDONLY)

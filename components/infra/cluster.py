@@ -13,6 +13,7 @@ import pulumi_aws as aws
 from ..spec import PORTS, SERVICES, ClusterSpec, build_spec
 from . import network as net
 from .access import InstanceConnect, shell_command
+from .alarms import StatusCheckAlarms
 from .ami import choose_ami
 from .backup import BackupBucket
 from .common import invoke_options
@@ -20,6 +21,7 @@ from .endpoints import Endpoints
 from .identity import ClusterSecret, EncryptionKey, NodeRole, node_access_policy
 from .logs import LogBucket
 from .node import Node, node_context, rolling_order
+from .node_logs import NodeLogGroup
 from .nodefiles import upload_node_files
 from .restore import cipher_secret_reference, restore_source_of, source_read_access
 from .security import SecurityGroups
@@ -96,6 +98,13 @@ class BackupArgs(TypedDict, total=False):
     """Encrypt the repository with a pgBackRest cipher pass (on top of SSE-KMS). (default ``false``)"""
 
 
+class LogsArgs(TypedDict, total=False):
+    """The members' daemon logs in CloudWatch Logs (group ``/pgha/<cluster_name>``)."""
+
+    retention_days: int
+    """Days CloudWatch Logs keeps the members' daemon logs (one of the periods CloudWatch allows). (default 7)"""
+
+
 class BranchArgs(TypedDict, total=False):
     """``stack_kind`` ``branch``: where the branch's data comes from and up to when."""
 
@@ -162,6 +171,8 @@ class PostgresClusterArgs(TypedDict, total=False):
     """VPC, subnets and who may connect. (default each key's default)"""
     backup: BackupArgs
     """pgBackRest schedules, retention, compression and encryption. (default each key's default)"""
+    logs: LogsArgs
+    """The members' daemon logs in CloudWatch Logs (``/pgha/<cluster_name>``). (default each key's default)"""
     stack_kind: str
     """Deployment shape: ``regional``, or ``branch``, restored from another stack's backups (one
     small asynchronous node unless ``replicas`` is raised). (default ``regional``)"""
@@ -235,6 +246,8 @@ class PostgresCluster(pulumi.ComponentResource):
     """The private hosted zone (``<cluster_name>.pgha.internal``)."""
     bucket_name: pulumi.Output[str]
     """The pgBackRest repository bucket."""
+    log_group_name: pulumi.Output[str]
+    """The CloudWatch Logs group of the members' daemon logs (``/pgha/<cluster_name>``)."""
     secret_arn: pulumi.Output[str]
     """ARN of the Secrets Manager secret with the passwords and TLS keys."""
     backup_key_arn: pulumi.Output[str]
@@ -290,6 +303,7 @@ class PostgresCluster(pulumi.ComponentResource):
                               s3_endpoint_id=refs.s3_endpoint_id, opts=this)
         LogBucket(f"{name}-logs", spec=spec, source_bucket=backup.bucket_name, source_bucket_arn=backup.bucket_arn,
                   account_arn=role.role_arn, vpc_id=refs.vpc_id if network_component is not None else None, opts=this)
+        logs = NodeLogGroup(f"{name}-node-logs", spec=spec, key_arn=key.key_arn, opts=this)
         certs = ClusterTls(f"{name}-tls", spec=spec, member_ips=member_ips, opts=this)
         secret = ClusterSecret(f"{name}-secret", spec=spec, key_arn=key.key_arn, tls_keys=certs.key_pems, opts=this)
         access = node_access_policy(f"{name}-role", spec=spec, role_name=role.role_name,
@@ -321,9 +335,9 @@ class PostgresCluster(pulumi.ComponentResource):
         files = upload_node_files(name, spec=spec, bucket=backup.bucket_name, key_arn=key.key_arn,
                                   member_ips=member_ips, ctx=ctx, parent=self)
 
-        # A node boots only when it can read its secret and configuration and reach the internet
-        # and the AWS APIs.
-        base: list[pulumi.Resource] = [access, *restore_access,
+        # A node boots only when it can read its secret and configuration, reach the internet and
+        # the AWS APIs, and ship its logs.
+        base: list[pulumi.Resource] = [access, logs, *restore_access,
                                        *([network_component] if network_component else []),
                                        *([api_endpoints] if api_endpoints else [])]
         nodes: dict[str, Node] = {}
@@ -335,6 +349,10 @@ class PostgresCluster(pulumi.ComponentResource):
                         context=ctx, bucket=backup.bucket_name, files=files, after=[*base, *previous], opts=this)
             nodes[member.name] = node
             previous = node.ready
+
+        # EC2 brings back a member whose host or operating system fails (alarms.py).
+        StatusCheckAlarms(f"{name}-alarms", spec=spec,
+                          instance_ids={m: n.instance_id for m, n in nodes.items()}, opts=this)
 
         endpoints = Endpoints(f"{name}-endpoints", spec=spec, vpc_id=refs.vpc_id, subnet_ids=refs.subnet_ids,
                               lb_security_group_id=groups.lb_sg_id, member_ips=member_ips, opts=this)
@@ -351,6 +369,7 @@ class PostgresCluster(pulumi.ComponentResource):
         self.nlb_dns_name = endpoints.nlb_dns_name
         self.zone_name = pulumi.Output.from_input(zone)
         self.bucket_name = backup.bucket_name
+        self.log_group_name = logs.group_name
         self.secret_arn = secret.secret_arn
         self.backup_key_arn = key.key_arn
         self.backup_cipher_secret_arn = secret.cipher_secret_arn
@@ -380,7 +399,8 @@ class PostgresCluster(pulumi.ComponentResource):
         self.register_outputs({
             "endpoints": self.endpoints, "member_ips": self.member_ips, "member_azs": self.member_azs,
             "instance_ids": self.instance_ids, "vpc_id": self.vpc_id, "nlb_dns_name": self.nlb_dns_name,
-            "zone_name": self.zone_name, "bucket_name": self.bucket_name, "secret_arn": self.secret_arn,
+            "zone_name": self.zone_name, "bucket_name": self.bucket_name,
+            "log_group_name": self.log_group_name, "secret_arn": self.secret_arn,
             "backup_key_arn": self.backup_key_arn, "backup_cipher_secret_arn": self.backup_cipher_secret_arn,
             "ca_cert_pem": self.ca_cert_pem, "superuser_password": self.superuser_password,
             "app_password": self.app_password, "instance_connect": self.instance_connect,

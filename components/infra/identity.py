@@ -7,8 +7,8 @@
   volumes) EC2: nobody, the node role included, can call kms:Decrypt on it directly;
 * the node role gets SSM core, read access to the cluster secret only, S3 access to the
   backup bucket limited to the stanza prefix ``<cluster_name>/``, use of the key through S3 and
-  Secrets Manager only, and PutParameter/GetParameter on the cluster's status parameters
-  ``/pgha/<cluster_name>/*``;
+  Secrets Manager only, PutParameter/GetParameter on the cluster's status parameters
+  ``/pgha/<cluster_name>/*``, and CreateLogStream/PutLogEvents in its log group ``/pgha/<cluster_name>``;
 * the passwords are ``pulumi_random`` passwords and travel only inside the Secrets Manager
   cluster secret; each member's TLS private key is in a secret of its own, which the role may
   read only with the credentials delivered to that member's instance (its fixed primary
@@ -28,6 +28,7 @@ import pulumi_random as random
 from .. import contract
 from ..spec import ClusterSpec
 from .common import child, cluster_tags, dns_suffix, partition
+from .node_logs import log_group_arn, log_statements
 
 PASSWORDS: tuple[str, ...] = contract.PASSWORD_KEYS
 # pgBackRest repository encryption key: only generated when backup.encryption is on.
@@ -53,6 +54,9 @@ KEY_ADMIN_ACTIONS: tuple[str, ...] = (
 # PutObject (and a bucket key) needs GenerateDataKey, GetObject and multipart uploads Decrypt;
 # GetSecretValue needs Decrypt. Nothing needs kms:Encrypt or DescribeKey.
 NODE_KEY_ACTIONS: tuple[str, ...] = ("kms:Decrypt", "kms:GenerateDataKey")
+# What CloudWatch Logs does with the key of an encrypted log group (AWS's documented statement).
+LOGS_KEY_ACTIONS: tuple[str, ...] = ("kms:Decrypt*", "kms:Describe*", "kms:Encrypt*", "kms:GenerateDataKey*",
+                                     "kms:ReEncrypt*")
 
 
 def account_of(arn: str) -> str:
@@ -86,6 +90,8 @@ def key_policy_document(spec: ClusterSpec, *, role_arn: str) -> str:
       Auto Scaling service-linked role: pgha launches instances itself), which needs the data
       key actions through ec2.<region> and kms:CreateGrant, limited to grants for AWS
       resources (the grant EC2 gives itself to attach the volume to an instance).
+    * ``LogsServiceUse``: CloudWatch Logs of the cluster's region, for the cluster's log group
+      only (its ARN as the encryption context CloudWatch passes, ``kms:EncryptionContext:aws:logs:arn``).
     """
     account = account_of(role_arn)
     root = f"arn:{partition(spec.region)}:iam::{account}:root"
@@ -108,6 +114,10 @@ def key_policy_document(spec: ClusterSpec, *, role_arn: str) -> str:
          "Action": "kms:CreateGrant", "Resource": "*",
          "Condition": {"StringEquals": {**in_account, "kms:ViaService": via_services(spec, "ec2")},
                        "Bool": {"kms:GrantIsForAWSResource": "true"}}},
+        {"Sid": "LogsServiceUse", "Effect": "Allow",
+         "Principal": {"Service": f"logs.{spec.region}.{dns_suffix(spec.region)}"},
+         "Action": list(LOGS_KEY_ACTIONS), "Resource": "*",
+         "Condition": {"ArnEquals": {"kms:EncryptionContext:aws:logs:arn": log_group_arn(spec, account)}}},
     ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
@@ -252,6 +262,8 @@ def node_policy_document(spec: ClusterSpec, *, bucket_arn: str, secret_arn: str,
         # Readiness: each member publishes /pgha/<cluster>/<member>/status, which `pulumi up` waits on.
         {"Sid": "PublishMemberStatus", "Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
          "Resource": status_parameters_arn(spec, account_arn=secret_arn)},
+        # The daemons' logs: streams of the cluster's log group only (node_logs).
+        *log_statements(spec, account_of(secret_arn)),
     ]
     if vpc_id and (through_endpoints or egress_ips):
         statements.append(outside_the_vpc_denial(vpc_id=vpc_id, egress_ips=egress_ips,

@@ -27,6 +27,8 @@ NAME_LIMITS: Mapping[str, int] = {
     "aws:secretsmanager/secret:Secret": 512,
     "aws:s3/bucket:Bucket": 63,
     "aws:route53/zone:Zone": 1024,
+    "aws:cloudwatch/logGroup:LogGroup": 512,
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 255,
 }
 
 

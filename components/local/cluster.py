@@ -360,10 +360,22 @@ class LocalCluster:
         except client.exceptions.ResourceNotFoundException:
             client.create_secret(Name=name, SecretString=json.dumps(values))
 
+    def _ensure_log_group(self) -> None:
+        """pulumi up's part (infra.node_logs): the cluster's log group with the spec's retention.
+        Without the cluster key: the rehearsal has no KMS key, and moto does not encrypt anyway."""
+        logs = self.aws_client("logs")
+        try:
+            logs.create_log_group(logGroupName=self.spec.log_group, tags={"pgha:cluster": self.spec.cluster_name})
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.put_retention_policy(logGroupName=self.spec.log_group, retentionInDays=self.spec.logs.retention_days)
+
     def _publish(self, values: dict[str, Any], hold: Collection[str] = ()) -> None:
-        """pulumi up's part: the bucket, the cluster secret (and the cipher secret), the node files
-        (but the held members': their configuration stays as it is until they are replaced)."""
+        """pulumi up's part: the bucket, the log group, the cluster secret (and the cipher secret),
+        the node files (but the held members': their configuration stays as it is until they are
+        replaced)."""
         self.s3.create_bucket(self.bucket)
+        self._ensure_log_group()
         # As on EC2: the passwords in the cluster secret, each member's TLS key in its own.
         keys = values.get(TLS_KEYS, {})
         self._put_secret(self.secret_name, {k: v for k, v in values.items() if k != TLS_KEYS})
@@ -408,7 +420,7 @@ class LocalCluster:
         values = self._ensure_secrets()
         self._write_passfile(values)
         netns_mod.setup(self.address_prefix, [self.host_number(n.member) for n in self.nodes])
-        log(f"AWS (moto: S3, Secrets Manager) over TLS at {self.s3.url}")
+        log(f"AWS (moto: S3, Secrets Manager, SSM, CloudWatch Logs) over TLS at {self.s3.url}")
         self.s3.start()
         self._publish(values, hold)
         booting = []

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Mapping
 if TYPE_CHECKING:  # the spec imports nothing of render; render needs the spec only to type this
     from ..spec import ClusterSpec
 
+# The log shipper's systemd StateDirectory= (under /var/lib).
+LOGS_STATE_DIR = "pgha-logs"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -65,6 +68,11 @@ class Layout:
     @property
     def log(self) -> str:
         return self.path("var/log/pgha")
+
+    @property
+    def logs_state(self) -> str:
+        """The log shipper's offsets (its unit's StateDirectory, on the root volume)."""
+        return self.path("var/lib", LOGS_STATE_DIR)
 
     @property
     def run(self) -> str:

@@ -18,7 +18,7 @@ from ..observability.scrape import scrape_targets
 from ..spec import PORTS, ClusterSpec, Member, image
 from ..spec.schedule import cron_to_oncalendar
 from .agentzip import agent_zipapp, fetcher_source
-from .context import NodeContext, NodeFile
+from .context import LOGS_STATE_DIR, NodeContext, NodeFile
 from .pgparams import data_disk_gib, sized_parameters
 
 # Database and OS accounts every node uses; passwords live only in the cluster secret.
@@ -33,9 +33,25 @@ USERS: dict[str, str] = {
     "app": "dbuser_app",
 }
 APP_DATABASE = contract.APP_DATABASE
-OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd", "exporter": "pgha-exporter", "haproxy": "haproxy"}
+OS_USERS: dict[str, str] = {"postgres": "postgres", "etcd": "etcd", "exporter": "pgha-exporter", "haproxy": "haproxy",
+                            "logs": "pgha-logs"}
 # System users pgha makes itself at every boot (pgha-prepare-dirs); the others come with Debian's packages.
-CREATED_OS_USERS: tuple[str, ...] = (OS_USERS["exporter"],)
+# pgha-logs is made by the bootstrap already: the IMDS filter, loaded before pgha-prepare, names it.
+CREATED_OS_USERS: tuple[str, ...] = (OS_USERS["exporter"], OS_USERS["logs"])
+# The daemons' logs the shipper follows (agent ship_logs), under paths.log: daemon (its stream
+# <member>/<daemon>) -> globs. Every pgha unit appends its output to one of these files.
+LOG_SOURCES: dict[str, tuple[str, ...]] = {
+    "postgresql": ("postgresql/*.log",),
+    "patroni": ("patroni/*.log",),
+    "pgbouncer": ("pgbouncer/*.log",),
+    "haproxy": ("haproxy.log",),
+    "etcd": ("etcd.log",),
+    "pgbackrest": ("pgbackrest/*.log",),
+    "agent": ("bootstrap.log", "prepare.log", "config.log", "ready.log", "handover.log", "timeline-guard.log",
+              "etcd-leadership.log"),
+    "exporters": ("*-exporter.log",),
+}
+LOGS_UNIT = "pgha-ship-logs.service"
 # IMDS (EC2's instance metadata, and the instance role's credentials): pgha-imds-filter lets
 # only these users open a connection to it, each for the reason given (the ruleset's comments).
 IMDS_IPV4 = "169.254.169.254"
@@ -48,6 +64,7 @@ IMDS_USERS: dict[str, str] = {
     OS_USERS["postgres"]: "pgBackRest on the role's keys (repo1-s3-key-type=auto): WAL archive and restore, "
                           "backups, its exporter; pgha-ready (SSM)",
     contract.SSH_KEYS_USER: "sshd's key command: EC2 Instance Connect's pushed keys (it reads no credentials)",
+    OS_USERS["logs"]: "pgha-ship-logs: the daemons' logs to CloudWatch Logs (the role may only put them)",
 }
 # Parameters Patroni reads from the DCS only (it ignores them in the local configuration).
 DCS_ONLY_PARAMETERS = frozenset({
@@ -107,6 +124,7 @@ def unit_names(spec: ClusterSpec, member: Member, ctx: NodeContext) -> list[str]
         "pgha-pgbackrest-exporter.service",
         "pgha-pgbackrest-server.service",
         "pgha-timeline-guard.service",
+        LOGS_UNIT,
     ]
     if member.runs_etcd:
         units.append("pgha-etcd-leadership.service")
@@ -137,7 +155,7 @@ CONFIG_TIMER = "pgha-config.timer"
 CONFIG_POLL_SECONDS = 30
 # Long-running agent commands: they read node.json and the agent's code at start.
 AGENT_DAEMONS = ("pgha-timeline-guard.service", "pgha-etcd-leadership.service", "pgha-pgbouncer-exporter.service",
-                 "pgha-pgbackrest-exporter.service")
+                 "pgha-pgbackrest-exporter.service", LOGS_UNIT)
 # Units whose restart would interrupt the database, its clients or etcd's quorum, or would stop
 # every unit that Requires= them: a change of their unit file takes effect at their next start
 # (a replacement or a reboot). Their configuration files are reloaded instead.
@@ -170,11 +188,12 @@ def _paths(spec: ClusterSpec, ctx: NodeContext) -> dict[str, str]:
         "python": lay.python, "patroni": lay.patroni,
         "pg_bin": lay.pg_bin(postgres_version(spec, ctx)),
         "pgbackrest_config": lay.pgbackrest_config,
+        "logs_state": lay.logs_state,
     }
 
 
 def _directories(paths: dict[str, str]) -> list[_Dir]:
-    pg, etcd = OS_USERS["postgres"], OS_USERS["etcd"]
+    pg, etcd, logs = OS_USERS["postgres"], OS_USERS["etcd"], OS_USERS["logs"]
     return [
         _Dir(paths["etc"], "root", "root", 0o755),
         _Dir(paths["secrets"], "root", "root", 0o711),
@@ -185,10 +204,12 @@ def _directories(paths: dict[str, str]) -> list[_Dir]:
         _Dir(paths["data"] + "/pgbackrest-spool", pg, pg, 0o750),
         _Dir(paths["etcd_data"], etcd, etcd, 0o700),
         _Dir(paths["log"], "root", "root", 0o755),
-        _Dir(paths["log"] + "/patroni", pg, pg, 0o750),
-        _Dir(paths["log"] + "/postgresql", pg, pg, 0o750),
-        _Dir(paths["log"] + "/pgbouncer", pg, pg, 0o750),
-        _Dir(paths["log"] + "/pgbackrest", pg, pg, 0o750),
+        # The daemons' own log directories: their group is the log shipper's, inherited (setgid)
+        # by every file made in them, which the daemons make group-readable.
+        _Dir(paths["log"] + "/patroni", pg, logs, 0o2750),
+        _Dir(paths["log"] + "/postgresql", pg, logs, 0o2750),
+        _Dir(paths["log"] + "/pgbouncer", pg, logs, 0o2750),
+        _Dir(paths["log"] + "/pgbackrest", pg, logs, 0o2750),
         _Dir(paths["run"], "root", "root", 0o755),
         _Dir(paths["run"] + "/postgres", pg, pg, 0o2775),
         _Dir(paths["run"] + "/pgbouncer", pg, pg, 0o755),
@@ -279,6 +300,9 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "patroni_tls": True,
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
+        "logs": {"group": spec.log_group, "state": paths["logs_state"] + "/offsets.json",
+                 "sources": {name: [f"{paths['log']}/{glob}" for glob in globs]
+                             for name, globs in LOG_SOURCES.items()}},
     }
     boot_facts = {
         "cluster": spec.cluster_name,
@@ -347,6 +371,7 @@ def _view(spec: ClusterSpec, member: Member, ctx: NodeContext) -> dict[str, Any]
         "units": unit_names(spec, member, ctx),
         "timers": timer_names(spec),
         "config_poll_seconds": CONFIG_POLL_SECONDS,
+        "logs_state_dir": LOGS_STATE_DIR,
         "backup_schedules": backup_schedules(spec),
         "restore": restore,
         "imds": {"unit": IMDS_UNIT, "ruleset": paths["etc"] + "/" + IMDS_RULESET, "table": IMDS_TABLE,

@@ -11,6 +11,7 @@ from .model import (
     BackupSpec,
     ClusterSpec,
     KubernetesSpec,
+    LogsSpec,
     Member,
     NetworkSpec,
     RestoreSpec,
@@ -22,7 +23,7 @@ from .presets import PROFILES, RTO_PLANS, RtoPlan
 from .validate import SUPPORTED_POSTGRES_VERSIONS, Problem, SpecError, build_spec, member_ip_problems
 
 __all__ = [
-    "BackupSpec", "CLIENT_PORTS", "ClusterSpec", "InstanceType", "KubernetesSpec", "MEMBER_PORTS", "METRICS_PORTS", "Member",
+    "BackupSpec", "CLIENT_PORTS", "ClusterSpec", "InstanceType", "KubernetesSpec", "LogsSpec", "MEMBER_PORTS", "METRICS_PORTS", "Member",
     "NetworkSpec", "PORTS", "RestoreSpec", "PROFILES", "Problem", "RTO_PLANS", "RtoPlan", "SERVICES", "SUPPORTED_POSTGRES_VERSIONS",
     "SpecError", "StorageSpec", "build_spec", "certificate_ips", "catalog", "image", "member_ip", "member_ip_problems",
 ]

@@ -121,6 +121,13 @@ class BackupSpec:
 
 
 @dataclass(frozen=True)
+class LogsSpec:
+    """Where the members' daemon logs go: the cluster's CloudWatch Logs group, kept this long."""
+
+    retention_days: int
+
+
+@dataclass(frozen=True)
 class RestoreSpec:
     """Where a new cluster's first member restores its data from (a branch, or a restore).
 
@@ -198,6 +205,7 @@ class ClusterSpec:
     pool_mode: str
     # Set for a branch (and a local restore): the first member restores instead of initdb.
     restore: RestoreSpec | None
+    logs: LogsSpec
     # Set when pgha:kubernetes is: the monitoring and connection objects in Kubernetes.
     kubernetes: KubernetesSpec | None = None
     # How the input spelled its keys ("config": pgha:network.subnetIds, "args": network.subnet_ids),
@@ -241,6 +249,11 @@ class ClusterSpec:
             )
             for i in range(1, count + 1)
         )
+
+    @property
+    def log_group(self) -> str:
+        """The CloudWatch Logs group of the members' daemon logs: ``/pgha/<cluster_name>``."""
+        return contract.log_group(self.cluster_name)
 
     def service_name(self, service: str) -> str:
         return f"{self.cluster_name}-{service}"

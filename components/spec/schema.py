@@ -145,6 +145,16 @@ BRANCH = Group("BranchArgs", (
     Field("targetLsn", "target_lsn", str, "Restore up to this LSN (``0/3000060``) instead of a time."),
 ))
 
+# What CloudWatch Logs accepts as a retention period (PutRetentionPolicy), in days.
+CLOUDWATCH_RETENTION_DAYS: tuple[int, ...] = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                                              1827, 2192, 2557, 2922, 3288, 3653)
+
+LOGS = Group("LogsArgs", (
+    Field("retentionDays", "retention_days", int,
+          "Days CloudWatch Logs keeps the members' daemon logs (one of the periods CloudWatch allows).",
+          default=7, choices=CLOUDWATCH_RETENTION_DAYS),
+))
+
 KUBERNETES = Group("KubernetesArgs", (
     Field("namespace", "namespace", str, "Namespace of the monitoring objects, the applications' Secret and the "
           "Services (a DNS-1123 label)."),
@@ -179,6 +189,8 @@ TOP = Group("PostgresClusterArgs", (
           "are refused."),
     Field("network", "network", NETWORK, "VPC, subnets and who may connect.", derived=EACH),
     Field("backup", "backup", BACKUP, "pgBackRest schedules, retention, compression and encryption.",
+          derived=EACH),
+    Field("logs", "logs", LOGS, "The members' daemon logs in CloudWatch Logs (``/pgha/<cluster_name>``).",
           derived=EACH),
     Field("stackKind", "stack_kind", str, "Deployment shape: ``branch`` is restored from another stack's backups.",
           default="regional", choices=("regional", "branch")),

@@ -15,7 +15,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from . import image, pgsettings, schema
 from .catalog import DEFAULT_INSTANCE_TYPE, catalog
-from .model import BackupSpec, ClusterSpec, KubernetesSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
+from .model import BackupSpec, ClusterSpec, KubernetesSpec, LogsSpec, NetworkSpec, RestoreSpec, StorageSpec, member_ip
 from .schedule import CronError, cron_to_oncalendar
 
 # The majors the node image provides: one package source (Debian 13), no PGDG.
@@ -40,7 +40,7 @@ MANAGED_PARAMETERS: frozenset[str] = frozenset(
         "data_directory", "config_file", "external_pid_file", "archive_mode", "archive_timeout",
         "synchronous_standby_names", "synchronous_commit", "primary_conninfo", "primary_slot_name",
         "hot_standby", "wal_level", "cluster_name", "logging_collector", "log_directory", "log_filename",
-        "log_truncate_on_rotation", "recovery_target", "recovery_target_action", "recovery_target_inclusive",
+        "log_truncate_on_rotation", "log_file_mode", "recovery_target", "recovery_target_action", "recovery_target_inclusive",
         "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_timeline",
         "recovery_target_xid",
     }
@@ -387,6 +387,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     parameters = _parameters(r, postgres_version)
     network = _network(r, len(azs), is_branch)
     backup = _backup(r)
+    logs = _logs(r)
     stack_kind = r.string(["stackKind"])
     ami_id = r.string(["amiId"], pattern=re.compile(r"ami-[0-9a-f]{8,17}"),
                       allowed="must be an AMI id like ami-0123456789abcdef0")
@@ -406,7 +407,7 @@ def build_spec(values: Mapping[str, Any], *, stack: str, region: str, region_azs
     stack=stack, cluster_name=cluster_name, region=region, arch=arch, instance_type=instance_type,
         storage=storage, replicas=replicas, availability_zones=azs, postgres_version=postgres_version,
         profile=profile, rto=rto, rpo=rpo, parameters=parameters, network=network, backup=backup,
-        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore, key_style=style,
+        stack_kind=stack_kind, ami_id=ami_id, pool_mode=pool_mode, restore=restore, logs=logs, key_style=style,
         kubernetes=kubernetes,
     )
     if spec.network.creates_vpc:
@@ -687,6 +688,18 @@ def _backup(r: _Reader) -> BackupSpec:
         compression=r.string(["backup", "compression"]),
         encryption=r.boolean(["backup", "encryption"]),
     )
+
+
+def _logs(r: _Reader) -> LogsSpec:
+    r.obj(["logs"])
+    path = ["logs", "retentionDays"]
+    allowed = schema.field(path).choices
+    days = r.integer(path, what=" (days CloudWatch Logs keeps the logs)")
+    if days not in allowed:
+        r.fail(path, days, f"must be one of {', '.join(map(str, allowed))}: the retention periods CloudWatch "
+                           "Logs allows, in days")
+        days = schema.field(path).default
+    return LogsSpec(retention_days=days)
 
 
 # Kubernetes names: a DNS-1123 label (namespaces), a label value (release), a Go duration of Prometheus.

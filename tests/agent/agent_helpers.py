@@ -62,10 +62,12 @@ def make_node(base: Path, **overrides) -> dict:
             "etcd_data": str(base / "data" / "etcd"), "log": str(base / "log"), "run": str(base / "run"),
             "python": PYTHON, "patroni": "/usr/bin/patroni", "pg_bin": str(PG_BIN),
             "pgbackrest_config": str(base / "etc" / "pgbackrest.conf"),
+            "logs_state": str(base / "logs-state"),
         },
         "users": {"superuser": "postgres", "replication": "replicator", "pgbouncer_auth": "pgbouncer_auth",
                   "monitor": "dbuser_monitor", "patroni_rest": "patroni", "app": "dbuser_app"},
-        "os_users": {"postgres": "postgres", "etcd": "etcd", "exporter": "postgres", "haproxy": "postgres"},
+        "os_users": {"postgres": "postgres", "etcd": "etcd", "exporter": "postgres", "haproxy": "postgres",
+                     "logs": "postgres"},
         "ports": {"postgres": 5432, "pgbouncer": 6432, "patroni": 8008, "pgbouncer_exporter": 9631,
                   "pgbackrest_exporter": 9854},
         "aws": {"region": "us-east-1", "endpoint_url": "", "s3_addressing": "path"},
@@ -81,6 +83,8 @@ def make_node(base: Path, **overrides) -> dict:
         "patroni_tls": False,
         "units": ["pgha-patroni.service", "pgha-pgbouncer.service"],
         "timers": ["pgha-config.timer", "pgha-backup-full.timer"],
+        "logs": {"group": "/pgha/pg-x", "state": str(base / "logs-state" / "offsets.json"),
+                 "sources": {"postgresql": [str(base / "log" / "postgresql" / "*.log")]}},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(node.get(key), dict):

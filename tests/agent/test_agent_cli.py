@@ -19,7 +19,7 @@ from .agent_helpers import ZIPAPP, make_node, run_cli, write_json
 COMMANDS = ("secrets", "post-bootstrap", "on-role-change", "pgbouncer-exporter", "pgbackrest-exporter", "backup",
             "bootstrap", "archive-get-source", "etcd", "dcs-ready", "dcs-sync", "etcd-leadership",
             "timeline-guard", "report-status", "await-ready", "handover", "apply-config", "start-node",
-            "authorized-keys")
+            "authorized-keys", "ship-logs")
 
 
 def test_zipapp_builds_byte_identically():
