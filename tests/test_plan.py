@@ -135,6 +135,8 @@ def test_the_dev_stacks_cost_against_the_price_tables_date(capsys: pytest.Captur
     assert lines["EBS gp3"] == round(20 * table["ebs"]["gp3"]["gb_month"] * 3, 2)  # baseline IOPS/MiB/s are free
     assert lines["NAT gateway"] == round(table["nat_gateway_hour"] * 730, 2)  # natGateways: single
     assert lines["NLB"] == round(table["nlb_hour"] * 730, 2)
+    # vpcEndpoints create (the default): three services in each of the three members' AZs.
+    assert lines["VPC interface endpoints"] == round(table["interface_endpoint_hour"] * 730 * 9, 2)
     assert cost.complete and cost.total_usd == round(sum(v for v in lines.values() if v is not None), 2)
     # The Markdown names the table's date.
     assert main(["--project-dir", str(REPO), "plan", "--base", str(REPO / "Pulumi.dev.yaml")]) == 0

@@ -1,7 +1,7 @@
 """A stack's monthly cost from the dated price table (``pgha/data/prices.yaml``), offline.
 
 Only what the spec decides is counted: the members' instances and data volumes, the NAT
-gateways of a created VPC, the NLB and an estimate of the backup bucket. A price the table
+gateways of a created VPC, the interface endpoints pgha creates, the NLB and an estimate of the backup bucket. A price the table
 lacks is reported as missing (and the total marked incomplete), never guessed.
 """
 
@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..infra import vpc_endpoints
 from ..infra.node import data_volume
 from ..render.pgparams import data_disk_gib
 from ..spec import ClusterSpec
@@ -122,6 +123,11 @@ def monthly_cost(spec: ClusterSpec) -> Cost:
     if spec.nat_gateway_count:
         lines.append(CostLine("NAT gateway", f"{spec.nat_gateway_count} x {hours} h",
                               round(prices["nat_gateway_hour"] * hours * spec.nat_gateway_count, 2)))
+    if spec.network.vpc_endpoints == "create":
+        endpoints = len(vpc_endpoints.INTERFACE_SERVICES) * len(vpc_endpoints.endpoint_subnet_indexes(spec))
+        lines.append(CostLine("VPC interface endpoints", f"{endpoints} x {hours} h: "
+                              f"{', '.join(vpc_endpoints.INTERFACE_SERVICES)} in each member's AZ",
+                              round(prices["interface_endpoint_hour"] * hours * endpoints, 2)))
     lines.append(CostLine("NLB", f"1 x {hours} h", round(prices["nlb_hour"] * hours, 2)))
     gb = backup_gb(spec)
     lines.append(CostLine("S3 Standard (backups, estimate)",
