@@ -12,7 +12,8 @@ import pytest
 import infra_mocks
 from infra_mocks import REGION, REGION_AZS, Run, run_program
 from pgha.infra import PostgresCluster
-from pgha.infra.vpc_endpoints import INTERFACE_SERVICES, endpoint_service_name, monthly_cost_usd
+from pgha.infra.vpc_endpoints import INTERFACE_SERVICES, endpoint_service_name
+from pgha.plan.cost import monthly_cost, price_table
 from pgha.spec import SpecError, build_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,19 +157,24 @@ def test_existing_needs_a_given_vpc() -> None:
     assert problem.path == ("network", "vpcEndpoints") and "needs network.vpcId" in problem.allowed
 
 
+ENDPOINTS_COST = "VPC interface endpoints"
+
+
 def test_a_branch_defaults_to_none_and_a_regional_cluster_to_create() -> None:
     branch = {"stack_kind": "branch", "branch": {"source_bucket": "src-bucket", "source_stanza": "pg-src",
                                                  "source_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k"}}
     spec = build_spec(branch, stack="feature", region=REGION, region_azs=REGION_AZS, style="args")
-    assert spec.network.vpc_endpoints == "none" and monthly_cost_usd(spec) == 0
+    assert spec.network.vpc_endpoints == "none"
+    assert ENDPOINTS_COST not in {line.item for line in monthly_cost(spec).lines}
     regional = build_spec({}, stack="dev", region=REGION, region_azs=REGION_AZS, style="args")
     assert regional.network.vpc_endpoints == "create"
 
 
 def test_readme_states_the_cost_of_create() -> None:
     regional = build_spec({}, stack="dev", region=REGION, region_azs=REGION_AZS, style="args")
-    cost = monthly_cost_usd(regional)
-    assert cost == pytest.approx(len(INTERFACE_SERVICES) * 3 * 7.30)
+    (cost,) = [line.monthly_usd for line in monthly_cost(regional).lines if line.item == ENDPOINTS_COST]
+    hourly = price_table().regions[REGION]["interface_endpoint_hour"]
+    assert cost == pytest.approx(len(INTERFACE_SERVICES) * 3 * hourly * 730)
     readme = (ROOT / "README.md").read_text()
     assert f"${cost:.2f}" in readme
 

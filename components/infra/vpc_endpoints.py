@@ -21,8 +21,6 @@ from .common import child, cluster_tags, dns_suffix
 # gateway endpoint is free.
 INTERFACE_SERVICES: tuple[str, ...] = ("secretsmanager", "ssm", "logs")
 HTTPS_PORT = 443
-# us-east-1, 2026 list price of one interface endpoint in one AZ: $0.01 an hour (plus $0.01/GB).
-MONTHLY_USD_PER_ENDPOINT_AZ = 7.30
 
 
 def endpoint_service_name(region: str, service: str) -> str:
@@ -34,13 +32,6 @@ def endpoint_service_name(region: str, service: str) -> str:
 def endpoint_subnet_indexes(spec: ClusterSpec) -> tuple[int, ...]:
     """AZ indexes (into the subnets) that hold a member: one endpoint ENI each."""
     return tuple(sorted({m.az_index for m in spec.members}))
-
-
-def monthly_cost_usd(spec: ClusterSpec) -> float:
-    """What ``create`` adds to the bill (hours only), for the README and the plan."""
-    if spec.network.vpc_endpoints != "create":
-        return 0.0
-    return round(len(INTERFACE_SERVICES) * len(endpoint_subnet_indexes(spec)) * MONTHLY_USD_PER_ENDPOINT_AZ, 2)
 
 
 class InterfaceEndpoints(pulumi.ComponentResource):
